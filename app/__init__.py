@@ -1,0 +1,46 @@
+"""The thin front door: ``gunicorn "app:create_app()"``."""
+from __future__ import annotations
+
+import redis
+from flask import Flask
+
+import settings as settings_module
+from ledger import db
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the API. ``test_config`` may carry ``SETTINGS`` (a Settings), ``REDIS`` and
+    ``BROKER`` to use instead of the ones the environment names."""
+    # The worker package configures itself on import (it is also `dramatiq workers`'s entry
+    # point); import it first so that the bindings below are the ones that stay.
+    from workers import broker as worker_broker
+
+    test_config = test_config or {}
+    settings = test_config.get("SETTINGS") or settings_module.load()
+
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False
+    app.config["REDIS"] = test_config.get("REDIS") or redis.Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    app.config.update({k: v for k, v in test_config.items() if k not in ("SETTINGS",)})
+
+    if test_config.get("BIND_DATABASE", True):
+        db.bind(settings.database_url)
+
+    worker_broker.install(test_config.get("BROKER") or worker_broker.build(settings.redis_url))
+
+    # Peewee connects on a request's first query; the connection goes back at its end.
+    @app.teardown_request
+    def _close_connection(exc):
+        if not db.database.is_closed():
+            db.database.close()
+
+    from app import daraja_callback, errors, health, v1
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(v1.bp)
+    app.register_blueprint(daraja_callback.bp)
+    return app

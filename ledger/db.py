@@ -1,0 +1,84 @@
+"""Binding the ledger to a database chosen by URL.
+
+The models point at :data:`database`, a proxy bound once per process by :func:`bind`
+(Peewee's recipe for configuration at start-up). Peewee keeps one connection per thread,
+which is what gunicorn threads and Dramatiq worker threads need: a psycopg2 connection is
+never shared between threads.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from urllib.parse import urlsplit
+
+import peewee
+from playhouse.pool import PooledPostgresqlDatabase
+
+database = peewee.DatabaseProxy()
+
+# SQLite is the embedded default: WAL so readers never block the writer, FULL sync because
+# the ledger must survive a power cut, and a busy timeout so concurrent workers queue up
+# instead of answering "database is locked" (engineering-notes.md, SQLite).
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": "full",
+    "busy_timeout": 30000,
+    "foreign_keys": 1,
+}
+
+
+def open_database(url: str) -> peewee.Database:
+    """A database object for ``sqlite:///path`` or ``postgresql://user@host:port/name``."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parts.path
+        if path not in ("", ":memory:"):
+            directory = os.path.dirname(os.path.abspath(path))
+            os.makedirs(directory, exist_ok=True)
+        return peewee.SqliteDatabase(path or ":memory:", pragmas=SQLITE_PRAGMAS,
+                                     timeout=30, check_same_thread=False)
+    if parts.scheme in ("postgres", "postgresql"):
+        # A small pool per process: connecting costs more than a credit transaction, and a
+        # connection is returned (not closed) at the end of each request or message.
+        return PooledPostgresqlDatabase(
+            parts.path.lstrip("/"),
+            user=parts.username, password=parts.password,
+            host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
+            max_connections=64, stale_timeout=300, timeout=30,
+            connect_timeout=10,
+            # a statement that hangs (a lost lock, a dead peer) must not hold a worker forever
+            options="-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000",
+        )
+    raise ValueError(f"unsupported database URL scheme {parts.scheme!r}")
+
+
+def bind(url: str) -> peewee.Database:
+    db = open_database(url)
+    database.initialize(db)
+    return db
+
+
+def is_sqlite() -> bool:
+    return isinstance(database.obj, peewee.SqliteDatabase)
+
+
+def write_transaction():
+    """A transaction that writes.
+
+    On SQLite it starts with ``BEGIN IMMEDIATE``: a deferred transaction that reads and then
+    writes can fail at once with "database is locked" instead of waiting its turn.
+    """
+    if is_sqlite():
+        return database.atomic("IMMEDIATE")
+    return database.atomic()
+
+
+@contextlib.contextmanager
+def connection():
+    """Open (or reuse) this thread's connection for a unit of work, then give it back."""
+    opened = database.connect(reuse_if_open=True)
+    try:
+        yield
+    finally:
+        if opened and not database.is_closed():
+            database.close()

@@ -1,0 +1,156 @@
+"""The ledger's tables.
+
+Every "at most once" is a unique index here, not a check in Python:
+- a CheckoutRequestID belongs to one top-up (``topup.checkout_request_id``);
+- an M-Pesa receipt credits once, across top-ups and orphans (``ledger_entry.mpesa_receipt``);
+- a top-up is credited once (``ledger_entry.topup``);
+- an idempotency key names one request per account (``topup.account, idempotency_key``).
+NULLs never collide in a unique index (PostgreSQL and SQLite alike), so a top-up still
+waiting for its receipt does not block another.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee as pw
+
+from ledger.db import database
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC: the ledger stores UTC everywhere; East Africa Time exists only at Daraja."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Account(BaseModel):
+    id = pw.CharField(max_length=40, primary_key=True)
+    name = pw.CharField(max_length=200)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class ApiKey(BaseModel):
+    id = pw.CharField(max_length=40, primary_key=True)
+    account = pw.ForeignKeyField(Account, backref="api_keys", on_delete="CASCADE")
+    prefix = pw.CharField(max_length=16)          # shown in listings: "sk_ab12cd34"
+    key_hash = pw.CharField(max_length=64, unique=True)  # sha256 hex of the whole key
+    created_at = pw.DateTimeField(default=utcnow)
+    revoked_at = pw.DateTimeField(null=True)
+
+
+class Wallet(BaseModel):
+    account = pw.ForeignKeyField(Account, backref="wallets", unique=True, on_delete="CASCADE")
+    currency = pw.CharField(max_length=3, default="KES")
+    balance_cents = pw.BigIntegerField(default=0,
+                                       constraints=[pw.Check("balance_cents >= 0")])
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+# Top-up statuses (contract §3). Only forward moves are written, each one guarded by a
+# conditional UPDATE on the current status.
+PENDING, SUCCEEDED, FAILED, UNKNOWN = "pending", "succeeded", "failed", "unknown"
+
+# Where the STK push stands. Only QUEUED may be claimed for sending: a push that may have
+# reached Daraja (SENDING left by a killed worker, AMBIGUOUS after a lost answer) is never
+# sent again, because a second prompt could charge the customer twice.
+PUSH_QUEUED, PUSH_SENDING, PUSH_SENT = "queued", "sending", "sent"
+PUSH_AMBIGUOUS, PUSH_REFUSED = "ambiguous", "refused"
+
+
+class TopUp(BaseModel):
+    seq = pw.BigAutoField()                       # listing order and cursor
+    id = pw.CharField(max_length=40, unique=True)
+    account = pw.ForeignKeyField(Account, backref="topups", on_delete="CASCADE")
+    provider = pw.CharField(max_length=16, default="mpesa")
+    status = pw.CharField(max_length=16, default=PENDING, index=True)
+    amount = pw.IntegerField()                    # whole shillings, as pushed
+    phone = pw.CharField(max_length=12, index=True)
+    reference = pw.CharField(max_length=12)
+    metadata = pw.TextField(default="{}")         # JSON object
+    idempotency_key = pw.CharField(max_length=255, null=True)
+    request_fingerprint = pw.CharField(max_length=64, null=True)
+    checkout_request_id = pw.CharField(max_length=128, null=True, unique=True)
+    merchant_request_id = pw.CharField(max_length=128, null=True)
+    mpesa_receipt = pw.CharField(max_length=32, null=True, unique=True)
+    credited_cents = pw.BigIntegerField(null=True)  # what M-Pesa confirmed, when it differs
+    flagged = pw.CharField(max_length=200, null=True)  # e.g. amount or phone mismatch
+    failure_code = pw.CharField(max_length=32, null=True)
+    failure_reason = pw.CharField(max_length=255, null=True)
+    push_state = pw.CharField(max_length=16, default=PUSH_QUEUED, index=True)
+    push_attempts = pw.IntegerField(default=0)
+    push_started_at = pw.DateTimeField(null=True)
+    pushed_at = pw.DateTimeField(null=True)
+    next_query_at = pw.DateTimeField(null=True, index=True)
+    query_attempts = pw.IntegerField(default=0)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+    completed_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("account", "idempotency_key"), True),)
+
+
+class LedgerEntry(BaseModel):
+    seq = pw.BigAutoField()
+    id = pw.CharField(max_length=40, unique=True)
+    wallet = pw.ForeignKeyField(Wallet, backref="entries", on_delete="CASCADE")
+    type = pw.CharField(max_length=16)            # "top_up" | "debit"
+    amount_cents = pw.BigIntegerField()           # debits are negative
+    balance_after_cents = pw.BigIntegerField()
+    topup = pw.ForeignKeyField(TopUp, field="id", null=True, unique=True, on_delete="RESTRICT")
+    mpesa_receipt = pw.CharField(max_length=32, null=True, unique=True)
+    description = pw.CharField(max_length=255, default="")
+    source = pw.CharField(max_length=16, default="callback")  # callback | query | statement | api
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "ledger_entry"
+
+
+class Callback(BaseModel):
+    """A Daraja callback exactly as received, stored before it is acknowledged."""
+    seq = pw.BigAutoField()
+    received_at = pw.DateTimeField(default=utcnow)
+    remote_addr = pw.CharField(max_length=64, null=True)
+    body = pw.TextField()
+    checkout_request_id = pw.CharField(max_length=128, null=True, index=True)
+    result_code = pw.CharField(max_length=32, null=True)
+    well_formed = pw.BooleanField(default=True)
+    applied_at = pw.DateTimeField(null=True, index=True)
+    outcome = pw.CharField(max_length=64, null=True)  # what applying it did
+
+
+class OrphanPayment(BaseModel):
+    """Money M-Pesa says moved for a CheckoutRequestID that no top-up knows: kept, never dropped."""
+    seq = pw.BigAutoField()
+    checkout_request_id = pw.CharField(max_length=128, unique=True)
+    mpesa_receipt = pw.CharField(max_length=32, null=True, unique=True)
+    amount_cents = pw.BigIntegerField(null=True)
+    phone = pw.CharField(max_length=12, null=True)
+    callback = pw.ForeignKeyField(Callback, null=True, on_delete="SET NULL")
+    created_at = pw.DateTimeField(default=utcnow)
+    resolved_topup = pw.ForeignKeyField(TopUp, field="id", null=True, on_delete="SET NULL")
+    resolved_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "orphan_payment"
+
+
+class TopUpEvent(BaseModel):
+    """A top-up's history, in order: request, push and answer, callbacks, queries, credit."""
+    seq = pw.BigAutoField()
+    topup = pw.ForeignKeyField(TopUp, field="id", backref="history", on_delete="CASCADE")
+    kind = pw.CharField(max_length=32)
+    detail = pw.TextField(default="{}")           # JSON, never a secret, phones masked
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "topup_event"
+
+
+ALL_MODELS = [Account, ApiKey, Wallet, TopUp, LedgerEntry, Callback, OrphanPayment, TopUpEvent]

@@ -1,0 +1,329 @@
+"""Top-ups: recording a request, the push's fate, and settling it exactly once.
+
+Every state change is a conditional UPDATE (``… WHERE status IN (…)``) that acts only if one
+row changed, and every credit writes the ledger entry, the wallet balance and the top-up's
+status in one transaction behind unique indexes. That holds at READ COMMITTED on PostgreSQL
+and under SQLite's single writer, with any number of workers racing on the same callback.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+
+import peewee as pw
+
+from ledger import result_codes
+from ledger.callbacks import MalformedCallback, StkCallback, parse
+from ledger.db import database, write_transaction
+from ledger.ids import new_id, short_reference
+from ledger.models import (
+    FAILED, PENDING, PUSH_AMBIGUOUS, PUSH_QUEUED, PUSH_REFUSED, PUSH_SENDING, PUSH_SENT,
+    SUCCEEDED, UNKNOWN, Callback, LedgerEntry, OrphanPayment, TopUp, TopUpEvent, Wallet, utcnow,
+)
+from ledger.phones import mask
+
+log = logging.getLogger(__name__)
+
+SETTLEABLE = (PENDING, UNKNOWN)
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before with another request body."""
+
+
+def fingerprint(payload: dict) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def record_event(topup_id, kind: str, **detail) -> None:
+    TopUpEvent.create(topup=topup_id, kind=kind, detail=json.dumps(detail, default=str))
+
+
+# --- the request ---------------------------------------------------------------------------
+
+def create_topup(account_id: str, *, amount: int, phone: str, reference: str | None,
+                 metadata: dict, idempotency_key: str | None = None,
+                 request_fingerprint: str | None = None) -> tuple[TopUp, bool]:
+    """Record a top-up request; ``(topup, created)``.
+
+    With an idempotency key, the same key and body give back the first top-up
+    (``created`` False); the same key with another body raises IdempotencyConflict.
+    """
+    topup_id = new_id("tu")
+    try:
+        with write_transaction():
+            topup = TopUp.create(
+                id=topup_id, account=account_id, amount=amount, phone=phone,
+                reference=reference or short_reference(topup_id),
+                metadata=json.dumps(metadata, sort_keys=True),
+                idempotency_key=idempotency_key, request_fingerprint=request_fingerprint)
+            record_event(topup.id, "requested", amount=amount, phone=mask(phone),
+                         reference=topup.reference)
+        return topup, True
+    except pw.IntegrityError:
+        if idempotency_key is None:
+            raise
+    existing = TopUp.get_or_none((TopUp.account == account_id)
+                                 & (TopUp.idempotency_key == idempotency_key))
+    if existing is None:  # the row that collided was rolled back meanwhile: try once more
+        return create_topup(account_id, amount=amount, phone=phone, reference=reference,
+                            metadata=metadata, idempotency_key=idempotency_key,
+                            request_fingerprint=request_fingerprint)
+    if existing.request_fingerprint != request_fingerprint:
+        raise IdempotencyConflict(existing.id)
+    return existing, False
+
+
+# --- the push --------------------------------------------------------------------------------
+
+def claim_push(topup_id: str) -> TopUp | None:
+    """Take the right to send this top-up's STK push, or None if it is not to be sent.
+
+    Only a QUEUED push can be claimed, so a message delivered twice, or two workers on the
+    same message, send at most one prompt.
+    """
+    now = utcnow()
+    with write_transaction():
+        claimed = (TopUp.update(push_state=PUSH_SENDING, push_attempts=TopUp.push_attempts + 1,
+                                push_started_at=now, updated_at=now)
+                   .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_QUEUED)
+                          & (TopUp.status == PENDING))
+                   .execute())
+    return TopUp.get(TopUp.id == topup_id) if claimed else None
+
+
+def release_push(topup_id: str, reason: str, **detail) -> None:
+    """The push certainly did not reach Daraja: put it back so a retry may claim it."""
+    with write_transaction():
+        (TopUp.update(push_state=PUSH_QUEUED, updated_at=utcnow())
+         .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_SENDING)).execute())
+        record_event(topup_id, "push_not_sent", reason=reason, **detail)
+
+
+def record_push_accepted(topup_id: str, *, checkout_request_id: str,
+                         merchant_request_id: str | None, query_after_s: int) -> list[int]:
+    """Daraja accepted the push (not paid!). Returns the callbacks that arrived first.
+
+    A callback can beat the push's answer; it was stored with its CheckoutRequestID and
+    found no top-up. The caller re-applies the returned callbacks after this commit.
+    """
+    now = utcnow()
+    with write_transaction():
+        (TopUp.update(push_state=PUSH_SENT, checkout_request_id=checkout_request_id,
+                      merchant_request_id=merchant_request_id, pushed_at=now, updated_at=now,
+                      next_query_at=now + dt.timedelta(seconds=query_after_s))
+         .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_SENDING)).execute())
+        record_event(topup_id, "push_accepted", checkout_request_id=checkout_request_id,
+                     merchant_request_id=merchant_request_id)
+    return [cb.seq for cb in Callback.select(Callback.seq)
+            .where(Callback.checkout_request_id == checkout_request_id)]
+
+
+def record_push_refused(topup_id: str, *, error_code: str | None, error_message: str | None) -> bool:
+    """Daraja refused the push outright: nothing was sent, no money can move."""
+    now = utcnow()
+    with write_transaction():
+        changed = (TopUp.update(status=FAILED, push_state=PUSH_REFUSED,
+                                failure_code=(error_code or "refused")[:32],
+                                failure_reason=(error_message or "")[:255],
+                                completed_at=now, updated_at=now)
+                   .where((TopUp.id == topup_id) & (TopUp.status == PENDING)
+                          & (TopUp.push_state == PUSH_SENDING))
+                   .execute())
+        record_event(topup_id, "push_refused", error_code=error_code, error_message=error_message)
+    return changed == 1
+
+
+def record_push_ambiguous(topup_id: str, reason: str) -> None:
+    """The push may have reached Daraja: never send it again; its callback settles it."""
+    with write_transaction():
+        (TopUp.update(push_state=PUSH_AMBIGUOUS, updated_at=utcnow())
+         .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_SENDING)).execute())
+        record_event(topup_id, "push_ambiguous", reason=reason)
+
+
+# --- callbacks -------------------------------------------------------------------------------
+
+def store_callback(body: bytes, remote_addr: str | None) -> tuple[Callback, StkCallback | None]:
+    """Store a callback exactly as received, before it is acknowledged."""
+    try:
+        parsed = parse(body)
+    except MalformedCallback:
+        parsed = None
+    text = body.decode("utf-8", errors="replace")
+    with write_transaction():
+        row = Callback.create(
+            body=text, remote_addr=remote_addr, well_formed=parsed is not None,
+            checkout_request_id=parsed.checkout_request_id if parsed else None,
+            result_code=parsed.result_code[:32] if parsed else None,
+            applied_at=None if parsed else utcnow(),
+            outcome=None if parsed else "malformed")
+    return row, parsed
+
+
+def apply_callback(callback_seq: int, *, confirmed_by_query: bool | None = None) -> str:
+    """Settle the top-up a stored callback speaks of. Safe to run any number of times.
+
+    Returns what it did: ``credited``, ``duplicate``, ``receipt_filled``, ``failed``,
+    ``orphan``, ``unknown_code``, ``malformed`` …
+    """
+    row = Callback.get_or_none(Callback.seq == callback_seq)
+    if row is None:
+        return "missing"
+    try:
+        cb = parse(row.body)
+    except MalformedCallback:
+        return _mark_applied(row, "malformed")
+    kind = result_codes.classify(cb.result_code)
+    if kind == "paid":
+        outcome = settle_success(cb.checkout_request_id, amount_cents=cb.amount_cents,
+                                 receipt=cb.receipt, phone=cb.phone, source="callback",
+                                 callback_seq=row.seq)
+    elif kind == "failed":
+        outcome = settle_failure(cb.checkout_request_id, cb.result_code, cb.result_desc,
+                                 source="callback")
+    else:
+        outcome = "unknown_code"
+        topup = TopUp.get_or_none(TopUp.checkout_request_id == cb.checkout_request_id)
+        if topup is not None:
+            with write_transaction():
+                record_event(topup.id, "callback_unknown_code", result_code=cb.result_code,
+                             result_desc=cb.result_desc)
+    return _mark_applied(row, outcome)
+
+
+def _mark_applied(row: Callback, outcome: str) -> str:
+    with write_transaction():
+        Callback.update(applied_at=utcnow(), outcome=outcome).where(
+            Callback.seq == row.seq).execute()
+    return outcome
+
+
+def settle_success(checkout_request_id: str, *, amount_cents: int | None, receipt: str | None,
+                   phone: str | None, source: str, callback_seq: int | None = None) -> str:
+    """M-Pesa says the money moved: credit once, or keep it as an orphan payment."""
+    try:
+        with write_transaction():
+            return _settle_success(checkout_request_id, amount_cents, receipt, phone, source,
+                                   callback_seq)
+    except pw.IntegrityError as exc:
+        # The receipt already credited something else (a replay under another
+        # CheckoutRequestID, or a forgery): credit nothing, keep the evidence.
+        log.warning("receipt conflict on credit", extra={"checkout_request_id": checkout_request_id,
+                                                         "error": str(exc)[:200]})
+        return "receipt_conflict"
+
+
+def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, callback_seq):
+    topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
+    if topup is None or topup.status == FAILED:
+        # No top-up knows this CheckoutRequestID (or Daraja earlier said it failed):
+        # the money moved all the same, so it is kept for reconciliation.
+        _keep_orphan(checkout_request_id, amount_cents, receipt, phone, callback_seq)
+        if topup is not None:
+            record_event(topup.id, "paid_after_failed", receipt=receipt, source=source)
+        return "orphan"
+
+    now = utcnow()
+    requested_cents = topup.amount * 100
+    credit_cents = amount_cents if amount_cents is not None else requested_cents
+    flags = []
+    if amount_cents is not None and amount_cents != requested_cents:
+        flags.append(f"amount: requested {requested_cents} cents, M-Pesa confirmed {amount_cents}")
+    if phone and phone != topup.phone:
+        flags.append(f"phone: paid from {mask(phone)}")
+    settled = (TopUp.update(status=SUCCEEDED, mpesa_receipt=receipt, credited_cents=credit_cents,
+                            flagged="; ".join(flags)[:200] or None, completed_at=now,
+                            updated_at=now, next_query_at=None)
+               .where((TopUp.id == topup.id) & TopUp.status.in_(SETTLEABLE))
+               .execute())
+    if not settled:
+        return _already_settled(topup, receipt, source)
+
+    Wallet.update(balance_cents=Wallet.balance_cents + credit_cents, updated_at=now).where(
+        Wallet.account == topup.account_id).execute()
+    wallet = Wallet.get(Wallet.account == topup.account_id)
+    entry = LedgerEntry.create(
+        id=new_id("le"), wallet=wallet, type="top_up", amount_cents=credit_cents,
+        balance_after_cents=wallet.balance_cents, topup=topup.id, mpesa_receipt=receipt,
+        description=f"M-Pesa top-up {receipt or topup.reference}", source=source)
+    (OrphanPayment.update(resolved_topup=topup.id, resolved_at=now)
+     .where((OrphanPayment.checkout_request_id == checkout_request_id)
+            & OrphanPayment.resolved_topup.is_null()).execute())
+    record_event(topup.id, "credited", amount_cents=credit_cents, receipt=receipt, source=source,
+                 ledger_entry=entry.id, balance_after_cents=wallet.balance_cents,
+                 flagged=flags or None)
+    return "credited"
+
+
+def _already_settled(topup: TopUp, receipt: str | None, source: str) -> str:
+    current = TopUp.get(TopUp.id == topup.id)
+    if current.status == SUCCEEDED and receipt and current.mpesa_receipt is None:
+        # Credited earlier from a query answer, which carries no receipt: the callback
+        # brings it now, and credits nothing more.
+        TopUp.update(mpesa_receipt=receipt, updated_at=utcnow()).where(
+            (TopUp.id == topup.id) & TopUp.mpesa_receipt.is_null()).execute()
+        LedgerEntry.update(mpesa_receipt=receipt).where(
+            (LedgerEntry.topup == topup.id) & LedgerEntry.mpesa_receipt.is_null()).execute()
+        record_event(topup.id, "receipt_filled", receipt=receipt, source=source)
+        return "receipt_filled"
+    record_event(topup.id, "duplicate_success", receipt=receipt, source=source)
+    return "duplicate"
+
+
+def _keep_orphan(checkout_request_id, amount_cents, receipt, phone, callback_seq):
+    exists = OrphanPayment.select().where(
+        OrphanPayment.checkout_request_id == checkout_request_id).exists()
+    if exists:
+        return
+    if receipt is not None and OrphanPayment.select().where(
+            OrphanPayment.mpesa_receipt == receipt).exists():
+        return
+    with database.atomic():  # a savepoint: a racing insert of the same orphan is harmless
+        try:
+            OrphanPayment.create(checkout_request_id=checkout_request_id, mpesa_receipt=receipt,
+                                 amount_cents=amount_cents, phone=phone, callback=callback_seq)
+        except pw.IntegrityError:
+            pass
+
+
+def settle_failure(checkout_request_id: str, result_code: str, result_desc: str, *,
+                   source: str) -> str:
+    """Daraja says no money moved. A success is never downgraded."""
+    now = utcnow()
+    with write_transaction():
+        topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
+        if topup is None:
+            return "unmatched_failure"
+        changed = (TopUp.update(status=FAILED, failure_code=result_code[:32],
+                                failure_reason=(result_desc or "")[:255], completed_at=now,
+                                updated_at=now, next_query_at=None)
+                   .where((TopUp.id == topup.id) & TopUp.status.in_(SETTLEABLE))
+                   .execute())
+        record_event(topup.id, "failed" if changed else "duplicate_failure",
+                     result_code=result_code, result_desc=result_desc, source=source)
+    return "failed" if changed else "duplicate"
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+def get_topup(account_id: str, topup_id: str) -> TopUp | None:
+    return TopUp.get_or_none((TopUp.id == topup_id) & (TopUp.account == account_id))
+
+
+def list_topups(account_id: str, *, status: str | None, limit: int,
+                starting_after: str | None) -> tuple[list[TopUp], bool] | None:
+    """Newest first; None when ``starting_after`` names no top-up of this account."""
+    query = TopUp.select().where(TopUp.account == account_id)
+    if status:
+        query = query.where(TopUp.status == status)
+    if starting_after:
+        cursor = get_topup(account_id, starting_after)
+        if cursor is None:
+            return None
+        query = query.where(TopUp.seq < cursor.seq)
+    rows = list(query.order_by(TopUp.seq.desc()).limit(limit + 1))
+    return rows[:limit], len(rows) > limit

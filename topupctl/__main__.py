@@ -1,0 +1,5 @@
+import sys
+
+from topupctl.cli import main
+
+sys.exit(main())

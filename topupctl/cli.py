@@ -1,0 +1,97 @@
+"""``topupctl``: the operator's commands (contract §1 and §5)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import settings as settings_module
+
+
+def _settings(need_callback_token=False):
+    try:
+        return settings_module.load(need_callback_token=need_callback_token)
+    except settings_module.ConfigError as exc:
+        sys.exit(f"topupctl: configuration error: {exc}")
+
+
+def _bind():
+    from ledger import db
+    db.bind(_settings().database_url)
+    return db
+
+
+def cmd_db_upgrade(args):
+    from ledger import migrate
+    db = _bind()
+    with db.connection():
+        applied = migrate.upgrade()
+    print(json.dumps({"applied": applied}))
+
+
+def cmd_accounts_create(args):
+    from ledger import accounts
+    db = _bind()
+    with db.connection():
+        account, key = accounts.create_account(args.name)
+    print(json.dumps({"account": account.id, "api_key": key}))
+
+
+def cmd_simulator(args):
+    from simulator.server import SimulatorConfig, serve
+    config = SimulatorConfig()
+    if args.callback_delay is not None:
+        config = SimulatorConfig(callback_delay_s=args.callback_delay)
+    serve(host=args.host, port=args.port, config=config)
+
+
+def cmd_scheduler(args):
+    import redis
+
+    # the scheduler enqueues onto the workers' broker: importing them configures it
+    import workers  # noqa: F401
+    from workers import scheduler
+    settings = _settings(need_callback_token=True)
+    scheduler.run(redis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                       socket_connect_timeout=3),
+                  interval_s=args.interval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="topupctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dbp = sub.add_parser("db", help="the ledger's schema").add_subparsers(dest="db_command",
+                                                                          required=True)
+    dbp.add_parser("upgrade", help="create or migrate the schema (safe to run again)"
+                   ).set_defaults(func=cmd_db_upgrade)
+
+    acc = sub.add_parser("accounts", help="accounts").add_subparsers(dest="accounts_command",
+                                                                     required=True)
+    create = acc.add_parser("create", help="create an account; prints its API key once")
+    create.add_argument("name")
+    create.set_defaults(func=cmd_accounts_create)
+
+    sim = sub.add_parser("simulator", help="a local emulation of Daraja")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8900)
+    sim.add_argument("--callback-delay", type=float, default=None,
+                     help="seconds between the push's answer and its callback")
+    sim.set_defaults(func=cmd_simulator)
+
+    sch = sub.add_parser("scheduler", help="periodic sweeps: lost pushes, callbacks, queries")
+    sch.add_argument("--interval", type=float, default=5.0)
+    sch.set_defaults(func=cmd_scheduler)
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The one broker module: built from REDIS_URL, swapped for a StubBroker in unit tests.
+
+Every broker gets the same middleware, so what a test sees is what production runs.
+"""
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from workers.middleware import DatabaseConnections
+
+
+def our_middleware():
+    return [DatabaseConnections()]
+
+
+def build(redis_url: str) -> RedisBroker:
+    broker = RedisBroker(
+        url=redis_url,
+        # a lost Redis must not hang a request or a worker thread forever
+        socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
+        retry_on_timeout=True,
+    )
+    for middleware in our_middleware():
+        broker.add_middleware(middleware)
+    return broker
+
+
+def install(broker: dramatiq.Broker) -> dramatiq.Broker:
+    """Make ``broker`` the one every actor sends to and is consumed from."""
+    previous = dramatiq.get_broker()
+    have = {type(m) for m in broker.middleware}
+    for middleware in our_middleware():
+        if type(middleware) not in have:
+            broker.add_middleware(middleware)
+    for actor in list(previous.actors.values()):
+        actor.broker = broker
+        broker.declare_actor(actor)
+    dramatiq.set_broker(broker)
+    return broker

@@ -1,0 +1,44 @@
+"""``topupctl scheduler``: run the sweeps every few seconds and enqueue what they find."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from ledger import db
+from workers import actors, sweeps
+
+log = logging.getLogger(__name__)
+
+
+def sweep_once() -> dict:
+    with db.connection():
+        unsent = sweeps.unsent_pushes()
+        abandoned = sweeps.abandoned_pushes()
+        callbacks = sweeps.unapplied_callbacks()
+    for topup_id in unsent:
+        actors.push_topup.send(topup_id)
+    for seq in callbacks:
+        actors.apply_callback.send(seq)
+    found = {"unsent_pushes": len(unsent), "abandoned_pushes": len(abandoned),
+             "unapplied_callbacks": len(callbacks)}
+    if any(found.values()):
+        log.info("sweep", extra=found)
+    return found
+
+
+def run(redis_client, interval_s: float = 5.0, stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("scheduler started", extra={"interval_s": interval_s})
+    while not stop.is_set():
+        # One sweep per interval across every scheduler: the lock expires by itself, so a
+        # scheduler that dies never blocks the others.
+        try:
+            if redis_client.set("topup:scheduler:sweep", "1", nx=True, px=int(interval_s * 900)):
+                sweep_once()
+        except Exception:
+            log.exception("sweep failed; trying again next interval")
+        stop.wait(interval_s)
+    log.info("scheduler stopped")
