@@ -6,6 +6,9 @@ import peewee
 
 from workers import runtime, tasks
 
+# The database blinked (restart, failover, lost connection): worth retrying the message.
+DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+
 TOPUPS_QUEUE = "topups"
 CALLBACKS_QUEUE = "callbacks"
 
@@ -13,7 +16,8 @@ CALLBACKS_QUEUE = "callbacks"
 def _retry_push(retries: int, exc: BaseException) -> bool:
     # The attempt count that really bounds a push lives in the database (MAX_PUSH_ATTEMPTS);
     # this only bounds the messages.
-    return isinstance(exc, (tasks.PushNotSentYet, peewee.OperationalError)) and retries < 20
+    return (isinstance(exc, (tasks.PushNotSentYet, dramatiq.Retry, *DATABASE_ERRORS))
+            and retries < 20)
 
 
 @dramatiq.actor(queue_name=TOPUPS_QUEUE, max_retries=20, min_backoff=5_000,
@@ -34,7 +38,7 @@ def push_topup(topup_id: str) -> None:
 def _retry_callback(retries: int, exc: BaseException) -> bool:
     # A stored callback is never lost (the scheduler re-applies unapplied ones); retries
     # only make it quicker when the database blinks.
-    return isinstance(exc, peewee.OperationalError) and retries < 20
+    return isinstance(exc, DATABASE_ERRORS) and retries < 20
 
 
 @dramatiq.actor(queue_name=CALLBACKS_QUEUE, max_retries=20, min_backoff=1_000,

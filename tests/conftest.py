@@ -1,0 +1,14 @@
+"""Test-wide setup: the environment every entrypoint reads, fixed before anything imports.
+
+Unit tests never reach a real Redis: REDIS_URL points at a port nothing listens on, and the
+broker is swapped for Dramatiq's StubBroker. Integration tests build their own settings for
+the real servers they start.
+"""
+import os
+import tempfile
+
+_scratch = tempfile.mkdtemp(prefix="topup-tests-")
+os.environ["DARAJA_CALLBACK_TOKEN"] = "c0ffee" * 6
+os.environ["DATABASE_URL"] = f"sqlite:///{_scratch}/import-time.db"
+os.environ["REDIS_URL"] = "redis://127.0.0.1:9/0"
+os.environ.setdefault("dramatiq_worker_timeout", "50")

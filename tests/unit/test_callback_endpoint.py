@@ -1,0 +1,73 @@
+"""POST /daraja/callback/{token}: stored durably, acknowledged, handed to a worker."""
+import dataclasses
+import ipaddress
+import json
+
+import pytest
+
+from app import create_app
+from ledger import db
+from ledger.models import Callback
+from tests.unit.conftest import CALLBACK_TOKEN, FakeRedis
+
+BODY = {"Body": {"stkCallback": {"MerchantRequestID": "m", "CheckoutRequestID": "ws_CO_9",
+                                 "ResultCode": 1032, "ResultDesc": "Request cancelled by user"}}}
+
+
+def stored():
+    with db.connection():
+        return list(Callback.select())
+
+
+def test_a_well_formed_callback_is_stored_then_acknowledged_and_queued(client, stub_broker):
+    response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY)
+    assert response.status_code == 200
+    assert response.get_json() == {"ResultCode": 0, "ResultDesc": "Accepted"}
+    rows = stored()
+    assert [(r.checkout_request_id, r.result_code) for r in rows] == [("ws_CO_9", "1032")]
+    assert json.loads(rows[0].body) == BODY
+    assert stub_broker.queues["callbacks"].qsize() == 1
+
+
+def test_a_wrong_token_answers_404_and_stores_nothing(client):
+    response = client.post("/daraja/callback/" + "0" * 36, json=BODY)
+    assert response.status_code == 404
+    assert stored() == []
+
+
+def test_a_malformed_callback_answers_400_but_is_kept_for_an_operator(client, stub_broker):
+    response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}", data="<html>",
+                           content_type="text/html")
+    assert response.status_code == 400
+    assert [r.body for r in stored()] == ["<html>"]
+    assert stub_broker.queues["callbacks"].qsize() == 0
+
+
+@pytest.fixture
+def guarded_client(settings, database, stub_broker):
+    guarded = dataclasses.replace(
+        settings, daraja_callback_allowed_ips=(ipaddress.ip_network("196.201.212.0/24"),),
+        trusted_proxy_count=1)
+    app = create_app({"SETTINGS": guarded, "BROKER": stub_broker, "REDIS": FakeRedis(),
+                      "BIND_DATABASE": False})
+    return app.test_client()
+
+
+def test_an_address_outside_the_allowlist_answers_403(guarded_client):
+    response = guarded_client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY,
+                                   headers={"X-Forwarded-For": "10.1.1.1"})
+    assert response.status_code == 403
+    assert stored() == []
+
+
+def test_an_allowed_address_behind_a_trusted_proxy_is_accepted(guarded_client):
+    response = guarded_client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY,
+                                   headers={"X-Forwarded-For": "1.1.1.1, ::ffff:196.201.212.69"})
+    assert response.status_code == 200
+
+
+def test_an_untrusted_forwarded_for_hop_is_ignored(guarded_client):
+    # the client wrote the left-most hop itself; only the proxy's own hop counts
+    response = guarded_client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY,
+                                   headers={"X-Forwarded-For": "196.201.212.69, 10.0.0.1"})
+    assert response.status_code == 403

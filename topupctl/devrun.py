@@ -1,0 +1,182 @@
+"""``make run``: the whole system on one machine, on embedded defaults, with the simulator.
+
+Starts Redis (the system's ``redis-server`` if there is one, else an embedded in-process
+server), migrates an SQLite ledger, starts the simulator, the API under gunicorn, a worker
+and the scheduler, creates a demo account and prints a curl line that tops up. Ctrl-C
+stops everything it started.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+API_PORT = int(os.environ.get("TOPUP_API_PORT", "8000"))
+SIM_PORT = int(os.environ.get("TOPUP_SIMULATOR_PORT", "8900"))
+VAR = os.path.abspath("var")
+
+
+def say(text: str) -> None:
+    print(f"[make run] {text}", flush=True)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, what: str, deadline_s: float = 30.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except Exception:
+            time.sleep(0.2)
+    raise SystemExit(f"[make run] {what} did not come up at {url}; see var/log/")
+
+
+class Processes:
+    def __init__(self):
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.embedded_redis = None
+        os.makedirs(os.path.join(VAR, "log"), exist_ok=True)
+
+    def start(self, name: str, argv: list[str], env: dict) -> subprocess.Popen:
+        log = open(os.path.join(VAR, "log", f"{name}.log"), "ab")
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.children.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.children):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for name, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self.embedded_redis is not None:
+            self.embedded_redis.shutdown()
+        say("stopped everything it started")
+
+
+def start_redis(procs: Processes, env: dict) -> str:
+    port = 6379 if port_free(6379) else free_port()
+    server = shutil.which("redis-server")
+    if server:
+        data = os.path.join(VAR, "redis")
+        os.makedirs(data, exist_ok=True)
+        procs.start("redis", [server, "--port", str(port), "--bind", "127.0.0.1",
+                              "--dir", data, "--appendonly", "yes",
+                              "--maxmemory-policy", "noeviction", "--save", ""], env)
+        say(f"Redis: the system's redis-server on port {port} (data in var/redis)")
+    else:
+        from fakeredis import TcpFakeServer
+        srv = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        procs.embedded_redis = srv
+        say(f"Redis: no redis-server on this machine, so an embedded in-process server "
+            f"(fakeredis) on port {port}; its queues live only as long as `make run`")
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    import redis
+    while True:
+        try:
+            redis.Redis.from_url(url, socket_timeout=1).ping()
+            return url
+        except Exception:
+            if time.monotonic() > deadline:
+                raise SystemExit("[make run] Redis did not start; see var/log/redis.log")
+            time.sleep(0.1)
+
+
+def main() -> int:
+    for port, what in ((API_PORT, "API"), (SIM_PORT, "simulator")):
+        if not port_free(port):
+            raise SystemExit(f"[make run] port {port} ({what}) is in use; stop what holds it "
+                             f"or set TOPUP_API_PORT / TOPUP_SIMULATOR_PORT")
+    procs = Processes()
+    env = dict(os.environ)
+    env.setdefault("DATABASE_URL", f"sqlite:///{os.path.join(VAR, 'topup.db')}")
+    env.setdefault("DARAJA_CALLBACK_TOKEN", secrets.token_hex(24))
+    env.setdefault("DARAJA_BASE_URL", f"http://127.0.0.1:{SIM_PORT}")
+    env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{API_PORT}")
+    env.setdefault("STK_QUERY_AFTER_S", "20")
+    env.setdefault("dramatiq_worker_timeout", "100")  # pick up messages within ~0.1 s
+    bin_dir = os.path.dirname(sys.executable)
+    try:
+        env["REDIS_URL"] = env.get("REDIS_URL") or start_redis(procs, env)
+        os.environ.update(env)
+
+        from ledger import accounts, db, migrate
+        db.bind(env["DATABASE_URL"])
+        with db.connection():
+            migrate.upgrade()
+        say(f"ledger: {env['DATABASE_URL']} (migrated)")
+
+        procs.start("simulator", [os.path.join(bin_dir, "topupctl"), "simulator",
+                                  "--port", str(SIM_PORT)], env)
+        procs.start("api", [os.path.join(bin_dir, "gunicorn"), "app:create_app()",
+                            "--bind", f"127.0.0.1:{API_PORT}", "--workers", "2",
+                            "--threads", "4", "--graceful-timeout", "20"], env)
+        procs.start("worker", [os.path.join(bin_dir, "dramatiq"), "workers",
+                               "--processes", "1", "--threads", "8"], env)
+        procs.start("scheduler", [os.path.join(bin_dir, "topupctl"), "scheduler"], env)
+        wait_for(f"http://127.0.0.1:{SIM_PORT}/__sim/stats", "the simulator")
+        wait_for(f"http://127.0.0.1:{API_PORT}/healthz", "the API")
+
+        with db.connection():
+            account, key = accounts.create_account("demo")
+        body = json.dumps({"provider": "mpesa", "amount": 1000, "phone": "0708 374 149",
+                           "reference": "DEMO1"})
+        api = f"http://127.0.0.1:{API_PORT}"
+        say(f"simulator (Daraja) on http://127.0.0.1:{SIM_PORT}, API on {api}; logs in var/log/")
+        print(f"""
+Demo account {account.id}
+API key: {key}
+
+Top up KES 1,000 from the simulator's test phone:
+  curl -s {api}/v1/topups -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{body}'
+
+Then look at it and at the wallet:
+  curl -s {api}/v1/topups/<id> -H 'Authorization: Bearer {key}'
+  curl -s {api}/v1/wallet -H 'Authorization: Bearer {key}'
+
+Ctrl-C stops everything.
+""", flush=True)
+        while True:
+            for name, proc in procs.children:
+                if proc.poll() is not None:
+                    raise SystemExit(f"[make run] {name} exited ({proc.returncode}); "
+                                     f"see var/log/{name}.log")
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        procs.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
