@@ -1,0 +1,62 @@
+"""Real servers for the integration tests: ``redis_server`` and ``postgres_server``.
+
+Both are session-scoped (one redis-server and one PostgreSQL cluster per test run, started on
+first use, stopped at the end). Tests that need a database of their own call
+``postgres_server.create_database(name)``; tests that restart or kill a server start a
+private one with :mod:`tests.servers` instead of disturbing the shared ones.
+
+Without redis-server or PostgreSQL on this machine the tests are skipped, unless
+``TOPUP_REQUIRE_SERVERS=1`` (set by ``.ci/run``): then they fail, so CI never passes by
+silently skipping them.
+
+Every test collected under this folder is marked ``integration`` (``-m "not integration"``
+runs the rest).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.servers import PostgresServer, RedisServer, servers_available
+
+INTEGRATION_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    # This hook sees every collected item of the run, not only this folder's.
+    for item in items:
+        if Path(item.path).resolve().is_relative_to(INTEGRATION_DIR):
+            item.add_marker(pytest.mark.integration)
+
+
+def _require_servers() -> None:
+    available, reason = servers_available()
+    if available:
+        return
+    if os.environ.get("TOPUP_REQUIRE_SERVERS") == "1":
+        pytest.fail(f"TOPUP_REQUIRE_SERVERS=1 but servers are unavailable: {reason}",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A started :class:`tests.servers.RedisServer` (AOF everysec, noeviction); ``.url``."""
+    _require_servers()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A started :class:`tests.servers.PostgresServer`; ``.url`` is the ``topup`` database,
+    ``.create_database(name)`` gives an isolated one."""
+    _require_servers()
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    yield server
+    server.close()
