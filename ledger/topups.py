@@ -195,6 +195,19 @@ def apply_callback(callback_seq: int, *, confirmed_by_query: bool | None = None)
     return _mark_applied(row, outcome)
 
 
+def refute_callback(callback_seq: int, verdict: str) -> str:
+    """STK Query contradicted a success callback: credit nothing, keep it for an operator.
+    The top-up itself is settled by its own query chain, on Daraja's word."""
+    row = Callback.get(Callback.seq == callback_seq)
+    outcome = f"refuted:{verdict}"[:64]
+    topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
+    if topup is not None:
+        with write_transaction():
+            record_event(topup.id, "callback_refuted_by_query", callback=callback_seq,
+                         verdict=verdict)
+    return _mark_applied(row, outcome)
+
+
 def _mark_applied(row: Callback, outcome: str) -> str:
     with write_transaction():
         Callback.update(applied_at=utcnow(), outcome=outcome).where(
@@ -306,6 +319,48 @@ def settle_failure(checkout_request_id: str, result_code: str, result_desc: str,
         record_event(topup.id, "failed" if changed else "duplicate_failure",
                      result_code=result_code, result_desc=result_desc, source=source)
     return "failed" if changed else "duplicate"
+
+
+# --- queries and giving up -------------------------------------------------------------------
+
+def record_query(topup_id: str, *, answer: str, recheck_in_s: float, **detail) -> None:
+    """Note a query's answer and when the sweeper should look again if the retries stop."""
+    now = utcnow()
+    with write_transaction():
+        (TopUp.update(query_attempts=TopUp.query_attempts + 1, updated_at=now,
+                      next_query_at=now + dt.timedelta(seconds=recheck_in_s))
+         .where((TopUp.id == topup_id) & (TopUp.status == PENDING)).execute())
+        record_event(topup_id, "query", answer=answer, **detail)
+
+
+def give_up(topup_id: str, give_up_after_s: int, now: dt.datetime | None = None) -> str | None:
+    """A top-up unresolved this long is settled as far as we can without Daraja's word.
+
+    If its push was certainly never sent it is ``failed`` (no prompt, no money); otherwise it
+    becomes ``unknown``, never ``failed``: it is left for a late callback or reconciliation.
+    """
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(seconds=give_up_after_s)
+    with write_transaction():
+        topup = TopUp.get_or_none(TopUp.id == topup_id)
+        if topup is None or topup.status != PENDING:
+            return None
+        if (topup.pushed_at or topup.push_started_at or topup.created_at) >= cutoff:
+            return None
+        if topup.push_state == PUSH_QUEUED:
+            changed = (TopUp.update(status=FAILED, failure_code="not_sent",
+                                    failure_reason="The push was never sent before the deadline",
+                                    completed_at=now, updated_at=now, next_query_at=None)
+                       .where((TopUp.id == topup_id) & (TopUp.status == PENDING)
+                              & (TopUp.push_state == PUSH_QUEUED)).execute())
+            status = FAILED
+        else:
+            changed = (TopUp.update(status=UNKNOWN, updated_at=now, next_query_at=None)
+                       .where((TopUp.id == topup_id) & (TopUp.status == PENDING)).execute())
+            status = UNKNOWN
+        if changed:
+            record_event(topup_id, "gave_up", status=status, push_state=topup.push_state)
+    return status if changed else None
 
 
 # --- reading ---------------------------------------------------------------------------------

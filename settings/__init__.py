@@ -42,6 +42,7 @@ class Settings:
     trusted_proxy_count: int = 0
     stk_query_after_s: int = 60
     stk_give_up_after_s: int = 86400
+    stk_query_backoff_s: float = 10.0
     ops_token: str | None = field(default=None, repr=False)
     webhook_allow_private: bool = False
 
@@ -78,6 +79,19 @@ def _int(env, name, default, minimum=0):
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env, name, default, minimum=0.0):
+    raw = _text(env, name, None)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw}")
     return value
 
 
@@ -160,6 +174,8 @@ def load(environ: Mapping[str, str] | None = None, *, need_callback_token: bool 
         trusted_proxy_count=_int(env, "TRUSTED_PROXY_COUNT", 0),
         stk_query_after_s=_int(env, "STK_QUERY_AFTER_S", 60, minimum=1),
         stk_give_up_after_s=_int(env, "STK_GIVE_UP_AFTER_S", 86400, minimum=1),
+        # not in the contract: the first delay between STK queries (it doubles, with jitter)
+        stk_query_backoff_s=_float(env, "STK_QUERY_BACKOFF_S", 10.0, minimum=0.05),
         ops_token=_text(env, "OPS_TOKEN", None),
         webhook_allow_private=_flag(env, "WEBHOOK_ALLOW_PRIVATE"),
     )

@@ -38,6 +38,29 @@ def cmd_accounts_create(args):
     print(json.dumps({"account": account.id, "api_key": key}))
 
 
+def cmd_orphans(args):
+    from ledger.models import OrphanPayment
+    from ledger.phones import mask
+    db = _bind()
+    with db.connection():
+        query = OrphanPayment.select().order_by(OrphanPayment.seq)
+        if not args.all:
+            query = query.where(OrphanPayment.resolved_at.is_null())
+        rows = [{"checkout_request_id": o.checkout_request_id, "mpesa_receipt": o.mpesa_receipt,
+                 "amount_cents": o.amount_cents, "phone": mask(o.phone),
+                 "received_at": o.created_at.isoformat() + "Z",
+                 "resolved_topup": o.resolved_topup_id} for o in query]
+    if args.json:
+        print(json.dumps({"object": "list", "data": rows}))
+        return
+    if not rows:
+        print("no orphan payments" + ("" if args.all else " waiting"))
+    for row in rows:
+        print(f"{row['received_at']}  {row['mpesa_receipt'] or '-':<10}  "
+              f"KES {((row['amount_cents'] or 0) / 100):>10.2f}  {row['phone'] or '-':<12}  "
+              f"{row['checkout_request_id']}  {row['resolved_topup'] or 'unresolved'}")
+
+
 def cmd_simulator(args):
     from simulator.server import SimulatorConfig, serve
     config = SimulatorConfig()
@@ -55,7 +78,7 @@ def cmd_scheduler(args):
     settings = _settings(need_callback_token=True)
     scheduler.run(redis.Redis.from_url(settings.redis_url, socket_timeout=5,
                                        socket_connect_timeout=3),
-                  interval_s=args.interval)
+                  give_up_after_s=settings.stk_give_up_after_s, interval_s=args.interval)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     create = acc.add_parser("create", help="create an account; prints its API key once")
     create.add_argument("name")
     create.set_defaults(func=cmd_accounts_create)
+
+    orph = sub.add_parser("orphans", help="payments M-Pesa confirmed that no top-up knows")
+    orph.add_argument("--json", action="store_true")
+    orph.add_argument("--all", action="store_true", help="include resolved ones")
+    orph.set_defaults(func=cmd_orphans)
 
     sim = sub.add_parser("simulator", help="a local emulation of Daraja")
     sim.add_argument("--host", default="127.0.0.1")

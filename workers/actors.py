@@ -11,11 +11,12 @@ DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 
 TOPUPS_QUEUE = "topups"
 CALLBACKS_QUEUE = "callbacks"
+QUERIES_QUEUE = "queries"
 
 
 def _retry_push(retries: int, exc: BaseException) -> bool:
     # The attempt count that really bounds a push lives in the database (MAX_PUSH_ATTEMPTS);
-    # this only bounds the messages.
+    # this only bounds the messages. The sweeper re-drives a push whose messages ran out.
     return (isinstance(exc, (tasks.PushNotSentYet, dramatiq.Retry, *DATABASE_ERRORS))
             and retries < 20)
 
@@ -25,23 +26,47 @@ def _retry_push(retries: int, exc: BaseException) -> bool:
 def push_topup(topup_id: str) -> None:
     rt = runtime.get()
     try:
-        _, early_callbacks = tasks.push(topup_id, rt.daraja,
-                                        query_after_s=rt.settings.stk_query_after_s)
+        outcome, early_callbacks = tasks.push(topup_id, rt.daraja, redis=rt.redis,
+                                              query_after_s=rt.settings.stk_query_after_s)
     except tasks.PushNotSentYet as exc:
         if exc.retry_after_s:
             raise dramatiq.Retry(str(exc), delay=int(exc.retry_after_s * 1000)) from None
         raise
     for callback_seq in early_callbacks:
         apply_callback.send(callback_seq)
+    if outcome == "sent":
+        schedule_query(topup_id, delay_s=rt.settings.stk_query_after_s)
+
+
+def schedule_query(topup_id: str, *, delay_s: float) -> None:
+    backoff_ms = int(runtime.get().settings.stk_query_backoff_s * 1000)
+    query_topup.send_with_options(args=(topup_id,), delay=int(delay_s * 1000),
+                                  min_backoff=backoff_ms)
 
 
 def _retry_callback(retries: int, exc: BaseException) -> bool:
     # A stored callback is never lost (the scheduler re-applies unapplied ones); retries
-    # only make it quicker when the database blinks.
-    return isinstance(exc, DATABASE_ERRORS) and retries < 20
+    # only make it quicker when the database blinks or a confirming query must wait.
+    return (isinstance(exc, (tasks.AskAgainLater, *DATABASE_ERRORS))) and retries < 20
 
 
 @dramatiq.actor(queue_name=CALLBACKS_QUEUE, max_retries=20, min_backoff=1_000,
                 max_backoff=120_000, retry_when=_retry_callback, time_limit=60_000)
 def apply_callback(callback_seq: int) -> None:
-    tasks.apply_callback(callback_seq)
+    rt = runtime.get()
+    tasks.apply_callback(callback_seq, daraja=rt.daraja, redis=rt.redis,
+                         confirm_by_query=rt.settings.daraja_confirm_by_query)
+
+
+def _retry_query(retries: int, exc: BaseException) -> bool:
+    # Growing, jittered delays (min_backoff doubling up to max_backoff). When a chain runs
+    # out, the sweeper starts another until STK_GIVE_UP_AFTER_S makes the top-up unknown.
+    return isinstance(exc, (tasks.AskAgainLater, *DATABASE_ERRORS)) and retries < 25
+
+
+@dramatiq.actor(queue_name=QUERIES_QUEUE, max_retries=25, min_backoff=10_000,
+                max_backoff=600_000, retry_when=_retry_query, time_limit=60_000)
+def query_topup(topup_id: str) -> None:
+    rt = runtime.get()
+    tasks.query(topup_id, rt.daraja, redis=rt.redis,
+                give_up_after_s=rt.settings.stk_give_up_after_s)

@@ -11,23 +11,29 @@ from workers import actors, sweeps
 log = logging.getLogger(__name__)
 
 
-def sweep_once() -> dict:
+def sweep_once(give_up_after_s: int) -> dict:
     with db.connection():
         unsent = sweeps.unsent_pushes()
         abandoned = sweeps.abandoned_pushes()
         callbacks = sweeps.unapplied_callbacks()
+        given_up = sweeps.overdue_for_giving_up(give_up_after_s)
+        queries = sweeps.queries_due()
     for topup_id in unsent:
         actors.push_topup.send(topup_id)
     for seq in callbacks:
         actors.apply_callback.send(seq)
+    for topup_id in queries:
+        actors.schedule_query(topup_id, delay_s=0)
     found = {"unsent_pushes": len(unsent), "abandoned_pushes": len(abandoned),
-             "unapplied_callbacks": len(callbacks)}
+             "unapplied_callbacks": len(callbacks), "queries_due": len(queries),
+             "given_up": len(given_up)}
     if any(found.values()):
         log.info("sweep", extra=found)
     return found
 
 
-def run(redis_client, interval_s: float = 5.0, stop: threading.Event | None = None) -> None:
+def run(redis_client, *, give_up_after_s: int, interval_s: float = 5.0,
+        stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -37,7 +43,7 @@ def run(redis_client, interval_s: float = 5.0, stop: threading.Event | None = No
         # scheduler that dies never blocks the others.
         try:
             if redis_client.set("topup:scheduler:sweep", "1", nx=True, px=int(interval_s * 900)):
-                sweep_once()
+                sweep_once(give_up_after_s)
         except Exception:
             log.exception("sweep failed; trying again next interval")
         stop.wait(interval_s)

@@ -53,3 +53,28 @@ def unapplied_callbacks(now: dt.datetime | None = None) -> list[int]:
                     & (Callback.received_at < now - UNAPPLIED_CALLBACK_AFTER))
              .order_by(Callback.seq).limit(BATCH))
     return [row.seq for row in query]
+
+
+# A query chain that is alive re-arms next_query_at on every attempt; the sweeper steps in
+# only when one is this far overdue (its message was lost with Redis or a killed worker).
+QUERY_OVERDUE_GRACE = dt.timedelta(seconds=60)
+
+
+def queries_due(now: dt.datetime | None = None) -> list[str]:
+    now = now or utcnow()
+    due = [row.id for row in TopUp.select(TopUp.id).where(
+        (TopUp.status == PENDING) & (TopUp.push_state == PUSH_SENT)
+        & (TopUp.next_query_at < now - QUERY_OVERDUE_GRACE)).order_by(TopUp.seq).limit(BATCH)]
+    if due:
+        # re-arm so that the next sweep does not enqueue them again while they run
+        TopUp.update(next_query_at=now + dt.timedelta(minutes=5)).where(
+            TopUp.id.in_(due) & (TopUp.status == PENDING)).execute()
+    return due
+
+
+def overdue_for_giving_up(give_up_after_s: int, now: dt.datetime | None = None) -> list[str]:
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(seconds=give_up_after_s)
+    stale = [row.id for row in TopUp.select(TopUp.id).where(
+        (TopUp.status == PENDING) & (TopUp.created_at < cutoff)).limit(BATCH)]
+    return [topup_id for topup_id in stale if topups.give_up(topup_id, give_up_after_s, now)]

@@ -7,7 +7,9 @@ import time
 import peewee
 
 from daraja import errors as daraja_errors
-from ledger import topups
+from ledger import result_codes, topups
+from ledger.callbacks import MalformedCallback, parse
+from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp, utcnow
 from ledger.phones import mask
 
 log = logging.getLogger(__name__)
@@ -15,6 +17,17 @@ log = logging.getLogger(__name__)
 # A push refused as "busy" or never sent is tried this many times in all (counted in the
 # database, so a worker killed mid-push also counts) before the top-up is failed.
 MAX_PUSH_ATTEMPTS = 6
+# Daraja allows one open prompt per phone; a prompt lives about a minute. A second top-up
+# for the same phone waits until the first settles, or this long at most.
+PHONE_LOCK_S = 120
+PHONE_BUSY_RETRY_S = 15
+# How long the sweeper leaves a live query chain alone before re-driving it.
+QUERY_RECHECK_S = 900
+
+_RELEASE_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 class PushNotSentYet(Exception):
@@ -25,8 +38,48 @@ class PushNotSentYet(Exception):
         self.retry_after_s = retry_after_s
 
 
-def push(topup_id: str, daraja, *, query_after_s: int) -> tuple[str, list[int]]:
+class AskAgainLater(Exception):
+    """Daraja has no final word yet (still processing, busy, unreachable): query again."""
+
+
+# --- one prompt per phone ----------------------------------------------------------------------
+
+def _phone_key(phone: str) -> str:
+    return f"topup:phone-lock:{phone}"
+
+
+def lock_phone(redis, phone: str, topup_id: str) -> bool:
+    if redis is None:
+        return True
+    try:
+        if redis.set(_phone_key(phone), topup_id, nx=True, px=PHONE_LOCK_S * 1000):
+            return True
+        return (redis.get(_phone_key(phone)) or b"").decode() == topup_id
+    except Exception:
+        # Without Redis the rule cannot be kept; Daraja itself refuses a second prompt
+        # ("Unable to lock subscriber"), which is retried like any "busy" answer.
+        log.warning("phone lock unavailable", extra={"phone": mask(phone)})
+        return True
+
+
+def unlock_phone(redis, phone: str | None, topup_id: str) -> None:
+    if redis is None or not phone:
+        return
+    try:
+        redis.eval(_RELEASE_LOCK, 1, _phone_key(phone), topup_id)
+    except Exception:
+        pass  # it expires by itself
+
+
+# --- the push ----------------------------------------------------------------------------------
+
+def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str, list[int]]:
     """Send a top-up's STK push once. Returns (outcome, callbacks that arrived first)."""
+    current = TopUp.get_or_none(TopUp.id == topup_id)
+    if current is None or current.status != PENDING or current.push_state != PUSH_QUEUED:
+        return "not_claimed", []
+    if not lock_phone(redis, current.phone, topup_id):
+        raise PushNotSentYet("phone has a prompt open", retry_after_s=PHONE_BUSY_RETRY_S)
     topup = topups.claim_push(topup_id)
     if topup is None:
         return "not_claimed", []
@@ -39,8 +92,10 @@ def push(topup_id: str, daraja, *, query_after_s: int) -> tuple[str, list[int]]:
         if exc.may_have_been_processed:
             # The prompt may be on the customer's phone: never send a second one.
             log.warning("push outcome unknown", extra={**context, **detail})
-            topups.record_push_ambiguous(topup_id, reason=f"{type(exc).__name__} {exc.error_code or ''}".strip())
+            topups.record_push_ambiguous(
+                topup_id, reason=f"{type(exc).__name__} {exc.error_code or ''}".strip())
             return "ambiguous", []
+        unlock_phone(redis, topup.phone, topup_id)
         if exc.retryable and topup.push_attempts < MAX_PUSH_ATTEMPTS:
             log.info("push not sent, will retry", extra={**context, **detail})
             topups.release_push(topup_id, reason=type(exc).__name__, error_code=exc.error_code,
@@ -61,7 +116,8 @@ def push(topup_id: str, daraja, *, query_after_s: int) -> tuple[str, list[int]]:
         lambda: topups.record_push_accepted(
             topup_id, checkout_request_id=accepted.checkout_request_id,
             merchant_request_id=accepted.merchant_request_id, query_after_s=query_after_s))
-    log.info("push accepted", extra={**context, "checkout_request_id": accepted.checkout_request_id})
+    log.info("push accepted",
+             extra={**context, "checkout_request_id": accepted.checkout_request_id})
     return "sent", callbacks
 
 
@@ -71,13 +127,93 @@ def _with_database_retries(fn, attempts: int = 5):
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except peewee.OperationalError:
+        except (peewee.OperationalError, peewee.InterfaceError):
             if attempt == attempts:
                 raise
             time.sleep(min(0.2 * 2 ** attempt, 3.0))
 
 
-def apply_callback(callback_seq: int) -> str:
+# --- callbacks ---------------------------------------------------------------------------------
+
+def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = False,
+                   redis=None) -> str:
+    """Apply a stored callback. With ``confirm_by_query`` a success credits only after STK
+    Query confirms ResultCode 0 for its CheckoutRequestID (callbacks are not signed)."""
+    row = Callback.get_or_none(Callback.seq == callback_seq)
+    if row is None:
+        return "missing"
+    if confirm_by_query and row.applied_at is None:
+        try:
+            cb = parse(row.body)
+        except MalformedCallback:
+            cb = None
+        if cb is not None and cb.paid:
+            verdict = _confirm(cb.checkout_request_id, daraja)
+            if verdict != "paid":
+                outcome = topups.refute_callback(row.seq, verdict)
+                log.warning("success callback refuted by query",
+                            extra={"callback": callback_seq, "verdict": verdict,
+                                   "checkout_request_id": cb.checkout_request_id})
+                return outcome
     outcome = topups.apply_callback(callback_seq)
-    log.info("callback applied", extra={"callback": callback_seq, "outcome": outcome})
+    if outcome in ("credited", "failed"):
+        topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
+        if topup is not None:
+            unlock_phone(redis, topup.phone, topup.id)
+    log.info("callback applied", extra={"callback": callback_seq, "outcome": outcome,
+                                        "checkout_request_id": row.checkout_request_id})
+    return outcome
+
+
+def _confirm(checkout_request_id: str, daraja) -> str:
+    try:
+        result = daraja.stk_query(checkout_request_id)
+    except daraja_errors.UnknownCheckoutRequest:
+        return "unknown_to_daraja"
+    except daraja_errors.DarajaError as exc:
+        raise AskAgainLater(type(exc).__name__) from None
+    if result.pending:
+        raise AskAgainLater("still processing")
+    return result_codes.classify(result.result_code)
+
+
+# --- STK Push Query ---------------------------------------------------------------------------
+
+def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
+    """Ask Daraja how a pushed top-up ended. Raises AskAgainLater while there is no final
+    word; never fails a top-up without a documented failure code."""
+    topup = TopUp.get_or_none(TopUp.id == topup_id)
+    if topup is None or topup.status != PENDING or not topup.checkout_request_id:
+        return "nothing_to_ask"
+    if topups.give_up(topup_id, give_up_after_s):
+        unlock_phone(redis, topup.phone, topup_id)
+        return "gave_up"
+    checkout = topup.checkout_request_id
+    context = {"topup_id": topup_id, "checkout_request_id": checkout}
+    try:
+        result = daraja.stk_query(checkout)
+    except daraja_errors.DarajaError as exc:
+        topups.record_query(topup_id, answer=type(exc).__name__, recheck_in_s=QUERY_RECHECK_S,
+                            error_code=exc.error_code)
+        log.info("query not answered", extra={**context, "error": type(exc).__name__})
+        raise AskAgainLater(type(exc).__name__) from None
+    if result.pending:
+        topups.record_query(topup_id, answer="pending", recheck_in_s=QUERY_RECHECK_S,
+                            result_code=result.result_code)
+        raise AskAgainLater("still processing")
+    kind = result_codes.classify(result.result_code)
+    topups.record_query(topup_id, answer=kind, recheck_in_s=QUERY_RECHECK_S,
+                        result_code=result.result_code, result_desc=result.result_desc)
+    if kind == "paid":
+        outcome = topups.settle_success(checkout, amount_cents=None, receipt=None, phone=None,
+                                        source="query")
+    elif kind == "failed":
+        outcome = topups.settle_failure(checkout, result.result_code, result.result_desc,
+                                        source="query")
+    else:
+        # An undocumented code: not a failure. Ask again later; the give-up deadline makes
+        # it `unknown` if nothing better comes.
+        raise AskAgainLater(f"undocumented ResultCode {result.result_code}")
+    unlock_phone(redis, topup.phone, topup_id)
+    log.info("query settled the top-up", extra={**context, "outcome": outcome})
     return outcome

@@ -6,6 +6,7 @@ to check balances and statuses.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -149,9 +150,9 @@ def sim_call(sim, method: str, path: str, body: dict | None = None) -> dict:
 @pytest.fixture
 def pg_system(tmp_path, request, redis_server, postgres_server, simulator):
     """The gateway on PostgreSQL and a real Redis, in a database of its own."""
-    name = "t_" + request.node.name.lower().replace("[", "_").replace("]", "")[:40]
-    database_url = postgres_server.create_database(
-        "".join(c if c.isalnum() or c == "_" else "_" for c in name))
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+    readable = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
+    database_url = postgres_server.create_database(f"t_{readable}_{digest}")
     redis_db = redis_server.url
     import redis as redis_lib
     redis_lib.Redis.from_url(redis_db).flushdb()
