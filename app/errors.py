@@ -83,7 +83,7 @@ def register(app: Flask) -> None:
         import peewee
         import redis
         if isinstance(exc, (peewee.OperationalError, peewee.InterfaceError, redis.RedisError)):
-            log.warning("dependency unavailable: %s", type(exc).__name__)
+            log.warning("dependency unavailable: %s: %s", type(exc).__name__, str(exc)[:200])
             return problem(503, "service_unavailable", "A dependency is unavailable; retry later.",
                            headers={"Retry-After": "1"})
         log.exception("unhandled error")

@@ -19,7 +19,6 @@ def build(redis_url: str) -> RedisBroker:
         url=redis_url,
         # a lost Redis must not hang a request or a worker thread forever
         socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
-        retry_on_timeout=True,
     )
     for middleware in our_middleware():
         broker.add_middleware(middleware)

@@ -8,7 +8,9 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 
 import settings as settings_module
+import workers  # noqa: F401  (configures itself on import: do it before any fixture binds)
 from ledger import accounts, db, migrate
+from workers import broker as worker_broker
 
 CALLBACK_TOKEN = "c0ffee" * 6
 
@@ -33,8 +35,6 @@ def database(settings):
 
 @pytest.fixture
 def stub_broker():
-    import workers  # noqa: F401  (declares the actors)
-    from workers import broker as worker_broker
     broker = worker_broker.install(StubBroker())
     broker.emit_after("process_boot")
     yield broker

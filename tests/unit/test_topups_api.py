@@ -64,7 +64,7 @@ def test_bad_input_is_refused_with_problem_json_naming_the_field_and_pushes_noth
     assert response.mimetype == "application/problem+json"
     problem = response.get_json()
     assert problem["code"] == "validation_failed" and problem["status"] == 422
-    assert field in [e["field"] for e in problem["errors"]]
+    assert any(e["field"].split(".")[0] == field for e in problem["errors"])
     assert pushes_queued(stub_broker) == 0
     assert topup_rows() == 0
 
