@@ -24,6 +24,19 @@ SIM_PORT = int(os.environ.get("TOPUP_SIMULATOR_PORT", "8900"))
 VAR = os.path.abspath("var")
 
 
+def _die_with_parent() -> None:
+    """In a child: ask Linux to SIGTERM us if `make run` itself dies (even by SIGKILL)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def say(text: str) -> None:
     print(f"[make run] {text}", flush=True)
 
@@ -64,7 +77,7 @@ class Processes:
     def start(self, name: str, argv: list[str], env: dict) -> subprocess.Popen:
         log = open(os.path.join(VAR, "log", f"{name}.log"), "ab")
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
         self.children.append((name, proc))
         return proc
 
@@ -84,7 +97,7 @@ class Processes:
 
 def start_redis(procs: Processes, env: dict) -> str:
     port = 6379 if port_free(6379) else free_port()
-    server = shutil.which("redis-server")
+    server = None if os.environ.get("TOPUP_EMBEDDED_REDIS") == "1" else shutil.which("redis-server")
     if server:
         data = os.path.join(VAR, "redis")
         os.makedirs(data, exist_ok=True)
@@ -97,7 +110,7 @@ def start_redis(procs: Processes, env: dict) -> str:
         srv = TcpFakeServer(("127.0.0.1", port), server_type="redis")
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         procs.embedded_redis = srv
-        say(f"Redis: no redis-server on this machine, so an embedded in-process server "
+        say(f"Redis: no system redis-server (or TOPUP_EMBEDDED_REDIS=1), so an embedded in-process server "
             f"(fakeredis) on port {port}; its queues live only as long as `make run`")
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
@@ -113,6 +126,9 @@ def start_redis(procs: Processes, env: dict) -> str:
 
 
 def main() -> int:
+    # Ctrl-C, a closed terminal or a plain `kill` all stop everything `make run` started.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     for port, what in ((API_PORT, "API"), (SIM_PORT, "simulator")):
         if not port_free(port):
             raise SystemExit(f"[make run] port {port} ({what}) is in use; stop what holds it "
