@@ -1,0 +1,46 @@
+"""Identifiers shaped like Daraja's: access tokens, request ids, receipts.
+
+They come from their own generator, seeded by the OS, never from the simulator's seed: a
+seeded run must not hand out the same CheckoutRequestID or receipt as the previous run to a
+gateway whose database remembers them.
+"""
+from __future__ import annotations
+
+import random
+import string
+from datetime import datetime
+
+_random = random.Random()  # seeded from os.urandom
+
+_TOKEN_CHARS = string.ascii_letters + string.digits
+_RECEIPT_HEAD = string.ascii_uppercase
+_RECEIPT_CHARS = string.ascii_uppercase + string.digits
+
+
+def access_token() -> str:
+    """28 letters and digits, like ``c9SQxWWhmdVRlyh0zh8gZDTkubVF``."""
+    return "".join(_random.choices(_TOKEN_CHARS, k=28))
+
+
+def receipt() -> str:
+    """10 upper-case letters and digits starting with a letter, like ``PE73OJNTHB``."""
+    return _random.choice(_RECEIPT_HEAD) + "".join(_random.choices(_RECEIPT_CHARS, k=9))
+
+
+def merchant_request_id(seq: int) -> str:
+    """Like ``2654-4b64-97ff-b827b542881d3130``: random hex, then a sequence number."""
+    bits = _random.getrandbits(96)
+    return (f"{bits >> 80:04x}-{(bits >> 64) & 0xFFFF:04x}-{(bits >> 48) & 0xFFFF:04x}-"
+            f"{bits & 0xFFFFFFFFFFFF:012x}{seq}")
+
+
+def checkout_request_id(now_eat: datetime, seq: int) -> str:
+    """``ws_CO_`` + DDMMYYYYHHmmss + milliseconds + a 5-digit sequence: 22 digits, unique
+    unless 100 000 pushes arrive within one millisecond."""
+    return (f"ws_CO_{now_eat.strftime('%d%m%Y%H%M%S')}{now_eat.microsecond // 1000:03d}"
+            f"{seq % 100_000:05d}")
+
+
+def request_id(seq: int) -> str:
+    """Like ``11559-988723-1``."""
+    return f"{_random.randint(10000, 99999)}-{seq}-1"
