@@ -115,7 +115,9 @@ def record_push_accepted(topup_id: str, *, checkout_request_id: str,
         (TopUp.update(push_state=PUSH_SENT, checkout_request_id=checkout_request_id,
                       merchant_request_id=merchant_request_id, pushed_at=now, updated_at=now,
                       next_query_at=now + dt.timedelta(seconds=query_after_s))
-         .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_SENDING)).execute())
+         # Whatever happened meanwhile (a sweep that took the push for abandoned), Daraja's
+         # CheckoutRequestID is recorded: without it the callback could only be an orphan.
+         .where((TopUp.id == topup_id) & TopUp.checkout_request_id.is_null()).execute())
         record_event(topup_id, "push_accepted", checkout_request_id=checkout_request_id,
                      merchant_request_id=merchant_request_id)
     return [cb.seq for cb in Callback.select(Callback.seq)
