@@ -11,13 +11,31 @@ from workers import actors, sweeps
 log = logging.getLogger(__name__)
 
 
-def sweep_once(give_up_after_s: int) -> dict:
+# A row re-driven by a sweep is not re-driven again for this long, so that a top-up that
+# waits (workers down, a confirming query still pending) does not pile up duplicate
+# messages at every sweep.
+REDRIVE_EVERY_S = 300
+
+
+def _first_redrive(redis_client, kind: str, ident) -> bool:
+    if redis_client is None:
+        return True
+    try:
+        return bool(redis_client.set(f"topup:redriven:{kind}:{ident}", "1", nx=True,
+                                     ex=REDRIVE_EVERY_S))
+    except Exception:
+        return True  # Redis down: the enqueue below fails anyway and is tried next sweep
+
+
+def sweep_once(give_up_after_s: int, redis_client=None) -> dict:
     with db.connection():
         unsent = sweeps.unsent_pushes()
         abandoned = sweeps.abandoned_pushes()
         callbacks = sweeps.unapplied_callbacks()
         given_up = sweeps.overdue_for_giving_up(give_up_after_s)
         queries = sweeps.queries_due()
+    unsent = [t for t in unsent if _first_redrive(redis_client, "push", t)]
+    callbacks = [c for c in callbacks if _first_redrive(redis_client, "callback", c)]
     for topup_id in unsent:
         actors.push_topup.send(topup_id)
     for seq in callbacks:
@@ -43,7 +61,7 @@ def run(redis_client, *, give_up_after_s: int, interval_s: float = 5.0,
         # scheduler that dies never blocks the others.
         try:
             if redis_client.set("topup:scheduler:sweep", "1", nx=True, px=int(interval_s * 900)):
-                sweep_once(give_up_after_s)
+                sweep_once(give_up_after_s, redis_client)
         except Exception:
             log.exception("sweep failed; trying again next interval")
         stop.wait(interval_s)
