@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from ledger.models import (
-    PENDING, PUSH_QUEUED, PUSH_SENDING, Callback, TopUp, utcnow,
+    PENDING, PUSH_QUEUED, PUSH_SENDING, PUSH_SENT, Callback, TopUp, utcnow,
 )
 from ledger import topups
 
