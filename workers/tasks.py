@@ -9,7 +9,7 @@ import peewee
 from daraja import errors as daraja_errors
 from ledger import result_codes, topups
 from ledger.callbacks import MalformedCallback, parse
-from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp, utcnow
+from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp
 from ledger.phones import mask
 
 log = logging.getLogger(__name__)

@@ -60,3 +60,7 @@ def postgres_server(tmp_path_factory):
     server.start()
     yield server
     server.close()
+
+
+# The gateway's fixtures (real processes against the servers above), for every module here.
+from tests.integration.system import pg_system, simulator  # noqa: E402,F401

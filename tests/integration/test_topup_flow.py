@@ -1,11 +1,10 @@
 """A top-up from request to credited wallet, on real Redis, real PostgreSQL and real processes."""
 from concurrent.futures import ThreadPoolExecutor
 
-import requests
 
 from ledger import db, topups
 from ledger.models import Callback, LedgerEntry, TopUp, Wallet
-from tests.integration.system import pg_system, sim_call, simulator, wait_until  # noqa: F401
+from tests.integration.system import sim_call, wait_until
 
 
 def settled(system, key, topup_id):

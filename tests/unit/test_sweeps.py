@@ -6,7 +6,7 @@ import fakeredis
 import pytest
 import requests
 
-from ledger import accounts, db, topups
+from ledger import db, topups
 from ledger.models import FAILED, PENDING, PUSH_AMBIGUOUS, SUCCEEDED, UNKNOWN, TopUp, utcnow
 from simulator.server import SimulatorConfig, SimulatorServer
 from workers import runtime, scheduler, sweeps
