@@ -45,6 +45,14 @@ class Settings:
     stk_query_backoff_s: float = 10.0
     ops_token: str | None = field(default=None, repr=False)
     webhook_allow_private: bool = False
+    # not in the contract: how long a row sits before `topupctl scheduler` re-drives it
+    # (workers/sweeps.py); shortened by tests that kill parts on purpose
+    sweep_unsent_push_after_s: float = 30.0
+    sweep_released_push_after_s: float = 360.0
+    sweep_abandoned_push_after_s: float = 180.0
+    sweep_unapplied_callback_after_s: float = 30.0
+    sweep_query_grace_s: float = 60.0
+    sweep_redrive_every_s: float = 300.0
 
     @property
     def callback_url(self) -> str:
@@ -178,5 +186,9 @@ def load(environ: Mapping[str, str] | None = None, *, need_callback_token: bool 
         stk_query_backoff_s=_float(env, "STK_QUERY_BACKOFF_S", 10.0, minimum=0.05),
         ops_token=_text(env, "OPS_TOKEN", None),
         webhook_allow_private=_flag(env, "WEBHOOK_ALLOW_PRIVATE"),
+        **{name: _float(env, name.upper(), getattr(Settings, name), minimum=0.0)
+           for name in ("sweep_unsent_push_after_s", "sweep_released_push_after_s",
+                        "sweep_abandoned_push_after_s", "sweep_unapplied_callback_after_s",
+                        "sweep_query_grace_s", "sweep_redrive_every_s")},
     )
 

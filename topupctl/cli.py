@@ -74,11 +74,12 @@ def cmd_scheduler(args):
 
     # the scheduler enqueues onto the workers' broker: importing them configures it
     import workers  # noqa: F401
-    from workers import scheduler
+    from workers import scheduler, sweeps
     settings = _settings(need_callback_token=True)
     scheduler.run(redis.Redis.from_url(settings.redis_url, socket_timeout=5,
                                        socket_connect_timeout=3),
-                  give_up_after_s=settings.stk_give_up_after_s, interval_s=args.interval)
+                  give_up_after_s=settings.stk_give_up_after_s, interval_s=args.interval,
+                  thresholds=sweeps.Thresholds.from_settings(settings))
 
 
 def build_parser() -> argparse.ArgumentParser:

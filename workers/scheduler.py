@@ -17,25 +17,29 @@ log = logging.getLogger(__name__)
 REDRIVE_EVERY_S = 300
 
 
-def _first_redrive(redis_client, kind: str, ident) -> bool:
+def _first_redrive(redis_client, kind: str, ident, every_s: float = REDRIVE_EVERY_S) -> bool:
     if redis_client is None:
         return True
     try:
         return bool(redis_client.set(f"topup:redriven:{kind}:{ident}", "1", nx=True,
-                                     ex=REDRIVE_EVERY_S))
+                                     px=max(1, int(every_s * 1000))))
     except Exception:
         return True  # Redis down: the enqueue below fails anyway and is tried next sweep
 
 
-def sweep_once(give_up_after_s: int, redis_client=None) -> dict:
+def sweep_once(give_up_after_s: int, redis_client=None,
+               thresholds: sweeps.Thresholds | None = None) -> dict:
+    t = thresholds or sweeps.Thresholds()
     with db.connection():
-        unsent = sweeps.unsent_pushes()
-        abandoned = sweeps.abandoned_pushes()
-        callbacks = sweeps.unapplied_callbacks()
+        unsent = sweeps.unsent_pushes(after=t.unsent_push_after,
+                                      released_after=t.released_push_after)
+        abandoned = sweeps.abandoned_pushes(after=t.abandoned_sending_after)
+        callbacks = sweeps.unapplied_callbacks(after=t.unapplied_callback_after)
         given_up = sweeps.overdue_for_giving_up(give_up_after_s)
-        queries = sweeps.queries_due()
-    unsent = [t for t in unsent if _first_redrive(redis_client, "push", t)]
-    callbacks = [c for c in callbacks if _first_redrive(redis_client, "callback", c)]
+        queries = sweeps.queries_due(grace=t.query_overdue_grace)
+    every_s = t.redrive_every.total_seconds()
+    unsent = [i for i in unsent if _first_redrive(redis_client, "push", i, every_s)]
+    callbacks = [c for c in callbacks if _first_redrive(redis_client, "callback", c, every_s)]
     for topup_id in unsent:
         actors.push_topup.send(topup_id)
     for seq in callbacks:
@@ -51,7 +55,8 @@ def sweep_once(give_up_after_s: int, redis_client=None) -> dict:
 
 
 def run(redis_client, *, give_up_after_s: int, interval_s: float = 5.0,
-        stop: threading.Event | None = None) -> None:
+        stop: threading.Event | None = None,
+        thresholds: sweeps.Thresholds | None = None) -> None:
     stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -61,7 +66,7 @@ def run(redis_client, *, give_up_after_s: int, interval_s: float = 5.0,
         # scheduler that dies never blocks the others.
         try:
             if redis_client.set("topup:scheduler:sweep", "1", nx=True, px=int(interval_s * 900)):
-                sweep_once(give_up_after_s, redis_client)
+                sweep_once(give_up_after_s, redis_client, thresholds)
         except Exception:
             log.exception("sweep failed; trying again next interval")
         stop.wait(interval_s)

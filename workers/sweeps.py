@@ -8,6 +8,7 @@ idempotent, so two schedulers sweeping at once do no harm.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from ledger.models import (
     PENDING, PUSH_QUEUED, PUSH_SENDING, PUSH_SENT, Callback, TopUp, utcnow,
@@ -25,32 +26,35 @@ UNAPPLIED_CALLBACK_AFTER = dt.timedelta(seconds=30)
 BATCH = 500
 
 
-def unsent_pushes(now: dt.datetime | None = None) -> list[str]:
+def unsent_pushes(now: dt.datetime | None = None, *, after: dt.timedelta = UNSENT_PUSH_AFTER,
+                  released_after: dt.timedelta = RELEASED_PUSH_AFTER) -> list[str]:
     now = now or utcnow()
     query = (TopUp.select(TopUp.id)
              .where((TopUp.status == PENDING) & (TopUp.push_state == PUSH_QUEUED)
-                    & (((TopUp.push_attempts == 0) & (TopUp.created_at < now - UNSENT_PUSH_AFTER))
-                       | (TopUp.updated_at < now - RELEASED_PUSH_AFTER)))
+                    & (((TopUp.push_attempts == 0) & (TopUp.created_at < now - after))
+                       | (TopUp.updated_at < now - released_after)))
              .order_by(TopUp.seq).limit(BATCH))
     return [row.id for row in query]
 
 
-def abandoned_pushes(now: dt.datetime | None = None) -> list[str]:
+def abandoned_pushes(now: dt.datetime | None = None, *,
+                     after: dt.timedelta = ABANDONED_SENDING_AFTER) -> list[str]:
     """Mark pushes abandoned mid-send as ambiguous; returns their ids."""
     now = now or utcnow()
     stale = [row.id for row in TopUp.select(TopUp.id).where(
         (TopUp.push_state == PUSH_SENDING)
-        & (TopUp.push_started_at < now - ABANDONED_SENDING_AFTER)).limit(BATCH)]
+        & (TopUp.push_started_at < now - after)).limit(BATCH)]
     for topup_id in stale:
         topups.record_push_ambiguous(topup_id, reason="worker stopped while sending")
     return stale
 
 
-def unapplied_callbacks(now: dt.datetime | None = None) -> list[int]:
+def unapplied_callbacks(now: dt.datetime | None = None, *,
+                        after: dt.timedelta = UNAPPLIED_CALLBACK_AFTER) -> list[int]:
     now = now or utcnow()
     query = (Callback.select(Callback.seq)
              .where(Callback.applied_at.is_null()
-                    & (Callback.received_at < now - UNAPPLIED_CALLBACK_AFTER))
+                    & (Callback.received_at < now - after))
              .order_by(Callback.seq).limit(BATCH))
     return [row.seq for row in query]
 
@@ -60,11 +64,12 @@ def unapplied_callbacks(now: dt.datetime | None = None) -> list[int]:
 QUERY_OVERDUE_GRACE = dt.timedelta(seconds=60)
 
 
-def queries_due(now: dt.datetime | None = None) -> list[str]:
+def queries_due(now: dt.datetime | None = None, *,
+                grace: dt.timedelta = QUERY_OVERDUE_GRACE) -> list[str]:
     now = now or utcnow()
     due = [row.id for row in TopUp.select(TopUp.id).where(
         (TopUp.status == PENDING) & (TopUp.push_state == PUSH_SENT)
-        & (TopUp.next_query_at < now - QUERY_OVERDUE_GRACE)).order_by(TopUp.seq).limit(BATCH)]
+        & (TopUp.next_query_at < now - grace)).order_by(TopUp.seq).limit(BATCH)]
     if due:
         # re-arm so that the next sweep does not enqueue them again while they run
         TopUp.update(next_query_at=now + dt.timedelta(minutes=5)).where(
@@ -78,3 +83,23 @@ def overdue_for_giving_up(give_up_after_s: int, now: dt.datetime | None = None) 
     stale = [row.id for row in TopUp.select(TopUp.id).where(
         (TopUp.status == PENDING) & (TopUp.created_at < cutoff)).limit(BATCH)]
     return [topup_id for topup_id in stale if topups.give_up(topup_id, give_up_after_s, now)]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """How long each kind of row may sit before a sweep re-drives it (the constants of this
+    module by default; `topupctl scheduler` reads them from the settings, and tests that kill
+    parts on purpose shorten them rather than wait minutes)."""
+    unsent_push_after: dt.timedelta = UNSENT_PUSH_AFTER
+    released_push_after: dt.timedelta = RELEASED_PUSH_AFTER
+    abandoned_sending_after: dt.timedelta = ABANDONED_SENDING_AFTER
+    unapplied_callback_after: dt.timedelta = UNAPPLIED_CALLBACK_AFTER
+    query_overdue_grace: dt.timedelta = QUERY_OVERDUE_GRACE
+    redrive_every: dt.timedelta = dt.timedelta(seconds=300)  # scheduler.REDRIVE_EVERY_S
+
+    @classmethod
+    def from_settings(cls, settings) -> "Thresholds":
+        return cls(*(dt.timedelta(seconds=s) for s in (
+            settings.sweep_unsent_push_after_s, settings.sweep_released_push_after_s,
+            settings.sweep_abandoned_push_after_s, settings.sweep_unapplied_callback_after_s,
+            settings.sweep_query_grace_s, settings.sweep_redrive_every_s)))

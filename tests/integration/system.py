@@ -83,6 +83,10 @@ class System:
         return self._start(name, [os.path.join(BIN, "dramatiq"), "workers",
                                   "--processes", str(processes), "--threads", str(threads)])
 
+    def start_scheduler(self, interval: float = 1.0, name: str = "scheduler"):
+        return self._start(name, [os.path.join(BIN, "topupctl"), "scheduler",
+                                  "--interval", str(interval)])
+
     def stop_process(self, name: str, sig=signal.SIGTERM, timeout: float = 30):
         proc = self.processes.pop(name, None)
         if proc is None or proc.poll() is not None:
