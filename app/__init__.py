@@ -43,4 +43,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(v1.bp)
     app.register_blueprint(daraja_callback.bp)
+
+    # The client's contract: debits, webhook endpoints, events, rate limits, the OpenAPI document.
+    from app import events, openapi, ratelimit, wallet_debits, webhooks
+    ratelimit.init(app, settings.redis_url)
+    app.register_blueprint(wallet_debits.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(events.bp)
+    app.register_blueprint(openapi.bp)
     return app

@@ -153,4 +153,95 @@ class TopUpEvent(BaseModel):
         table_name = "topup_event"
 
 
-ALL_MODELS = [Account, ApiKey, Wallet, TopUp, LedgerEntry, Callback, OrphanPayment, TopUpEvent]
+# --- the client's contract: idempotent requests, events and their webhook deliveries ----------
+
+class IdempotencyRecord(BaseModel):
+    """The first answer to a request sent with an Idempotency-Key, written in the same
+    transaction as the work it describes: a retry finds it and gets the same answer."""
+    seq = pw.BigAutoField()
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE")
+    endpoint = pw.CharField(max_length=64)        # "POST /v1/wallet/debits"
+    key = pw.CharField(max_length=255)
+    request_fingerprint = pw.CharField(max_length=64)
+    status_code = pw.IntegerField(default=0)
+    response_body = pw.TextField(default="")      # JSON, exactly as first answered
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "idempotency_record"
+        indexes = ((("account", "endpoint", "key"), True),)
+
+
+class WebhookEndpoint(BaseModel):
+    seq = pw.BigAutoField()
+    id = pw.CharField(max_length=40, unique=True)
+    account = pw.ForeignKeyField(Account, backref="webhook_endpoints", on_delete="CASCADE")
+    url = pw.TextField()
+    events = pw.TextField()                       # JSON list of event types
+    # Shown once, kept in clear: an HMAC key is needed as is to sign every delivery.
+    secret = pw.CharField(max_length=100)
+    created_at = pw.DateTimeField(default=utcnow)
+    deleted_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "webhook_endpoint"
+
+
+class Event(BaseModel):
+    """``wallet.top_up`` / ``topup.failed``: written in the transaction that made it true."""
+    seq = pw.BigAutoField()
+    id = pw.CharField(max_length=40, unique=True)
+    account = pw.ForeignKeyField(Account, backref="events", on_delete="CASCADE")
+    type = pw.CharField(max_length=32)
+    topup = pw.ForeignKeyField(TopUp, field="id", null=True, index=True, on_delete="CASCADE")
+    data = pw.TextField()                         # JSON snapshot taken at that moment
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "event"
+
+
+# Where a delivery stands. PENDING ones have a next_attempt_at that the sweep honours.
+DELIVERY_PENDING, DELIVERY_DELIVERED = "pending", "delivered"
+DELIVERY_FAILED, DELIVERY_CANCELLED = "failed", "cancelled"
+
+
+class WebhookDelivery(BaseModel):
+    """One event for one endpoint, until a 2xx or the retry schedule runs out."""
+    seq = pw.BigAutoField()
+    id = pw.CharField(max_length=40, unique=True)
+    event = pw.ForeignKeyField(Event, field="id", backref="deliveries", on_delete="CASCADE")
+    endpoint = pw.ForeignKeyField(WebhookEndpoint, field="id", backref="deliveries",
+                                  on_delete="CASCADE")
+    status = pw.CharField(max_length=16, default=DELIVERY_PENDING, index=True)
+    attempts = pw.IntegerField(default=0)
+    next_attempt_at = pw.DateTimeField(null=True, index=True)
+    enqueued_at = pw.DateTimeField(null=True)     # last time a message was sent for it
+    last_status_code = pw.IntegerField(null=True)
+    last_error = pw.CharField(max_length=255, null=True)
+    delivered_at = pw.DateTimeField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "webhook_delivery"
+        indexes = ((("event", "endpoint"), True),)
+
+
+class WebhookAttempt(BaseModel):
+    """Every POST of a delivery: when, what came back, how long it took."""
+    seq = pw.BigAutoField()
+    delivery = pw.ForeignKeyField(WebhookDelivery, field="id", backref="attempt_log",
+                                  on_delete="CASCADE")
+    number = pw.IntegerField()
+    attempted_at = pw.DateTimeField(default=utcnow)
+    status_code = pw.IntegerField(null=True)
+    error = pw.CharField(max_length=255, null=True)
+    duration_ms = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "webhook_attempt"
+
+
+ALL_MODELS = [Account, ApiKey, Wallet, TopUp, LedgerEntry, Callback, OrphanPayment, TopUpEvent,
+              IdempotencyRecord, WebhookEndpoint, Event, WebhookDelivery, WebhookAttempt]

@@ -14,7 +14,7 @@ import logging
 
 import peewee as pw
 
-from ledger import result_codes
+from ledger import events, result_codes
 from ledger.callbacks import MalformedCallback, StkCallback, parse
 from ledger.db import database, write_transaction
 from ledger.ids import new_id, short_reference
@@ -127,7 +127,7 @@ def record_push_accepted(topup_id: str, *, checkout_request_id: str,
 def record_push_refused(topup_id: str, *, error_code: str | None, error_message: str | None) -> bool:
     """Daraja refused the push outright: nothing was sent, no money can move."""
     now = utcnow()
-    with write_transaction():
+    with events.publishing(), write_transaction():
         changed = (TopUp.update(status=FAILED, push_state=PUSH_REFUSED,
                                 failure_code=(error_code or "refused")[:32],
                                 failure_reason=(error_message or "")[:255],
@@ -136,6 +136,8 @@ def record_push_refused(topup_id: str, *, error_code: str | None, error_message:
                           & (TopUp.push_state == PUSH_SENDING))
                    .execute())
         record_event(topup_id, "push_refused", error_code=error_code, error_message=error_message)
+        if changed:
+            events.topup_failed(TopUp.get(TopUp.id == topup_id))
     return changed == 1
 
 
@@ -221,7 +223,8 @@ def settle_success(checkout_request_id: str, *, amount_cents: int | None, receip
                    phone: str | None, source: str, callback_seq: int | None = None) -> str:
     """M-Pesa says the money moved: credit once, or keep it as an orphan payment."""
     try:
-        with write_transaction():
+        # the wallet.top_up event is written with the credit, announced after the commit
+        with events.publishing(), write_transaction():
             return _settle_success(checkout_request_id, amount_cents, receipt, phone, source,
                                    callback_seq)
     except pw.IntegrityError as exc:
@@ -271,6 +274,7 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
     record_event(topup.id, "credited", amount_cents=credit_cents, receipt=receipt, source=source,
                  ledger_entry=entry.id, balance_after_cents=wallet.balance_cents,
                  flagged=flags or None)
+    events.topup_credited(TopUp.get(TopUp.id == topup.id), wallet, entry)
     return "credited"
 
 
@@ -309,7 +313,7 @@ def settle_failure(checkout_request_id: str, result_code: str, result_desc: str,
                    source: str) -> str:
     """Daraja says no money moved. A success is never downgraded."""
     now = utcnow()
-    with write_transaction():
+    with events.publishing(), write_transaction():
         topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
         if topup is None:
             return "unmatched_failure"
@@ -320,6 +324,8 @@ def settle_failure(checkout_request_id: str, result_code: str, result_desc: str,
                    .execute())
         record_event(topup.id, "failed" if changed else "duplicate_failure",
                      result_code=result_code, result_desc=result_desc, source=source)
+        if changed:
+            events.topup_failed(TopUp.get(TopUp.id == topup.id))
     return "failed" if changed else "duplicate"
 
 
@@ -343,7 +349,7 @@ def give_up(topup_id: str, give_up_after_s: int, now: dt.datetime | None = None)
     """
     now = now or utcnow()
     cutoff = now - dt.timedelta(seconds=give_up_after_s)
-    with write_transaction():
+    with events.publishing(), write_transaction():
         topup = TopUp.get_or_none(TopUp.id == topup_id)
         if topup is None or topup.status != PENDING:
             return None
@@ -362,6 +368,8 @@ def give_up(topup_id: str, give_up_after_s: int, now: dt.datetime | None = None)
             status = UNKNOWN
         if changed:
             record_event(topup_id, "gave_up", status=status, push_state=topup.push_state)
+            if status == FAILED:
+                events.topup_failed(TopUp.get(TopUp.id == topup_id))
     return status if changed else None
 
 

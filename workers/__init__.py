@@ -13,3 +13,4 @@ dramatiq.set_broker(_broker.build(_loaded.redis_url))
 _runtime.configure(_loaded)
 
 from workers import actors  # noqa: E402,F401  (declared on the broker installed above)
+from workers import webhooks  # noqa: E402,F401  (the webhook actor, and its after-commit hook)

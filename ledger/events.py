@@ -1,0 +1,160 @@
+"""Events (contract §3): ``wallet.top_up`` and ``topup.failed``.
+
+An event is written inside the transaction that made it true (the credit, the failure), and
+so is one ``webhook_delivery`` row for every endpoint of the account that asked for its
+type: if the transaction commits, the deliveries exist and the scheduler's sweep will see
+them through, whatever happens to Redis; if it rolls back, there is nothing to deliver.
+
+Sending the delivery messages is the workers' business, and happens only after the commit
+(Warehouse's after-commit hook): a transaction wrapped in :func:`publishing` collects the
+new delivery ids, and the notifier that the workers install with :func:`set_notifier` is
+called with them once the transaction has committed. The ledger imports no broker.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+from typing import Callable
+
+from ledger.db import database
+from ledger.ids import new_id
+from ledger.models import Event, WebhookDelivery, WebhookEndpoint, utcnow
+
+log = logging.getLogger(__name__)
+
+WALLET_TOP_UP = "wallet.top_up"
+TOPUP_FAILED = "topup.failed"
+EVENT_TYPES = (WALLET_TOP_UP, TOPUP_FAILED)
+
+_local = threading.local()
+_notifier: Callable[[list[str]], None] | None = None
+
+
+def set_notifier(notifier: Callable[[list[str]], None] | None) -> None:
+    """Install what is called with new delivery ids after their transaction commits."""
+    global _notifier
+    _notifier = notifier
+
+
+@contextlib.contextmanager
+def publishing():
+    """Wrap a write transaction that may publish events: ``with publishing(), write_transaction():``.
+
+    Deliveries created inside are handed to the notifier after the transaction committed,
+    and forgotten if it raised. A failing notifier is logged, never raised: the deliveries
+    are committed and the sweep sends what the notifier could not.
+    """
+    depth = getattr(_local, "depth", 0)
+    if depth == 0:
+        _local.pending = []
+    _local.depth = depth + 1
+    completed = False
+    try:
+        yield
+        completed = True
+    finally:
+        _local.depth -= 1
+        if _local.depth == 0:
+            pending, _local.pending = _local.pending, []
+            # Still inside a caller's transaction: it has not committed, so leave the
+            # deliveries to the sweep rather than announce rows nobody can see yet.
+            if completed and pending and not database.in_transaction():
+                _notify(pending)
+
+
+def _notify(delivery_ids: list[str]) -> None:
+    if _notifier is None:
+        return
+    try:
+        _notifier(delivery_ids)
+    except Exception as exc:
+        log.warning("could not enqueue webhook deliveries; the sweep will",
+                    extra={"deliveries": len(delivery_ids), "error": type(exc).__name__})
+
+
+def publish(account_id: str, event_type: str, data: dict, *, topup_id: str | None = None,
+            now: dt.datetime | None = None) -> Event:
+    """Write an event and its deliveries. Call inside the transaction that made it true."""
+    now = now or utcnow()
+    event = Event.create(id=new_id("evt"), account=account_id, type=event_type, topup=topup_id,
+                         data=json.dumps(data, separators=(",", ":")), created_at=now)
+    announced = getattr(_local, "depth", 0) > 0
+    endpoints = WebhookEndpoint.select().where((WebhookEndpoint.account == account_id)
+                                               & WebhookEndpoint.deleted_at.is_null())
+    for endpoint in endpoints:
+        if event_type not in json.loads(endpoint.events):
+            continue
+        delivery = WebhookDelivery.create(
+            id=new_id("whd"), event=event.id, endpoint=endpoint.id, next_attempt_at=now,
+            # announced after the commit; if that fails, the sweep takes it after a grace
+            enqueued_at=now if announced else None, created_at=now, updated_at=now)
+        if announced:
+            _local.pending.append(delivery.id)
+    return event
+
+
+# --- the events the top-ups publish ------------------------------------------------------------
+
+def topup_credited(topup, wallet, entry) -> Event:
+    """``wallet.top_up``: the top-up as it now stands and the balance after the credit."""
+    cents = wallet.balance_cents
+    return publish(topup.account_id, WALLET_TOP_UP, {
+        "topup": topup_object(topup), "ledger_entry": entry.id,
+        "amount_cents": entry.amount_cents, "currency": wallet.currency,
+        "balance": f"{cents // 100}.{cents % 100:02d}", "balance_cents": cents,
+    }, topup_id=topup.id)
+
+
+def topup_failed(topup) -> Event:
+    return publish(topup.account_id, TOPUP_FAILED, {"topup": topup_object(topup)},
+                   topup_id=topup.id)
+
+
+# --- how they look ---------------------------------------------------------------------------
+
+def timestamp(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.replace(microsecond=0).isoformat() + "Z"
+
+
+def topup_object(row) -> dict:
+    """The contract's top-up object (the API's own serializer is held to it by a test)."""
+    return {
+        "id": row.id, "object": "topup", "provider": row.provider, "status": row.status,
+        "amount": row.amount, "currency": "KES", "phone": row.phone,
+        "reference": row.reference, "metadata": json.loads(row.metadata or "{}"),
+        "checkout_request_id": row.checkout_request_id, "mpesa_receipt": row.mpesa_receipt,
+        "failure_code": row.failure_code, "failure_reason": row.failure_reason,
+        "created_at": timestamp(row.created_at), "updated_at": timestamp(row.updated_at),
+        "completed_at": timestamp(row.completed_at),
+    }
+
+
+def event_object(row: Event) -> dict:
+    return {"id": row.id, "object": "event", "type": row.type,
+            "created_at": timestamp(row.created_at), "data": json.loads(row.data)}
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+def get_event(account_id: str, event_id: str) -> Event | None:
+    return Event.get_or_none((Event.id == event_id) & (Event.account == account_id))
+
+
+def list_events(account_id: str, *, event_type: str | None, limit: int,
+                starting_after: str | None) -> tuple[list[Event], bool] | None:
+    """Newest first; None when ``starting_after`` names no event of this account."""
+    query = Event.select().where(Event.account == account_id)
+    if event_type:
+        query = query.where(Event.type == event_type)
+    if starting_after:
+        cursor = get_event(account_id, starting_after)
+        if cursor is None:
+            return None
+        query = query.where(Event.seq < cursor.seq)
+    rows = list(query.order_by(Event.seq.desc()).limit(limit + 1))
+    return rows[:limit], len(rows) > limit

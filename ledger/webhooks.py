@@ -1,0 +1,179 @@
+"""Webhook endpoints and the state of their deliveries.
+
+A delivery is a row with a ``next_attempt_at``; whoever wants to attempt it must first
+*claim* it with a conditional UPDATE (only a pending delivery that is due can be claimed,
+and claiming pushes ``next_attempt_at`` a lease into the future), so a message delivered
+twice, a sweep that re-enqueued it, or two workers on one message make one attempt at a
+time. A worker that dies mid-attempt leaves the lease to run out; the sweep then hands the
+delivery back. Every attempt is recorded with its status code, error and duration.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import secrets
+from dataclasses import dataclass
+
+from ledger.db import write_transaction
+from ledger.events import event_object
+from ledger.ids import new_id
+from ledger.models import (
+    DELIVERY_CANCELLED, DELIVERY_DELIVERED, DELIVERY_FAILED, DELIVERY_PENDING, Event,
+    WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow,
+)
+
+# Growing delays between attempts: the 13th and last comes about 77.6 hours after the
+# first, so a receiver that is down for three days still gets every event.
+RETRY_DELAYS_S = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600) + (10 * 3600,) * 7
+MAX_ATTEMPTS = len(RETRY_DELAYS_S) + 1
+# Longer than any attempt can take (DNS, connect and read timeouts): a claim older than this
+# was abandoned by a worker that died.
+CLAIM_LEASE = dt.timedelta(seconds=90)
+# A message was sent for the delivery this recently: the sweep leaves it to that message.
+ENQUEUE_GRACE = dt.timedelta(seconds=60)
+SWEEP_BATCH = 500
+
+
+def new_secret() -> str:
+    """``whsec_`` + base64 of 32 random bytes, as the Standard Webhooks libraries expect."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+# --- endpoints -------------------------------------------------------------------------------
+
+def create_endpoint(account_id: str, url: str, events: list[str]) -> WebhookEndpoint:
+    """A new endpoint with its own secret. Call inside a write transaction."""
+    return WebhookEndpoint.create(id=new_id("we"), account=account_id, url=url,
+                                  events=json.dumps(list(events)), secret=new_secret())
+
+
+def get_endpoint(account_id: str, endpoint_id: str) -> WebhookEndpoint | None:
+    return WebhookEndpoint.get_or_none((WebhookEndpoint.id == endpoint_id)
+                                       & (WebhookEndpoint.account == account_id)
+                                       & WebhookEndpoint.deleted_at.is_null())
+
+
+def list_endpoints(account_id: str, *, limit: int,
+                   starting_after: str | None) -> tuple[list[WebhookEndpoint], bool] | None:
+    """Newest first; None when ``starting_after`` names no endpoint of this account."""
+    query = WebhookEndpoint.select().where((WebhookEndpoint.account == account_id)
+                                           & WebhookEndpoint.deleted_at.is_null())
+    if starting_after:
+        cursor = get_endpoint(account_id, starting_after)
+        if cursor is None:
+            return None
+        query = query.where(WebhookEndpoint.seq < cursor.seq)
+    rows = list(query.order_by(WebhookEndpoint.seq.desc()).limit(limit + 1))
+    return rows[:limit], len(rows) > limit
+
+
+def delete_endpoint(account_id: str, endpoint_id: str) -> bool:
+    """Stop an endpoint: its pending deliveries are cancelled and its secret forgotten."""
+    now = utcnow()
+    with write_transaction():
+        deleted = (WebhookEndpoint.update(deleted_at=now, secret="")
+                   .where((WebhookEndpoint.id == endpoint_id)
+                          & (WebhookEndpoint.account == account_id)
+                          & WebhookEndpoint.deleted_at.is_null())
+                   .execute())
+        if deleted:
+            (WebhookDelivery.update(status=DELIVERY_CANCELLED, next_attempt_at=None, updated_at=now)
+             .where((WebhookDelivery.endpoint == endpoint_id)
+                    & (WebhookDelivery.status == DELIVERY_PENDING)).execute())
+    return deleted == 1
+
+
+# --- deliveries ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Claimed:
+    """What one attempt needs, read when it was claimed."""
+    delivery_id: str
+    attempt: int           # 1 for the first
+    url: str
+    secret: str
+    event_id: str
+    body: str              # the event as JSON: the same bytes on every attempt
+
+
+def retry_delay_s(attempts_made: int) -> float | None:
+    """Seconds from the end of attempt ``attempts_made`` to the next one; None: give up."""
+    if attempts_made > len(RETRY_DELAYS_S):
+        return None
+    return RETRY_DELAYS_S[attempts_made - 1]
+
+
+def claim(delivery_id: str, now: dt.datetime | None = None) -> Claimed | None:
+    """Take the next attempt of a delivery that is due, or None (not due, done, or taken)."""
+    now = now or utcnow()
+    with write_transaction():
+        claimed = (WebhookDelivery
+                   .update(attempts=WebhookDelivery.attempts + 1,
+                           next_attempt_at=now + CLAIM_LEASE, updated_at=now)
+                   .where((WebhookDelivery.id == delivery_id)
+                          & (WebhookDelivery.status == DELIVERY_PENDING)
+                          # a delayed message may come a hair early: a second is close enough
+                          & (WebhookDelivery.next_attempt_at <= now + dt.timedelta(seconds=1)))
+                   .execute())
+        if not claimed:
+            return None
+        delivery = WebhookDelivery.get(WebhookDelivery.id == delivery_id)
+        endpoint = WebhookEndpoint.get(WebhookEndpoint.id == delivery.endpoint_id)
+        if endpoint.deleted_at is not None or not endpoint.secret:
+            (WebhookDelivery.update(status=DELIVERY_CANCELLED, next_attempt_at=None,
+                                    attempts=WebhookDelivery.attempts - 1, updated_at=now)
+             .where(WebhookDelivery.id == delivery_id).execute())
+            return None
+        event = Event.get(Event.id == delivery.event_id)
+    return Claimed(delivery_id=delivery_id, attempt=delivery.attempts, url=endpoint.url,
+                   secret=endpoint.secret, event_id=event.id,
+                   body=json.dumps(event_object(event), separators=(",", ":")))
+
+
+def record_attempt(claimed: Claimed, *, status_code: int | None, error: str | None,
+                   duration_ms: int, now: dt.datetime | None = None) -> tuple[str, float | None]:
+    """Note how an attempt went; returns (delivery status, seconds until the next attempt)."""
+    now = now or utcnow()
+    succeeded = status_code is not None and 200 <= status_code < 300
+    delay = None if succeeded else retry_delay_s(claimed.attempt)
+    if succeeded:
+        status, changes = DELIVERY_DELIVERED, {"delivered_at": now, "next_attempt_at": None}
+    elif delay is None:
+        status, changes = DELIVERY_FAILED, {"next_attempt_at": None}
+    else:
+        status, changes = DELIVERY_PENDING, {"next_attempt_at": now + dt.timedelta(seconds=delay)}
+    with write_transaction():
+        WebhookAttempt.create(delivery=claimed.delivery_id, number=claimed.attempt,
+                              attempted_at=now, status_code=status_code,
+                              error=(error or None) and error[:255], duration_ms=duration_ms)
+        changed = (WebhookDelivery
+                   .update(status=status, last_status_code=status_code,
+                           last_error=(error or None) and error[:255], updated_at=now, **changes)
+                   .where((WebhookDelivery.id == claimed.delivery_id)
+                          & (WebhookDelivery.status == DELIVERY_PENDING)
+                          & (WebhookDelivery.attempts == claimed.attempt))
+                   .execute())
+    if not changed:  # cancelled meanwhile, or our lease ran out and another attempt began
+        return "superseded", None
+    return status, delay
+
+
+def mark_enqueued(delivery_id: str, at: dt.datetime) -> None:
+    WebhookDelivery.update(enqueued_at=at).where(WebhookDelivery.id == delivery_id).execute()
+
+
+def due_deliveries(now: dt.datetime | None = None, *, batch: int = SWEEP_BATCH) -> list[str]:
+    """Pending deliveries that are due and that no message was sent for lately; they are
+    marked as sent for, so the next sweep leaves them to the messages the caller sends."""
+    now = now or utcnow()
+    with write_transaction():
+        due = [row.id for row in WebhookDelivery.select(WebhookDelivery.id).where(
+            (WebhookDelivery.status == DELIVERY_PENDING)
+            & (WebhookDelivery.next_attempt_at <= now)
+            & (WebhookDelivery.enqueued_at.is_null()
+               | (WebhookDelivery.enqueued_at < now - ENQUEUE_GRACE)))
+            .order_by(WebhookDelivery.next_attempt_at).limit(batch)]
+        if due:
+            WebhookDelivery.update(enqueued_at=now).where(WebhookDelivery.id.in_(due)).execute()
+    return due
