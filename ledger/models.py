@@ -245,3 +245,27 @@ class WebhookAttempt(BaseModel):
 
 ALL_MODELS = [Account, ApiKey, Wallet, TopUp, LedgerEntry, Callback, OrphanPayment, TopUpEvent,
               IdempotencyRecord, WebhookEndpoint, Event, WebhookDelivery, WebhookAttempt]
+
+
+class Reconciliation(BaseModel):
+    """One ``topupctl reconcile`` run: the statement it read (name and sha256), the period, what
+    it found (``summary`` counts, ``findings`` without the matched rows) and what it applied."""
+    seq = pw.BigAutoField()
+    id = pw.CharField(max_length=40, unique=True)
+    started_at = pw.DateTimeField(default=utcnow, index=True)
+    finished_at = pw.DateTimeField(null=True)
+    statement_name = pw.CharField(max_length=255)
+    statement_sha256 = pw.CharField(max_length=64, index=True)
+    since = pw.DateTimeField(null=True)
+    until = pw.DateTimeField(null=True)
+    apply = pw.BooleanField(default=False)
+    summary = pw.TextField(default="{}")          # JSON: counts per category
+    findings = pw.TextField(default="{}")         # JSON: the report, less the matched rows
+    applied = pw.TextField(default="[]")          # JSON: every settlement made, and its outcome
+    applied_count = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "reconciliation"
+
+
+ALL_MODELS.append(Reconciliation)

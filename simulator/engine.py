@@ -516,6 +516,14 @@ class Daraja:
                 found = found[-limit:] if limit > 0 else []
             return [t.to_json(now) for t in found]
 
+    def paid_transactions(self) -> list[Transaction]:
+        """Every paid transaction whose outcome is final, whatever became of its callbacks:
+        what the organisation-portal statement shows (``simulator.statement``)."""
+        now = self._clock()
+        with self._lock:
+            return [t for t in self._transactions.values()
+                    if t.result_code == 0 and t.is_final(now)]
+
     def transaction(self, checkout_request_id: str) -> dict | None:
         now = self._clock()
         with self._lock:

@@ -24,7 +24,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote
 
-from . import rules
+from . import rules, statement
 from .config import SimulatorConfig
 from .engine import Daraja, Reply, json_reply
 
@@ -177,6 +177,9 @@ class _Handler(BaseHTTPRequestHandler):
             if found is None:
                 return json_reply(404, {"error": "no such CheckoutRequestID"})
             return json_reply(200, found)
+        if method == "GET" and name == "statement.csv":
+            return Reply(200, statement.to_csv(daraja.paid_transactions()),
+                         "text/csv; charset=utf-8")
         if name == "config" and method in ("GET", "POST"):
             if method == "POST":
                 try:
