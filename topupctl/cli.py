@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     sch = sub.add_parser("scheduler", help="periodic sweeps: lost pushes, callbacks, queries")
     sch.add_argument("--interval", type=float, default=5.0)
     sch.set_defaults(func=cmd_scheduler)
+
+    from topupctl import reconcile as reconcile_cmd  # reconcile STATEMENT.csv [--apply] …
+    reconcile_cmd.add_parser(sub, _bind)
     return parser
 
 
