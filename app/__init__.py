@@ -6,6 +6,7 @@ from flask import Flask
 
 import settings as settings_module
 from ledger import db
+from telemetry import logs as telemetry_logs
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -17,6 +18,8 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     test_config = test_config or {}
     settings = test_config.get("SETTINGS") or settings_module.load()
+    if test_config.get("CONFIGURE_LOGGING", not test_config):
+        telemetry_logs.configure("api", secrets=telemetry_logs.secrets_of(settings))
 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
@@ -31,6 +34,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         db.bind(settings.database_url)
 
     worker_broker.install(test_config.get("BROKER") or worker_broker.build(settings.redis_url))
+
+    from app import ops
+    ops.init_app(app)  # /metrics, /ops/queues, callback acknowledgement latency
 
     # Peewee connects on a request's first query; the connection goes back at its end.
     @app.teardown_request

@@ -45,6 +45,8 @@ class Settings:
     stk_query_backoff_s: float = 10.0
     ops_token: str | None = field(default=None, repr=False)
     webhook_allow_private: bool = False
+    # not in the contract: where `dramatiq workers` serves its /metrics (0: nowhere)
+    worker_metrics_port: int = 9191
     # not in the contract: how long a row sits before `topupctl scheduler` re-drives it
     # (workers/sweeps.py); shortened by tests that kill parts on purpose
     sweep_unsent_push_after_s: float = 30.0
@@ -186,6 +188,7 @@ def load(environ: Mapping[str, str] | None = None, *, need_callback_token: bool 
         stk_query_backoff_s=_float(env, "STK_QUERY_BACKOFF_S", 10.0, minimum=0.05),
         ops_token=_text(env, "OPS_TOKEN", None),
         webhook_allow_private=_flag(env, "WEBHOOK_ALLOW_PRIVATE"),
+        worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9191),
         **{name: _float(env, name.upper(), getattr(Settings, name), minimum=0.0)
            for name in ("sweep_unsent_push_after_s", "sweep_released_push_after_s",
                         "sweep_abandoned_push_after_s", "sweep_unapplied_callback_after_s",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 import settings as settings_module
@@ -102,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     orph.add_argument("--all", action="store_true", help="include resolved ones")
     orph.set_defaults(func=cmd_orphans)
 
+    from topupctl import ops  # queues [dead], topups show
+    ops.register(sub)
+
     sim = sub.add_parser("simulator", help="a local emulation of Daraja")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8900)
@@ -119,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from topupctl import ops
+    ops.configure_logging()  # JSON lines on standard error
     args = build_parser().parse_args(argv)
     args.func(args)
     return 0

@@ -9,6 +9,7 @@ import redis
 from daraja import DarajaClient, DarajaConfig, RedisTokenCache
 from ledger import db
 from settings import Settings
+from telemetry import metrics
 
 
 @dataclass
@@ -44,7 +45,8 @@ def configure(settings: Settings, *, daraja: DarajaClient | None = None,
     client = redis_client or redis.Redis.from_url(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30)
     if daraja is None:
-        daraja = DarajaClient(daraja_config(settings), token_cache=RedisTokenCache(client))
+        daraja = DarajaClient(daraja_config(settings), token_cache=RedisTokenCache(client),
+                              on_call=metrics.daraja_call)
     _current = Runtime(settings=settings, daraja=daraja, redis=client)
     return _current
 

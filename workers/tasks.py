@@ -9,8 +9,9 @@ import peewee
 from daraja import errors as daraja_errors
 from ledger import result_codes, topups
 from ledger.callbacks import MalformedCallback, parse
-from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp
+from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp, utcnow
 from ledger.phones import mask
+from telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,8 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
         topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
         if topup is not None:
             unlock_phone(redis, topup.phone, topup.id)
+            if outcome == "credited":
+                metrics.credited(topup.pushed_at, topup.completed_at, source="callback")
     log.info("callback applied", extra={"callback": callback_seq, "outcome": outcome,
                                         "checkout_request_id": row.checkout_request_id})
     return outcome
@@ -207,6 +210,8 @@ def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
     if kind == "paid":
         outcome = topups.settle_success(checkout, amount_cents=None, receipt=None, phone=None,
                                         source="query")
+        if outcome == "credited":
+            metrics.credited(topup.pushed_at, utcnow(), source="query")
     elif kind == "failed":
         outcome = topups.settle_failure(checkout, result.result_code, result.result_desc,
                                         source="query")

@@ -1,0 +1,170 @@
+"""Logs: one JSON object a line, with phones masked and secrets removed.
+
+Every line carries ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message`` and
+``service`` (``api``, ``workers``, ``topupctl``…), any ``extra={…}`` fields, and the context
+bound with :func:`bound` / :func:`bind`: a worker binds ``topup_id`` and
+``checkout_request_id`` while it handles a message about a top-up, so every line logged
+meanwhile, by any library, names the top-up.
+
+Redaction runs on the finished line (message, extras, tracebacks alike), so a caller that
+forgets to mask a phone still writes ``2547****5678``.
+
+Each entrypoint configures its process once:
+
+- ``gunicorn "app:create_app()"``: :func:`configure` from the app factory (root and
+  gunicorn's own loggers in the worker processes);
+- ``dramatiq workers``: Dramatiq sets up logging before it imports ``workers``, so importing
+  ``workers`` calls :func:`configure` with ``add_handler=False``, which only reformats the
+  plain stream handlers Dramatiq installed on the root logger;
+- ``topupctl``: :func:`configure` in ``main()``.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import sys
+from typing import Iterable
+
+from pythonjsonlogger.json import JsonFormatter
+
+from telemetry.redact import Redactor
+
+_context: contextvars.ContextVar[dict] = contextvars.ContextVar("telemetry_log_context",
+                                                                 default={})
+
+# Handlers whose output we own and may reformat: exactly these classes, never a subclass
+# (pytest's capture handlers subclass them and must be left alone).
+_PLAIN_HANDLERS = (logging.StreamHandler, logging.FileHandler)
+try:
+    from logging.handlers import WatchedFileHandler
+    _PLAIN_HANDLERS += (WatchedFileHandler,)
+except ImportError:  # pragma: no cover
+    pass
+
+# Loggers that do not propagate to the root and write lines of their own.
+SERVER_LOGGERS = ("gunicorn.error", "gunicorn.access")
+
+_redactor = Redactor()
+
+
+def add_secrets(secrets: Iterable[str | None]) -> None:
+    """Values never to be written, wherever they appear in a line."""
+    _redactor.add_secrets(secrets)
+
+
+def redactor() -> Redactor:
+    return _redactor
+
+
+SETTINGS_SECRETS = ("daraja_consumer_key", "daraja_consumer_secret", "daraja_passkey",
+                    "daraja_callback_token", "ops_token")
+
+
+def secrets_of(settings) -> list[str]:
+    """The secret values a Settings object holds (read by name; no import of settings)."""
+    return [v for v in (getattr(settings, name, None) for name in SETTINGS_SECRETS) if v]
+
+
+# --- context ---------------------------------------------------------------------------------
+
+def bind(**fields) -> contextvars.Token:
+    """Add fields to every line this thread (or task) logs until :func:`unbind`."""
+    current = _context.get()
+    return _context.set({**current, **{k: v for k, v in fields.items() if v is not None}})
+
+
+def unbind(token: contextvars.Token) -> None:
+    _context.reset(token)
+
+
+@contextlib.contextmanager
+def bound(**fields):
+    token = bind(**fields)
+    try:
+        yield
+    finally:
+        unbind(token)
+
+
+def context() -> dict:
+    return dict(_context.get())
+
+
+# --- the formatter ---------------------------------------------------------------------------
+
+_FIRST = ("time", "level", "logger", "message", "service", "topup_id", "checkout_request_id")
+
+
+class GatewayJsonFormatter(JsonFormatter):
+    """python-json-logger's formatter, plus the bound context, plus redaction."""
+
+    def __init__(self, service: str | None = None, redact: Redactor | None = None):
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",
+            static_fields={"service": service} if service else None,
+            json_ensure_ascii=False,
+        )
+        self.service = service
+        self._redact = redact or _redactor
+
+    def add_fields(self, log_data, record, message_dict):
+        super().add_fields(log_data, record, message_dict)
+        for key, value in _context.get().items():
+            log_data.setdefault(key, value)
+        log_data.setdefault("pid", record.process)
+
+    def process_log_record(self, log_data):
+        time = log_data.get("time")
+        if hasattr(time, "isoformat"):
+            log_data["time"] = time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        ordered = {k: log_data[k] for k in _FIRST if k in log_data}
+        ordered.update((k, v) for k, v in log_data.items() if k not in ordered)
+        return self._redact.value(ordered)
+
+    def serialize_log_record(self, log_data) -> str:
+        # A last pass over the finished line catches what a default= serialisation of an
+        # unusual object (an exception, an address, a bytes body) let through.
+        return self._redact.text(super().serialize_log_record(log_data))
+
+
+def _reformat(handler: logging.Handler, formatter: logging.Formatter, keep: bool) -> bool:
+    if type(handler) not in _PLAIN_HANDLERS:
+        return False
+    if keep and isinstance(handler.formatter, GatewayJsonFormatter):
+        return True  # the entrypoint configured it already: its service name stays
+    handler.setFormatter(formatter)
+    return True
+
+
+def configure(service: str, *, secrets: Iterable[str | None] = (), level: int | str | None = None,
+              add_handler: bool = True, stream=None) -> logging.Formatter:
+    """Make this process write JSON lines. Safe to call again (it only reformats).
+
+    - the plain stream and file handlers already on the root logger and on gunicorn's
+      loggers get the JSON formatter (with ``add_handler=False``, as a library import does,
+      one that an entrypoint set up already is left as it is);
+    - with ``add_handler`` and no handler at all on the root logger, one writing to
+      ``stream`` (standard error) is added, at ``level`` (INFO unless given).
+    """
+    add_secrets(secrets)
+    formatter = GatewayJsonFormatter(service)
+    root = logging.getLogger()
+    for handler in root.handlers:
+        _reformat(handler, formatter, keep=not add_handler)
+    for name in SERVER_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            _reformat(handler, formatter, keep=not add_handler)
+    if add_handler and not root.handlers:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+        root.setLevel(level if level is not None else logging.INFO)
+    elif level is not None:
+        root.setLevel(level)
+    # Some libraries are chatty at INFO about things an operator never needs.
+    logging.getLogger("urllib3").setLevel(max(logging.getLogger("urllib3").level, logging.WARNING))
+    return formatter
+
