@@ -69,7 +69,7 @@ def init(app: Flask, redis_url: str) -> Limiter:
         current = limiter.current_limit
         if current is not None:
             try:
-                retry_after = max(1, math.ceil(current.reset_at - time.time()))
+                retry_after = max(1, math.ceil(current.window[0] - time.time()))
             except Exception:  # the storage went away between the count and now
                 retry_after = 1
         return problem(429, "rate_limited",

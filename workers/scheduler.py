@@ -49,6 +49,8 @@ def sweep_once(give_up_after_s: int, redis_client=None,
     found = {"unsent_pushes": len(unsent), "abandoned_pushes": len(abandoned),
              "unapplied_callbacks": len(callbacks), "queries_due": len(queries),
              "given_up": len(given_up)}
+    from workers import webhooks  # webhook deliveries due, idempotency keys past retention
+    found.update(webhooks.sweep())
     if any(found.values()):
         log.info("sweep", extra=found)
     return found

@@ -10,7 +10,7 @@ import secrets
 import pytest
 
 from ledger import db, topups
-from tests.unit.conftest import FakeRedis
+import fakeredis
 
 PHONE = "254712345678"
 
@@ -59,7 +59,7 @@ def public_resolver(host, port):
 
 def make_app(settings, stub_broker, **config):
     from app import create_app
-    return create_app({"SETTINGS": settings, "BROKER": stub_broker, "REDIS": FakeRedis(),
+    return create_app({"SETTINGS": settings, "BROKER": stub_broker, "REDIS": fakeredis.FakeRedis(),
                        "BIND_DATABASE": False, "TESTING": True,
                        "RATELIMIT_STORAGE_URI": "memory://",
                        "WEBHOOK_RESOLVER": public_resolver, **config})

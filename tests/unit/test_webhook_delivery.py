@@ -320,3 +320,17 @@ def test_the_schedule_starts_at_5_seconds_and_is_over_three_days_in_all():
     assert webhooks.retry_delay_s(webhooks.MAX_ATTEMPTS) is None
     assert sum(webhooks.RETRY_DELAYS_S) >= 72 * 3600
 
+
+
+def test_the_schedulers_sweep_resends_webhook_deliveries_whose_message_was_lost(
+        dev_client, account, stub_broker):
+    from workers import scheduler
+    delivery = one_delivery(dev_client, account)
+    stub_broker.flush_all()  # the message is lost
+    with db.connection():
+        WebhookDelivery.update(enqueued_at=delivery.created_at - dt.timedelta(minutes=5)).where(
+            WebhookDelivery.id == delivery.id).execute()
+    found = scheduler.sweep_once(3600)
+    assert found["webhooks_due"] == 1
+    queued = [json.loads(m)["args"] for m in stub_broker.queues["webhooks"].queue]
+    assert queued == [[delivery.id]]
