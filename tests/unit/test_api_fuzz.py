@@ -8,11 +8,14 @@ cores; ``TOPUP_FUZZ_EXAMPLES`` sets the number of cases per operation and genera
 (Schemathesis's own pytest loader does not run on pytest 9 yet, so the cases are drawn from
 its strategies with Hypothesis directly.)
 """
+import dataclasses
 import os
+import shutil
+import tempfile
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance, not_a_server_error, response_headers_conformance,
@@ -27,6 +30,18 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
 # Operations routes (/metrics, /ops/queues) are the operations lead's and fuzzed only if served.
 OPERATIONS = [(path, method) for path, ops in DOCUMENT["paths"].items() for method in ops]
+
+
+@pytest.fixture
+def settings(settings):
+    """The ledger in memory-backed files when the machine has them: thousands of committed
+    writes should measure the API, not the disk's fsync."""
+    if not os.path.isdir("/dev/shm"):
+        yield settings
+        return
+    folder = tempfile.mkdtemp(prefix="topup-fuzz-", dir="/dev/shm")
+    yield dataclasses.replace(settings, database_url=f"sqlite:///{folder}/ledger.db")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -53,7 +68,7 @@ def test_no_generated_request_gets_a_5xx_or_an_answer_outside_the_document(
     auth = {"Authorization": account["auth"]["Authorization"]}
 
     @given(cases)
-    @settings(max_examples=2 * EXAMPLES, deadline=None, derandomize=True, database=None,
+    @hypothesis_settings(max_examples=2 * EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def no_surprise(case):
         case.call_and_validate(headers=auth, checks=CHECKS)
