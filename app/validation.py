@@ -21,8 +21,10 @@ def json_body(request: Request) -> dict:
     raw = request.get_data(cache=True)
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "The body is not valid JSON.") from None
+        # "\ud800" is valid JSON but no Unicode text: it could be neither stored nor hashed
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError):  # RecursionError: nested too deep
+        raise ApiError(400, "invalid_json", "The body is not valid JSON text.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "The body must be a JSON object.")
     return body

@@ -175,3 +175,15 @@ def test_thirty_debits_racing_against_a_small_wallet_never_take_it_below_zero(de
 
     assert sorted(answers) == [201] * 10 + [402] * 20
     assert balance(dev_app.test_client(), account) == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/wallet/debits", "/v1/webhook_endpoints", "/v1/topups"])
+@pytest.mark.parametrize("raw", [
+    "[" * 5_000 + "]" * 5_000,                                    # nested past the parser's stack
+    '{"amount_cents": 5, "description": "\\ud800"}',              # a lone surrogate: not text
+    '{"url": "https://ex\\udfffample.com/", "events": ["topup.failed"]}',
+])
+def test_json_that_is_not_storable_text_answers_400_not_500(dev_client, account, path, raw):
+    response = dev_client.post(path, data=raw, content_type="application/json",
+                               headers=account["auth"])
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_json")
