@@ -15,3 +15,6 @@ os.environ["DARAJA_CALLBACK_TOKEN"] = "c0ffee" * 6
 os.environ["DATABASE_URL"] = f"sqlite:///{_scratch}/import-time.db"
 os.environ["REDIS_URL"] = "redis://127.0.0.1:9/0"
 os.environ.setdefault("dramatiq_worker_timeout", "50")
+
+# Every log line written during the suite is checked for phone numbers and secrets.
+pytest_plugins = ("tests.log_audit",)

@@ -1,0 +1,227 @@
+"""Queue inspection reads Dramatiq's own keys in Redis: what was sent, delayed, fetched and
+dead-lettered is what it counts; dead letters can be looked into, requeued (and then run)
+or purged, a queue or an actor at a time.
+
+A real RedisBroker runs on fakeredis (with Lua, so Dramatiq's dispatch.lua runs as it is).
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import dramatiq
+import fakeredis
+import pytest
+from dramatiq.brokers.redis import RedisBroker
+
+from telemetry.queues import Queues
+from workers.observability import DeadLetterNotes, ReturnPrefetched
+
+
+def wait_until(predicate, timeout=10.0, message="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def redis_client():
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def broker(redis_client):
+    broker = RedisBroker(client=redis_client)
+    broker.add_middleware(DeadLetterNotes())
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def actors(broker):
+    ran = []
+    failing = {"push": True}
+
+    def push_topup(topup_id, note=None):
+        if failing["push"]:
+            raise ValueError(f"Daraja refused {topup_id} for 0712345678")
+        ran.append(("push_topup", topup_id))
+
+    def query_topup(topup_id):
+        ran.append(("query_topup", topup_id))
+
+    def apply_callback(seq):
+        ran.append(("apply_callback", seq))
+
+    return {
+        "push_topup": dramatiq.actor(push_topup, broker=broker, queue_name="topups",
+                                     max_retries=0),
+        "query_topup": dramatiq.actor(query_topup, broker=broker, queue_name="topups"),
+        "apply_callback": dramatiq.actor(apply_callback, broker=broker, queue_name="callbacks"),
+        "ran": ran, "failing": failing,
+    }
+
+
+def by_queue(counts):
+    return {c.queue: c for c in counts}
+
+
+def run_worker(broker, until, timeout=10.0):
+    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    try:
+        wait_until(until, timeout)
+    finally:
+        worker.stop()
+
+
+def test_counts_are_what_was_sent_delayed_fetched_and_dead_lettered(broker, actors,
+                                                                      redis_client):
+    for n in range(12):
+        actors["push_topup"].send(f"tu_{n}")
+    for n in range(5):
+        actors["query_topup"].send_with_options(args=(f"tu_q{n}",), delay=3_600_000)
+    for n in range(7):
+        actors["apply_callback"].send(n)
+    consumer = broker.consume("topups", prefetch=4)
+    fetched = next(consumer)            # 4 fetched from Redis: 1 in hand, 3 prefetched
+    consumer.nack(fetched)              # ... and one of them dead-lettered
+    counts = by_queue(Queues(redis_client).counts())
+
+    topups, callbacks = counts["topups"], counts["callbacks"]
+    assert (topups.ready, topups.delayed, topups.in_progress, topups.dead) == (8, 5, 3, 1)
+    assert (callbacks.ready, callbacks.delayed, callbacks.in_progress, callbacks.dead) == \
+        (7, 0, 0, 0)
+    # the very keys Dramatiq keeps
+    assert topups.ready == redis_client.llen("dramatiq:topups")
+    assert topups.delayed == redis_client.hlen("dramatiq:topups.DQ.msgs")
+    assert topups.dead == redis_client.zcard("dramatiq:topups.XQ")
+    assert topups.in_progress == redis_client.scard(f"dramatiq:__acks__.{broker.broker_id}.topups")
+
+
+def test_a_declared_queue_with_nothing_in_it_is_listed_with_zeros(redis_client):
+    [queries] = Queues(redis_client).counts(["queries"])
+    assert (queries.queue, queries.ready, queries.delayed, queries.in_progress, queries.dead) == \
+        ("queries", 0, 0, 0, 0)
+    assert queries.oldest_ready_age_s is None
+
+
+def test_counts_per_actor_add_up_to_the_queue(broker, actors, redis_client):
+    for n in range(3):
+        actors["push_topup"].send(f"tu_{n}")
+    for n in range(2):
+        actors["query_topup"].send(f"tu_{n}")
+    actors["query_topup"].send_with_options(args=("tu_later",), delay=60_000)
+    consumer = broker.consume("topups", prefetch=1)
+    next(consumer)
+    [topups] = Queues(redis_client).counts(by_actor=True)
+    assert topups.by_actor == {
+        "push_topup": {"ready": 2, "delayed": 0, "in_progress": 1, "dead": 0},
+        "query_topup": {"ready": 2, "delayed": 1, "in_progress": 0, "dead": 0}}
+    assert topups.by_actor_complete
+
+
+def test_the_oldest_ready_message_ages_while_nobody_picks_it_up(actors, redis_client):
+    now = [1_000_000.0]
+    queues = Queues(redis_client, clock=lambda: now[0])
+    actors["apply_callback"].send(1)
+    sent_at = json.loads(next(iter(redis_client.hvals("dramatiq:callbacks.msgs"))))[
+        "message_timestamp"] / 1000
+    now[0] = sent_at + 42.5
+    [callbacks] = queues.counts()
+    assert callbacks.oldest_ready_age_s == pytest.approx(42.5, abs=0.01)
+    [callbacks] = queues.counts(by_actor=True)
+    assert callbacks.oldest_ready_age_s == pytest.approx(42.5, abs=0.01)
+
+
+def test_messages_held_by_a_worker_whose_heartbeat_stopped_are_pointed_out(broker, actors,
+                                                                           redis_client):
+    for n in range(3):
+        actors["apply_callback"].send(n)
+    next(broker.consume("callbacks", prefetch=2))
+    redis_client.zadd("dramatiq:__heartbeats__", {broker.broker_id: 0})  # long silent
+    [callbacks] = Queues(redis_client).counts()
+    assert (callbacks.in_progress, callbacks.held_by_dead_workers) == (2, 2)
+
+
+def test_a_dead_letter_shows_its_actor_arguments_error_and_when_with_phones_masked(
+        broker, actors, redis_client):
+    before = time.time()
+    actors["push_topup"].send("tu_dead", note="call 0712345678")
+    run_worker(broker, lambda: redis_client.zcard("dramatiq:topups.XQ") == 1)
+    [letter] = Queues(redis_client).dead_letters()
+    assert (letter.queue, letter.actor, letter.args) == ("topups", "push_topup", ["tu_dead"])
+    assert letter.kwargs == {"note": "call 2547****5678"}
+    assert letter.error == "ValueError: Daraja refused tu_dead for 2547****5678"
+    assert "0712345678" not in (letter.traceback or "")
+    assert before <= letter.dead_at <= time.time()
+
+
+def test_requeued_dead_letters_run(broker, actors, redis_client):
+    for n in range(5):
+        actors["push_topup"].send(f"tu_{n}")
+    run_worker(broker, lambda: redis_client.zcard("dramatiq:topups.XQ") == 5)
+    queues = Queues(redis_client)
+    assert queues.requeue(queues.dead_letters(queue="topups")) == 5
+    [topups] = queues.counts()
+    assert (topups.ready, topups.dead) == (5, 0)
+
+    actors["failing"]["push"] = False
+    run_worker(broker, lambda: len(actors["ran"]) == 5)
+    assert sorted(actors["ran"]) == [("push_topup", f"tu_{n}") for n in range(5)]
+    [topups] = queues.counts(["topups"])
+    assert (topups.ready, topups.in_progress, topups.dead) == (0, 0, 0)
+
+
+def test_a_requeued_message_starts_its_retries_afresh(broker, actors, redis_client):
+    actors["push_topup"].send("tu_1")
+    run_worker(broker, lambda: redis_client.zcard("dramatiq:topups.XQ") == 1)
+    queues = Queues(redis_client)
+    queues.requeue(queues.dead_letters())
+    [raw] = redis_client.hvals("dramatiq:topups.msgs")
+    options = json.loads(raw)["options"]
+    assert "retries" not in options and "traceback" not in options
+    assert "dead_letter_error" not in options
+
+
+def test_dead_letters_can_be_chosen_by_actor_and_purged_alone(broker, actors, redis_client):
+    actors["push_topup"].send("tu_1")
+    actors["apply_callback"].send(9)
+    consumer = broker.consume("callbacks", prefetch=1)
+    consumer.nack(next(consumer))
+    run_worker(broker, lambda: redis_client.zcard("dramatiq:topups.XQ") == 1)
+    queues = Queues(redis_client)
+    assert [d.actor for d in queues.dead_letters(actor="apply_callback")] == ["apply_callback"]
+    assert queues.purge(queues.dead_letters(actor="push_topup")) == 1
+    assert [d.actor for d in queues.dead_letters()] == ["apply_callback"]
+    assert not redis_client.hlen("dramatiq:topups.XQ.msgs")
+
+
+def test_a_dead_letter_requeued_by_two_operators_at_once_moves_once(broker, actors,
+                                                                    redis_client):
+    actors["push_topup"].send("tu_1")
+    run_worker(broker, lambda: redis_client.zcard("dramatiq:topups.XQ") == 1)
+    queues = Queues(redis_client)
+    letters = queues.dead_letters()
+    assert queues.requeue(letters) + queues.requeue(letters) == 1
+    assert redis_client.llen("dramatiq:topups") == 1
+
+
+def test_prefetched_messages_go_back_to_their_queue_when_a_consumer_stops(broker, actors,
+                                                                          redis_client):
+    for n in range(5):
+        actors["apply_callback"].send(n)
+    consumer = broker.consume("callbacks", prefetch=5)
+    next(consumer)                                     # one handed out, four still cached
+    thread = type("Thread", (), {"consumer": consumer, "queue_name": "callbacks"})()
+    ReturnPrefetched().before_consumer_thread_shutdown(broker, thread)
+    [callbacks] = Queues(redis_client).counts()
+    assert (callbacks.ready, callbacks.in_progress) == (4, 1)
+
+
+def test_a_queue_only_redis_knows_of_is_found(redis_client):
+    broker = RedisBroker(client=redis_client)
+    dramatiq.actor(lambda: None, actor_name="stray", broker=broker, queue_name="legacy").send()
+    assert "legacy" in Queues(redis_client).names(["topups"])

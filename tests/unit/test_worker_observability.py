@@ -1,0 +1,139 @@
+"""The workers count what they do (Daraja calls, credits, messages) and name the top-up on
+every line they log while handling a message about one."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+
+import dramatiq
+import fakeredis
+import pytest
+from dramatiq.message import Message
+
+from ledger import db, topups
+from simulator.server import SimulatorConfig, SimulatorServer
+from telemetry import logs, metrics
+from tests.unit.test_crediting import pushed, success_body  # noqa: F401 (a fixture)
+from workers import runtime, tasks
+from workers.observability import LogContext, Metrics, subject_of
+
+
+def value(metric, *labels) -> float:
+    return metric.labels(*labels)._value.get()
+
+
+def histogram_count(metric, *labels) -> float:
+    child = metric.labels(*labels)
+    return sum(bucket.get() for bucket in child._buckets)
+
+
+@pytest.fixture
+def saved_runtime():
+    saved = runtime._current
+    yield
+    runtime._current = saved
+
+
+@pytest.fixture
+def simulator():
+    sim = SimulatorServer(host="127.0.0.1", port=0, config=SimulatorConfig(callback_delay_s=30))
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+def test_every_daraja_call_is_counted_by_endpoint_and_outcome(settings, simulator,
+                                                              saved_runtime):
+    rt = runtime.configure(dataclasses.replace(settings, daraja_base_url=simulator.url),
+                           redis_client=fakeredis.FakeRedis(), bind_database=False)
+    before = {(e, o): value(metrics.DARAJA_CALLS, e, o)
+              for e, o in [("oauth", "ok"), ("stkpush", "ok"), ("stkpush", "rejected")]}
+    rt.daraja.stk_push(amount=10, phone="254708374149", account_reference="A1")
+    with pytest.raises(Exception):
+        rt.daraja.stk_push(amount=10, phone="254700020001", account_reference="A2")  # refused
+    assert value(metrics.DARAJA_CALLS, "oauth", "ok") - before[("oauth", "ok")] == 1
+    assert value(metrics.DARAJA_CALLS, "stkpush", "ok") - before[("stkpush", "ok")] == 1
+    assert value(metrics.DARAJA_CALLS, "stkpush", "rejected") - \
+        before[("stkpush", "rejected")] == 1
+    assert histogram_count(metrics.DARAJA_SECONDS, "stkpush", "ok") >= 1
+
+
+def test_a_credit_is_timed_from_push_to_ledger_once(pushed):  # noqa: F811
+    before = histogram_count(metrics.CREDIT_SECONDS, "callback")
+    with db.connection():
+        for _ in range(3):  # the same callback delivered three times credits once
+            row, _ = topups.store_callback(success_body("ws_CO_1"), "127.0.0.1")
+            tasks.apply_callback(row.seq)
+    assert histogram_count(metrics.CREDIT_SECONDS, "callback") - before == 1
+
+
+@pytest.fixture
+def observed_broker(stub_broker):
+    stub_broker.add_middleware(Metrics())
+    stub_broker.add_middleware(LogContext())
+    return stub_broker
+
+
+def test_finished_and_dead_lettered_messages_are_counted(observed_broker):
+    @dramatiq.actor(broker=observed_broker, queue_name="probe", max_retries=0,
+                    actor_name="probe_outcomes")
+    def probe(fail):
+        if fail:
+            raise RuntimeError("boom")
+
+    ok = ("probe", "probe_outcomes", "ok")
+    error = ("probe", "probe_outcomes", "error")
+    before = (value(metrics.WORKER_MESSAGES, *ok), value(metrics.WORKER_MESSAGES, *error),
+              value(metrics.WORKER_DEAD_LETTERS, "probe", "probe_outcomes"))
+    worker = dramatiq.Worker(observed_broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        for fail in (False, False, True):
+            probe.send(fail)
+        observed_broker.join("probe", fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+    assert value(metrics.WORKER_MESSAGES, *ok) - before[0] == 2
+    assert value(metrics.WORKER_MESSAGES, *error) - before[1] == 1
+    assert value(metrics.WORKER_DEAD_LETTERS, "probe", "probe_outcomes") - before[2] == 1
+
+
+def test_a_callback_message_is_traced_to_its_topup(pushed):  # noqa: F811
+    with db.connection():
+        row, _ = topups.store_callback(success_body("ws_CO_1"), "127.0.0.1")
+        fields = subject_of(Message(queue_name="callbacks", actor_name="apply_callback",
+                                    args=(row.seq,), kwargs={}, options={}))
+    assert fields == {"callback": row.seq, "topup_id": pushed["topup"],
+                      "checkout_request_id": "ws_CO_1"}
+
+
+def test_lines_logged_while_handling_a_message_name_its_topup(observed_broker, pushed):  # noqa: F811
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logs.GatewayJsonFormatter("workers"))
+    probe_log = logging.getLogger("tests.probe")
+    probe_log.addHandler(handler)
+    probe_log.setLevel(logging.INFO)
+
+    @dramatiq.actor(broker=observed_broker, queue_name="probe", actor_name="probe_context")
+    def probe(topup_id):
+        probe_log.info("working on it")
+
+    worker = dramatiq.Worker(observed_broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        probe.send(pushed["topup"])
+        observed_broker.join("probe")
+        worker.join()
+    finally:
+        worker.stop()
+        probe_log.removeHandler(handler)
+    probe_log.info("after the message")  # no handler now; and no context either
+    [line] = [json.loads(x) for x in buffer.getvalue().splitlines()]
+    assert line["topup_id"] == pushed["topup"]
+    assert line["checkout_request_id"] == "ws_CO_1"
+    assert line["actor"] == "probe_context" and line["message_id"]
+    assert logs.context() == {}
