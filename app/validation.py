@@ -97,7 +97,7 @@ def page_args(args) -> tuple[int, str | None]:
     limit = 20
     raw = args.get("limit")
     if raw is not None:
-        if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:  # not "²"
             errors.append({"field": "limit", "message": "must be a whole number from 1 to 100"})
         else:
             limit = int(raw)

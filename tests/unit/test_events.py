@@ -195,3 +195,13 @@ def test_deliveries_survive_a_broker_that_is_down_for_the_sweep_to_find(
         later = delivery.created_at + dt.timedelta(minutes=2)
         assert worker_webhooks.due_deliveries(later) == [delivery.id]
         assert worker_webhooks.due_deliveries(later) == []  # not twice within the grace
+
+
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/webhook_endpoints", "/v1/topups",
+                                  "/v1/wallet/transactions"])
+@pytest.mark.parametrize("limit", ["²", "٣", "1e1", " 5", "-1", "101"])
+def test_a_limit_that_is_not_plain_digits_from_1_to_100_is_refused_not_a_500(
+        dev_client, account, path, limit):
+    response = dev_client.get(path, query_string={"limit": limit}, headers=account["auth"])
+    assert response.status_code == 422
+    assert [e["field"] for e in response.get_json()["errors"]] == ["limit"]
