@@ -73,6 +73,21 @@ def write_transaction():
     return database.atomic()
 
 
+def discard_connection() -> None:
+    """Give back this thread's connection after a database error, before trying again.
+
+    A connection that died with the server (restart, failover) stays this thread's until it
+    is closed, and every query on it fails at once; closed, the pool drops it (a broken
+    connection is never reused) and the next query connects afresh.
+    """
+    if database.obj is None or database.is_closed():
+        return
+    try:
+        database.close()
+    except Exception:  # noqa: BLE001 - already broken; the pool has forgotten it
+        pass
+
+
 @contextlib.contextmanager
 def connection():
     """Open (or reuse) this thread's connection for a unit of work, then give it back."""

@@ -92,7 +92,9 @@ def claim_push(topup_id: str) -> TopUp | None:
                    .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_QUEUED)
                           & (TopUp.status == PENDING))
                    .execute())
-    return TopUp.get(TopUp.id == topup_id) if claimed else None
+        # Read back inside the transaction: read after the commit, a database lost in between
+        # left the push claimed (`sending`) with nothing sent, never to be claimed again.
+        return TopUp.get(TopUp.id == topup_id) if claimed else None
 
 
 def release_push(topup_id: str, reason: str, **detail) -> None:

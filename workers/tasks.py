@@ -7,7 +7,7 @@ import time
 import peewee
 
 from daraja import errors as daraja_errors
-from ledger import result_codes, topups
+from ledger import db, result_codes, topups
 from ledger.callbacks import MalformedCallback, parse
 from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp, utcnow
 from ledger.phones import mask
@@ -99,12 +99,14 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
         unlock_phone(redis, topup.phone, topup_id)
         if exc.retryable and topup.push_attempts < MAX_PUSH_ATTEMPTS:
             log.info("push not sent, will retry", extra={**context, **detail})
-            topups.release_push(topup_id, reason=type(exc).__name__, error_code=exc.error_code,
-                                error_message=exc.error_message)
+            _with_database_retries(lambda: topups.release_push(
+                topup_id, reason=type(exc).__name__, error_code=exc.error_code,
+                error_message=exc.error_message))
             raise PushNotSentYet(type(exc).__name__, getattr(exc, "retry_after", None)) from None
         log.info("push refused", extra={**context, **detail})
-        topups.record_push_refused(topup_id, error_code=exc.error_code or type(exc).__name__,
-                                   error_message=exc.error_message or str(exc))
+        _with_database_retries(lambda: topups.record_push_refused(
+            topup_id, error_code=exc.error_code or type(exc).__name__,
+            error_message=exc.error_message or str(exc)))
         return "refused", []
     except Exception:
         # Not a Daraja answer we understand (a bug, an unexpected library error): the
@@ -122,16 +124,21 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
     return "sent", callbacks
 
 
-def _with_database_retries(fn, attempts: int = 5):
-    """Daraja accepted a push: its CheckoutRequestID is worth a few seconds of retrying a
-    database that blinked, because without it only reconciliation can find the payment."""
+def _with_database_retries(fn, attempts: int = 12):
+    """Daraja answered a push: its answer is worth some forty seconds of retrying a database
+    that blinked or restarted. Without the CheckoutRequestID only reconciliation can find
+    the payment; and a push left `sending` is never claimed again (it ends ambiguous)."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except (peewee.OperationalError, peewee.InterfaceError):
             if attempt == attempts:
                 raise
-            time.sleep(min(0.2 * 2 ** attempt, 3.0))
+            # This thread's connection died with the server: without giving it back, every
+            # attempt failed at once on it ("connection already closed"), even once the
+            # database was up again. The pool closes a broken one; the next query reconnects.
+            db.discard_connection()
+            time.sleep(min(0.2 * 2 ** attempt, 5.0))
 
 
 # --- callbacks ---------------------------------------------------------------------------------

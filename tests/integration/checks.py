@@ -30,10 +30,11 @@ FAST = {
 }
 
 
-def submit(system, key, amount: int, phone: str, *, deadline_s: float = 60) -> dict:
+def submit(system, key, amount: int, phone: str, *, deadline_s: float = 60,
+           refusals: list | None = None) -> dict:
     """POST /v1/topups as a careful client does: one Idempotency-Key for the request, and
     the same request again after a 429 (honouring Retry-After), a 503 or a lost answer,
-    until the API accepts it (202)."""
+    until the API accepts it (202). Each answer that was not a 202 is added to ``refusals``."""
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": str(uuid.uuid4())}
     body = {"provider": "mpesa", "amount": amount, "phone": phone}
     deadline = time.monotonic() + deadline_s
@@ -45,6 +46,8 @@ def submit(system, key, amount: int, phone: str, *, deadline_s: float = 60) -> d
             response = None
         if response is not None and response.status_code == 202:
             return response.json()
+        if refusals is not None:
+            refusals.append(response.status_code if response is not None else "no answer")
         if response is not None and response.status_code not in (429, 503):
             raise AssertionError(f"top-up refused: {response.status_code} {response.text}")
         if time.monotonic() > deadline:
