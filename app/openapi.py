@@ -357,6 +357,22 @@ PATHS = {
             "schema": {"type": "object"}}}},
             "401": _r("Unauthorized"), "403": _r("Forbidden"), "404": _r("NotFound"),
             "503": _r("Unavailable")}}},
+    "/ops/reconciliations": {"get": {
+        "operationId": "opsReconciliations",
+        "summary": "Recorded `topupctl reconcile` runs, newest first (bearer OPS_TOKEN)",
+        "security": [{"opsToken": []}], "parameters": [_p("Limit"), _p("StartingAfter")],
+        "responses": {"200": {"description": "a page of runs", "content": {"application/json": {
+            "schema": {"type": "object"}}}},
+            "401": _r("Unauthorized"), "404": _r("NotFound"), "422": _r("ValidationFailed"),
+            "503": _r("Unavailable")}}},
+    "/ops/reconciliations/{run_id}": {"get": {
+        "operationId": "opsReconciliation",
+        "summary": "One reconciliation run, its findings and what it applied (bearer OPS_TOKEN)",
+        "security": [{"opsToken": []}],
+        "parameters": [_path_id("run_id", "the run's id, rc_…")],
+        "responses": {"200": {"description": "the run", "content": {"application/json": {
+            "schema": {"type": "object"}}}},
+            "401": _r("Unauthorized"), "404": _r("NotFound"), "503": _r("Unavailable")}}},
 }
 
 DOCUMENT = {

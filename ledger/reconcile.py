@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import peewee as pw
 
-from ledger import topups
+from ledger import events, topups
 from ledger.db import write_transaction
 from ledger.ids import new_id
 from ledger.models import (
@@ -61,6 +61,7 @@ from ledger.statement import (  # noqa: F401  (re-exported: the reconciliation's
 )
 
 DEFAULT_WINDOW = dt.timedelta(minutes=10)
+EDGE = dt.timedelta(minutes=1)    # the default period: the statement's span, this much wider
 # A top-up is pushed soon after it is created; a generous margin when selecting by created_at.
 PUSH_DELAY_MARGIN = dt.timedelta(hours=1)
 CHUNK = 500
@@ -119,12 +120,13 @@ def _chunks(items, size=CHUNK):
 
 def period(statement: Statement, since: dt.datetime | None,
            until: dt.datetime | None) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """[since, until) in naive UTC; by default the span of the statement's own rows."""
+    """[since, until) in naive UTC; by default the span of the statement's own rows, a minute
+    wider either side (its times are whole seconds, and its clock is not ours)."""
     times = [row.completed_at for row in statement.rows]
     if since is None and times:
-        since = min(times)
+        since = min(times) - EDGE
     if until is None and times:
-        until = max(times) + dt.timedelta(seconds=1)
+        until = max(times) + EDGE
     return since, until
 
 
@@ -133,6 +135,29 @@ def _in(when: dt.datetime, start, end) -> bool:
 
 
 # --- finding ---------------------------------------------------------------------------------
+
+class _ByPhone:
+    """Ledger items by phone, for statement phones (a masked one is matched by a scan)."""
+
+    def __init__(self, items, phone_of):
+        self.items, self.phone_of = items, phone_of
+        self.index: dict[str, list] = {}
+        for item in items:
+            self.index.setdefault(phone_of(item) or "", []).append(item)
+        self.masked = [(key, found) for key, found in self.index.items() if "*" in key]
+
+    def of(self, statement_phone: str | None) -> list:
+        if not statement_phone:
+            return []
+        if "*" in statement_phone:
+            return [i for i in self.items if phone_matches(statement_phone, self.phone_of(i))]
+        return self.index.get(statement_phone, [])
+
+    def of_ledger_phone(self, phone: str) -> list:
+        """Statement rows (indexed by their phone) that a ledger phone matches."""
+        return self.index.get(phone, []) + [i for key, found in self.masked
+                                            if phone_matches(key, phone) for i in found]
+
 
 @dataclass
 class Plan:
@@ -251,6 +276,7 @@ def find(statement: Statement, *, since: dt.datetime | None = None,
     claimed_entries: set[str] = set()
     claimed_topups: set[str] = set()
     claimed_orphans: set[int] = set()
+    credited_rows: list[StatementRow] = []     # matched to a credit (the amounts may differ)
     left = list(rows)
 
     def close(row, when):
@@ -261,85 +287,97 @@ def find(statement: Statement, *, since: dt.datetime | None = None,
 
     def match(row, entry, by):
         claimed_entries.add(entry.id)
+        credited_rows.append(row)
         _matched(found, row, entry, by)
 
+    def step(handle):
+        """Offer every row still left to ``handle``; those it takes (True) leave."""
+        left[:] = [row for row in left if not handle(row)]
+
     # 1. by receipt
-    for row in list(left):
+    def by_its_receipt(row):
         entry = by_receipt.get(row.receipt)
         if entry is not None:
             match(row, entry, "receipt")
-            left.remove(row)
+        return entry is not None
+    step(by_its_receipt)
 
     # 2. by receipt to an orphan payment
-    for row in list(left):
+    def to_an_orphan(row):
         orphan = orphans_by_receipt.get(row.receipt)
         if orphan is None:
-            continue
-        left.remove(row)
+            return False
         claimed_orphans.add(orphan.seq)
         _orphan_row(found, row, orphan, open_topups, claimed_topups, claimed_entries, credits,
-                    window)
+                    window, credited_rows)
+        return True
+    step(to_an_orphan)
 
     # 3. receipt-less credits: phone, amount, time
-    receiptless = [e for e in credits if e.mpesa_receipt is None and e.topup_id]
-    for row in list(left):
-        fits = [e for e in receiptless if e.id not in claimed_entries
-                and phone_matches(row.phone, e.topup.phone)
-                and e.amount_cents == row.paid_in_cents and close(row, credit_time(e))]
+    receiptless = _ByPhone([e for e in credits if e.mpesa_receipt is None and e.topup_id],
+                           lambda e: e.topup.phone)
+
+    def to_a_receiptless_credit(row, same_amount=True):
+        fits = [e for e in receiptless.of(row.phone) if e.id not in claimed_entries
+                and (not same_amount or e.amount_cents == row.paid_in_cents)
+                and close(row, credit_time(e))]
         if fits:
-            match(row, nearest(row, fits, credit_time), "phone_amount_time")
-            left.remove(row)
+            match(row, nearest(row, fits, credit_time),
+                  "phone_amount_time" if same_amount else "phone_time")
+        return bool(fits)
+    step(to_a_receiptless_credit)
 
     # 4. open top-ups (unknown, pending): phone, amount, time
-    settleable = [t for t in open_topups if t.status in (PENDING, UNKNOWN)]
-    fits_of = {row.line: [t for t in settleable if t.id not in claimed_topups
-                          and phone_matches(row.phone, t.phone)
+    settleable = _ByPhone([t for t in open_topups if t.status in (PENDING, UNKNOWN)],
+                          lambda t: t.phone)
+    fits_of = {row.line: [t for t in settleable.of(row.phone) if t.id not in claimed_topups
                           and t.amount * 100 == row.paid_in_cents and close(row, topup_time(t))]
                for row in left}
     rows_per_topup: dict[str, int] = {}
     for fits in fits_of.values():
         for topup in fits:
             rows_per_topup[topup.id] = rows_per_topup.get(topup.id, 0) + 1
-    for row in list(left):
+
+    def to_an_open_topup(row):
         fits = [t for t in fits_of[row.line] if t.id not in claimed_topups]
         if not fits:
-            continue
+            return False
         topup = nearest(row, fits, topup_time)
         claimed_topups.add(topup.id)
-        left.remove(row)
         unambiguous = len(fits_of[row.line]) == 1 and rows_per_topup[topup.id] == 1
         _paid_to_topup(found, row, topup, "phone_amount_time", unambiguous)
+        return True
+    step(to_an_open_topup)
 
     # 5. phone and time only: the amounts differ
-    for row in list(left):
-        fits = [e for e in receiptless if e.id not in claimed_entries
-                and phone_matches(row.phone, e.topup.phone) and close(row, credit_time(e))]
-        if fits:
-            match(row, nearest(row, fits, credit_time), "phone_time")
-            left.remove(row)
-            continue
-        fits = [t for t in settleable if t.id not in claimed_topups
-                and phone_matches(row.phone, t.phone) and close(row, topup_time(t))]
+    def by_phone_and_time(row):
+        if to_a_receiptless_credit(row, same_amount=False):
+            return True
+        fits = [t for t in settleable.of(row.phone) if t.id not in claimed_topups
+                and close(row, topup_time(t))]
         if fits:
             topup = nearest(row, fits, topup_time)
             claimed_topups.add(topup.id)
-            left.remove(row)
             _paid_to_topup(found, row, topup, "phone_time", False)
+        return bool(fits)
+    step(by_phone_and_time)
 
     # 6. belongs to nothing we can credit (a receipt-less orphan, or a failed top-up, is named)
-    failed = [t for t in open_topups if t.status == FAILED]
-    for row in left:
-        orphans = [o for o in near_orphans if o.seq not in claimed_orphans
-                   and o.mpesa_receipt is None and phone_matches(row.phone, o.phone)
+    failed = _ByPhone([t for t in open_topups if t.status == FAILED], lambda t: t.phone)
+    loose_orphans = _ByPhone([o for o in near_orphans if o.mpesa_receipt is None],
+                             lambda o: o.phone)
+
+    def to_nothing_creditable(row):
+        orphans = [o for o in loose_orphans.of(row.phone) if o.seq not in claimed_orphans
                    and o.amount_cents == row.paid_in_cents and close(row, o.created_at)]
         if orphans:
             orphan = nearest(row, orphans, lambda o: o.created_at)
             claimed_orphans.add(orphan.seq)
             _orphan_row(found, row, orphan, open_topups, claimed_topups, claimed_entries,
-                        credits, window)
-            continue
-        fits = [t for t in failed if t.id not in claimed_topups
-                and phone_matches(row.phone, t.phone) and close(row, topup_time(t))]
+                        credits, window, credited_rows)
+            return True
+        fits = [t for t in failed.of(row.phone) if t.id not in claimed_topups
+                and close(row, topup_time(t))]
         if fits:
             topup = nearest(row, fits, topup_time)
             claimed_topups.add(topup.id)
@@ -347,13 +385,15 @@ def find(statement: Statement, *, since: dt.datetime | None = None,
                 **_row(row), "belongs_to": {"topup": _topup(topup)}, "action": "reported",
                 "reason": "the top-up failed on Daraja's word, yet the statement shows a "
                           "payment that fits it: a person must decide"})
-            continue
+            return True
         found.paid_not_credited.append({
             **_row(row), "belongs_to": None, "action": "reported",
             "reason": "no top-up, credit or orphan payment fits this payment"})
+        return True
+    step(to_nothing_creditable)
 
     # the ledger's side, for the period
-    matched_rows = [r for r in rows if r not in left]
+    credited = _ByPhone(credited_rows, lambda r: r.phone)
     for entry in credits:
         if entry.id in claimed_entries or not _in(credit_time(entry), start, end):
             continue
@@ -361,8 +401,9 @@ def find(statement: Statement, *, since: dt.datetime | None = None,
             continue   # on the statement, outside the period asked for
         twin = None
         if entry.mpesa_receipt is None and entry.topup_id:
-            twin = next((r for r in matched_rows if phone_matches(r.phone, entry.topup.phone)
-                         and r.paid_in_cents == entry.amount_cents
+            # the statement row is credited already: a second credit of one payment
+            twin = next((r for r in credited.of_ledger_phone(entry.topup.phone)
+                         if r.paid_in_cents == entry.amount_cents
                          and close(r, credit_time(entry))), None)
         if twin is not None:
             found.duplicates_ledger.append({**_entry(entry), "duplicate_of": twin.receipt,
@@ -414,7 +455,8 @@ def _paid_to_topup(found: Findings, row: StatementRow, topup: TopUp, by: str,
 
 
 def _orphan_row(found: Findings, row: StatementRow, orphan: OrphanPayment, open_topups,
-                claimed_topups: set, claimed_entries: set, credits, window) -> None:
+                claimed_topups: set, claimed_entries: set, credits, window,
+                credited_rows: list) -> None:
     """A statement payment whose receipt (or phone, amount, time) an orphan payment holds."""
     item = {**_row(row), "belongs_to": {"orphan": _orphan(orphan)}, "action": "reported"}
     owner = TopUp.get_or_none(TopUp.checkout_request_id == orphan.checkout_request_id)
@@ -426,6 +468,7 @@ def _orphan_row(found: Findings, row: StatementRow, orphan: OrphanPayment, open_
             # credited on the query's word (no receipt) for the orphan's CheckoutRequestID
             claimed_entries.add(entry.id)
             claimed_topups.add(owner.id)
+            credited_rows.append(row)
             _matched(found, row, entry, "orphan_checkout_request_id")
             return
     amounts_agree = orphan.amount_cents in (None, row.paid_in_cents)
@@ -500,7 +543,9 @@ def apply(found: Findings, run_id: str) -> list[dict]:
 def _apply_one(plan: Plan, run_id: str) -> str:
     row = plan.row
     try:
-        with write_transaction():
+        # publishing(): the wallet.top_up event settle_success writes is announced after
+        # this outer transaction commits, and forgotten if it is undone
+        with events.publishing(), write_transaction():
             checkout = plan.checkout_request_id
             if checkout is None:
                 # the orphan's CheckoutRequestID is the one the lost push answer carried

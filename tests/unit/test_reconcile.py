@@ -8,7 +8,7 @@ import pytest
 
 from ledger import accounts, db, reconcile, topups
 from ledger.models import (
-    FAILED, PENDING, SUCCEEDED, UNKNOWN, LedgerEntry, OrphanPayment, Reconciliation, TopUp,
+    FAILED, PENDING, SUCCEEDED, UNKNOWN, Event, LedgerEntry, OrphanPayment, Reconciliation, TopUp,
     TopUpEvent, Wallet, utcnow,
 )
 from ledger.statement import MalformedStatement, parse
@@ -119,6 +119,15 @@ def test_a_credit_settled_by_query_without_a_receipt_is_matched_by_phone_amount_
     assert report["credited_not_on_statement"] == []
 
 
+def test_a_masked_phone_on_the_statement_still_matches_a_receiptless_credit(ledger):
+    topup = ledger.paid_by_query("254712000029", 250)
+
+    report = reconcile.run(statement(line("QAA0000029", "2547******29", 250)))
+
+    assert [(m["receipt"], m["by"], m["topup"]) for m in report["matched"]] == [
+        ("QAA0000029", "phone_amount_time", topup.id)]
+
+
 def test_a_payment_far_from_the_push_in_time_does_not_match_a_receiptless_credit(ledger):
     ledger.paid_by_query("254712000003", 250)
     much_later = utcnow() + dt.timedelta(hours=2)
@@ -207,6 +216,7 @@ def test_an_unknown_topup_the_statement_proves_paid_is_credited_once_with_apply(
     assert ledger.balance() == 70_000
     assert "reconciled" in [e.kind for e in TopUpEvent.select().where(
         TopUpEvent.topup == topup.id)]
+    assert [e.type for e in Event.select().where(Event.topup == topup.id)] == ["wallet.top_up"]
 
     again = reconcile.run(paid, apply_safe=True)
 
@@ -397,3 +407,53 @@ def test_topupctl_reconcile_prints_the_report_as_json_and_as_text(ledger, tmp_pa
 
     cli.main(["reconcile", str(path)])
     assert "matched 1, paid not credited 0" in capsys.readouterr().out
+
+
+# --- GET /ops/reconciliations ------------------------------------------------------------------
+
+@pytest.fixture
+def ops_client(settings, database, stub_broker):
+    import dataclasses
+    from app import create_app
+    from tests.unit.conftest import FakeRedis
+    app = create_app({"SETTINGS": dataclasses.replace(settings, ops_token="s3cret-ops"),
+                      "BROKER": stub_broker, "REDIS": FakeRedis(), "BIND_DATABASE": False,
+                      "TESTING": True})
+    return app.test_client()
+
+
+OPS = {"Authorization": "Bearer s3cret-ops"}
+
+
+def test_ops_lists_reconciliation_runs_newest_first_behind_the_ops_token(ledger, ops_client):
+    ledger.unknown("254712000030", 100)
+    paid = statement(line("QAA0000030", "254712000030", 100), name="march.csv")
+    first = reconcile.run(paid)
+    second = reconcile.run(paid, apply_safe=True)
+
+    assert ops_client.get("/ops/reconciliations").status_code == 401
+    assert ops_client.get("/ops/reconciliations", headers={
+        "Authorization": "Bearer wrong"}).status_code == 401
+    listed = ops_client.get("/ops/reconciliations", headers=OPS).get_json()
+
+    assert [r["id"] for r in listed["data"]] == [second["id"], first["id"]]
+    newest = listed["data"][0]
+    assert newest["statement"] == {"name": "march.csv", "sha256": paid.sha256}
+    assert (newest["apply"], newest["applied_count"]) == (True, 1)
+    assert newest["summary"]["paid_not_credited"] == 1 and newest["finished_at"]
+    assert listed["has_more"] is False
+    page = ops_client.get("/ops/reconciliations?limit=1", headers=OPS).get_json()
+    assert [r["id"] for r in page["data"]] == [second["id"]] and page["has_more"] is True
+    rest = ops_client.get(f"/ops/reconciliations?limit=1&starting_after={second['id']}",
+                          headers=OPS).get_json()
+    assert [r["id"] for r in rest["data"]] == [first["id"]]
+    one = ops_client.get(f"/ops/reconciliations/{second['id']}", headers=OPS).get_json()
+    assert [a["receipt"] for a in one["applied"]] == ["QAA0000030"]
+    assert [i["receipt"] for i in one["findings"]["paid_not_credited"]] == ["QAA0000030"]
+    assert ops_client.get("/ops/reconciliations?limit=0", headers=OPS).status_code == 422
+    assert ops_client.get("/ops/reconciliations/rc_nope", headers=OPS).status_code == 404
+
+
+def test_ops_reconciliations_are_off_without_an_ops_token(ledger, client):
+    assert client.get("/ops/reconciliations",
+                      headers={"Authorization": "Bearer anything"}).status_code == 404
