@@ -66,9 +66,6 @@ EDGE = dt.timedelta(minutes=1)    # the default period: the statement's span, th
 PUSH_DELAY_MARGIN = dt.timedelta(hours=1)
 CHUNK = 500
 
-CATEGORIES = ("matched", "paid_not_credited", "credited_not_on_statement", "amounts_differ",
-              "orphans_not_on_statement", "unknown_not_on_statement")
-
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -195,11 +192,6 @@ class Findings:
                 "orphans_not_on_statement": len(self.orphans_not_on_statement),
                 "unknown_not_on_statement": len(self.unknown_not_on_statement),
                 "safe_to_apply": len(self.plans)}
-
-    @property
-    def discrepancies(self) -> int:
-        summary = self.summary()
-        return sum(v for k, v in summary.items() if k not in ("matched", "safe_to_apply"))
 
 
 def find(statement: Statement, *, since: dt.datetime | None = None,

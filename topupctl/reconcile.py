@@ -71,16 +71,16 @@ def _kes(cents) -> str:
 def render(report: dict) -> str:
     """The report for a person: the summary, then every discrepancy on a line."""
     s, st, period = report["summary"], report["statement"], report["period"]
-    lines = [f"reconciliation {report['id']}: {st['name']} (sha256 {st['sha256'][:12]}…), "
-             f"{period['since']} to {period['until']}",
-             f"  {st['payments']} payments, {st['charges']} linked charges, "
-             f"{st['outside_period']} rows outside the period",
-             f"  matched {s['matched']}, paid not credited {s['paid_not_credited']}, "
-             f"credited not on statement {s['credited_not_on_statement']}, amounts differ "
-             f"{s['amounts_differ']}, duplicates {s['duplicates_on_statement']} on the "
-             f"statement / {s['duplicates_in_ledger']} in the ledger, orphans not on statement "
-             f"{s['orphans_not_on_statement']}, unknown not on statement "
-             f"{s['unknown_not_on_statement']}"]
+    lines = [(f"reconciliation {report['id']}: {st['name']} (sha256 {st['sha256'][:12]}…), "
+              f"{period['since']} to {period['until']}"),
+             (f"  {st['payments']} payments, {st['charges']} linked charges, "
+              f"{st['outside_period']} rows outside the period"),
+             (f"  matched {s['matched']}, paid not credited {s['paid_not_credited']}, "
+              f"credited not on statement {s['credited_not_on_statement']}, amounts differ "
+              f"{s['amounts_differ']}, duplicates {s['duplicates_on_statement']} on the "
+              f"statement / {s['duplicates_in_ledger']} in the ledger, orphans not on "
+              f"statement {s['orphans_not_on_statement']}, unknown not on statement "
+              f"{s['unknown_not_on_statement']}")]
     if report["apply"]:
         lines.append(f"  applied: {s['applied']} credited from the statement")
     elif s["safe_to_apply"]:
