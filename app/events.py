@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g, request
 
-from app import validation
+from app import ids, validation
 from app.auth import require_account
 from app.errors import ApiError, ValidationFailed
 from app.serializers import page
@@ -29,7 +29,7 @@ def list_events():
 
 @bp.get("/events/<event_id>")
 def get_event(event_id):
-    row = events.get_event(g.account.id, event_id)
+    row = events.get_event(g.account.id, event_id) if ids.plausible(event_id) else None
     if row is None:
         raise ApiError(404, "not_found", f"No event {event_id[:64]!r}.")
     return events.event_object(row)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g, request
 
-from app import serializers, validation
+from app import ids, serializers, validation
 from app.auth import require_account
 from app.enqueue import after_commit
 from app.errors import ApiError
@@ -35,7 +35,7 @@ def create_topup():
 
 @bp.get("/topups/<topup_id>")
 def get_topup(topup_id):
-    topup = topups.get_topup(g.account.id, topup_id)
+    topup = topups.get_topup(g.account.id, topup_id) if ids.plausible(topup_id) else None
     if topup is None:
         raise ApiError(404, "not_found", f"No top-up {topup_id[:64]!r}.")
     return serializers.topup(topup)

@@ -12,6 +12,7 @@ from ledger.phones import InvalidPhone, normalize_kenyan_mobile
 MAX_AMOUNT = 250_000
 _REFERENCE = re.compile(r"[A-Za-z0-9]{1,12}")
 _PRINTABLE_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 as json.dumps writes it
 
 
 def json_body(request: Request) -> dict:
@@ -21,10 +22,14 @@ def json_body(request: Request) -> dict:
     raw = request.get_data(cache=True)
     try:
         body = json.loads(raw)
-        # "\ud800" is valid JSON but no Unicode text: it could be neither stored nor hashed
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
+        # "\ud800" is valid JSON but no Unicode text: it could be neither stored nor hashed;
+        # "\u0000" is text that PostgreSQL refuses to store.
+        text = json.dumps(body, ensure_ascii=False)
+        text.encode("utf-8")
     except (ValueError, UnicodeError, RecursionError):  # RecursionError: nested too deep
         raise ApiError(400, "invalid_json", "The body is not valid JSON text.") from None
+    if _ESCAPED_NUL.search(text):
+        raise ApiError(400, "invalid_json", "The body must not contain NUL characters.")
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "The body must be a JSON object.")
     return body

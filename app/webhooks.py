@@ -11,7 +11,7 @@ import json
 
 from flask import Blueprint, current_app, g, request
 
-from app import validation
+from app import ids, validation
 from app.auth import require_account
 from app.errors import ApiError, ValidationFailed
 from app.idempotent import conflict, respond
@@ -84,13 +84,16 @@ def list_endpoints():
     limit, starting_after = validation.page_args(request.args)
     found = webhooks.list_endpoints(g.account.id, limit=limit, starting_after=starting_after)
     if found is None:
-        raise ApiError(404, "not_found", "starting_after names no webhook endpoint of this account.")
+        raise ApiError(404, "not_found",
+                       "starting_after names no webhook endpoint of this account.")
     return page(*found, endpoint_object)
 
 
 @bp.get("/webhook_endpoints/<endpoint_id>")
 def get_endpoint(endpoint_id):
-    row = webhooks.get_endpoint(g.account.id, endpoint_id)
+    row = None
+    if ids.plausible(endpoint_id):
+        row = webhooks.get_endpoint(g.account.id, endpoint_id)
     if row is None:
         raise ApiError(404, "not_found", f"No webhook endpoint {endpoint_id[:64]!r}.")
     return endpoint_object(row)
@@ -98,6 +101,7 @@ def get_endpoint(endpoint_id):
 
 @bp.delete("/webhook_endpoints/<endpoint_id>")
 def delete_endpoint(endpoint_id):
-    if not webhooks.delete_endpoint(g.account.id, endpoint_id):
+    deleted = ids.plausible(endpoint_id) and webhooks.delete_endpoint(g.account.id, endpoint_id)
+    if not deleted:
         raise ApiError(404, "not_found", f"No webhook endpoint {endpoint_id[:64]!r}.")
     return {"id": endpoint_id, "object": "webhook_endpoint", "deleted": True}

@@ -41,7 +41,8 @@ def set_notifier(notifier: Callable[[list[str]], None] | None) -> None:
 
 @contextlib.contextmanager
 def publishing():
-    """Wrap a write transaction that may publish events: ``with publishing(), write_transaction():``.
+    """Wrap a write transaction that may publish events:
+    ``with events.publishing(), write_transaction(): …``.
 
     Deliveries created inside are handed to the notifier after the transaction committed,
     and forgotten if it raised. A failing notifier is logged, never raised: the deliveries

@@ -8,11 +8,19 @@ import json
 import secrets
 
 import pytest
+from schemathesis.checks import (
+    content_type_conformance, not_a_server_error, response_headers_conformance,
+    response_schema_conformance, status_code_conformance,
+)
 
 from ledger import db, topups
 import fakeredis
 
 PHONE = "254712345678"
+# What a fuzzed answer must be: no 5xx, and a status, media type, body and headers that the
+# OpenAPI document gives for that operation.
+FUZZ_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+               response_schema_conformance, response_headers_conformance]
 
 
 def receipt() -> str:

@@ -17,17 +17,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from schemathesis import GenerationMode
-from schemathesis.checks import (
-    content_type_conformance, not_a_server_error, response_headers_conformance,
-    response_schema_conformance, status_code_conformance,
-)
 
 from app.openapi import DOCUMENT
-from tests.unit.contract_support import credit, dev_settings, fail, make_app, post_json  # noqa: F401
+from tests.unit.contract_support import (  # noqa: F401
+    FUZZ_CHECKS, credit, dev_settings, fail, make_app, post_json,
+)
 
 EXAMPLES = int(os.environ.get("TOPUP_FUZZ_EXAMPLES", "120"))
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, response_headers_conformance]
 # Operations routes (/metrics, /ops/queues) are the operations lead's and fuzzed only if served.
 OPERATIONS = [(path, method) for path, ops in DOCUMENT["paths"].items() for method in ops]
 
@@ -56,7 +52,8 @@ def fuzzed(dev_settings, database, stub_broker, account):
     return app
 
 
-@pytest.mark.parametrize("path,method", OPERATIONS, ids=[f"{m.upper()} {p}" for p, m in OPERATIONS])
+@pytest.mark.parametrize("path,method", OPERATIONS,
+                         ids=[f"{m.upper()} {p}" for p, m in OPERATIONS])
 def test_no_generated_request_gets_a_5xx_or_an_answer_outside_the_document(
         fuzzed, account, path, method):
     schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzzed)
@@ -71,6 +68,6 @@ def test_no_generated_request_gets_a_5xx_or_an_answer_outside_the_document(
     @hypothesis_settings(max_examples=2 * EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def no_surprise(case):
-        case.call_and_validate(headers=auth, checks=CHECKS)
+        case.call_and_validate(headers=auth, checks=FUZZ_CHECKS)
 
     no_surprise()

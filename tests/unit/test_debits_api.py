@@ -5,7 +5,9 @@ import pytest
 
 from ledger import db
 from ledger.models import LedgerEntry, Wallet
-from tests.unit.contract_support import credit, dev_app, dev_client, dev_settings, post_json  # noqa: F401
+from tests.unit.contract_support import (  # noqa: F401
+    credit, dev_app, dev_client, dev_settings, post_json,
+)
 
 
 def debit(client, account, body, **headers):
@@ -187,3 +189,22 @@ def test_json_that_is_not_storable_text_answers_400_not_500(dev_client, account,
     response = dev_client.post(path, data=raw, content_type="application/json",
                                headers=account["auth"])
     assert (response.status_code, response.get_json()["code"]) == (400, "invalid_json")
+
+
+@pytest.mark.parametrize("raw", ['{"amount_cents": 5, "description": "a\\u0000b"}',
+                                 '{"amount_cents": 5, "description": "\\\\\\u0000"}'])
+def test_a_nul_character_anywhere_in_the_body_answers_400(dev_client, account, raw):
+    credit(account["id"], 1)
+    response = dev_client.post("/v1/wallet/debits", data=raw, content_type="application/json",
+                               headers=account["auth"])
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_json")
+    assert balance(dev_client, account) == 100
+
+
+def test_a_backslash_u_0000_written_as_text_is_only_text(dev_client, account):
+    credit(account["id"], 1)
+    raw = '{"amount_cents": 5, "description": "\\\\u0000"}'  # the six characters \u0000
+    response = dev_client.post("/v1/wallet/debits", data=raw, content_type="application/json",
+                               headers=account["auth"])
+    assert response.status_code == 201
+    assert response.get_json()["description"] == "\\u0000"

@@ -99,3 +99,13 @@ def test_a_revoked_key_answers_401(dev_client, account):
         [key] = accounts.list_api_keys(account["id"])
         assert accounts.revoke_api_key(key.id)
     assert dev_client.get("/v1/events", headers=account["auth"]).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/v1/events/evt_x%00", "/v1/topups/tu_%00",
+                                  "/v1/webhook_endpoints/we_%00", "/v1/events/" + "e" * 300,
+                                  "/v1/topups/TU_ABC", "/v1/events/evt_%F0%9F%92%B8"])
+def test_anything_that_cannot_be_an_id_answers_404_without_reaching_the_database(
+        dev_client, account, path):
+    assert dev_client.get(path, headers=account["auth"]).status_code == 404
+    if "webhook_endpoints" in path:
+        assert dev_client.delete(path, headers=account["auth"]).status_code == 404

@@ -8,7 +8,9 @@ import standardwebhooks
 
 from ledger import db
 from ledger.models import WebhookEndpoint
-from tests.unit.contract_support import dev_app, dev_client, dev_settings, make_app, post_json  # noqa: F401
+from tests.unit.contract_support import (  # noqa: F401
+    dev_app, dev_client, dev_settings, make_app, post_json,
+)
 
 GOOD = {"url": "https://hooks.example.com/topup", "events": ["wallet.top_up", "topup.failed"]}
 
@@ -169,7 +171,8 @@ def test_deleting_an_endpoint_removes_it_from_the_list_and_a_second_delete_answe
 def test_endpoints_are_listed_newest_first_in_pages(prod_client, account):
     ids = [create(prod_client, account).get_json()["id"] for _ in range(5)]
     first = prod_client.get("/v1/webhook_endpoints?limit=2", headers=account["auth"]).get_json()
-    rest = prod_client.get(f"/v1/webhook_endpoints?limit=10&starting_after={first['data'][-1]['id']}",
+    after = first["data"][-1]["id"]
+    rest = prod_client.get(f"/v1/webhook_endpoints?limit=10&starting_after={after}",
                            headers=account["auth"]).get_json()
     assert [e["id"] for e in first["data"]] == ids[::-1][:2] and first["has_more"] is True
     assert [e["id"] for e in rest["data"]] == ids[::-1][2:] and rest["has_more"] is False
