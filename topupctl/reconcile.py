@@ -90,8 +90,9 @@ def render(report: dict) -> str:
         who = ", ".join(filter(None, [
             owner.get("topup") and f"top-up {owner['topup']['id']} ({owner['topup']['status']})",
             owner.get("orphan") and f"orphan {owner['orphan']['checkout_request_id']}"])) or "nothing"
+        action = {"apply": "safe, --apply credits it"}.get(item["action"], item["action"])
         lines.append(f"paid, not credited  {item['receipt']}  line {item['line']}  "
-                     f"{_kes(item['amount_cents'])}  {item['phone']}  → {who}: {item['action']}"
+                     f"{_kes(item['amount_cents'])}  {item['phone']}  → {who}: {action}"
                      + (f" ({item['reason']})" if item.get("reason") else ""))
     for item in report["amounts_differ"]:
         lines.append(f"amounts differ      {item['receipt']}  line {item['line']}  statement "
