@@ -82,7 +82,9 @@ def publish(account_id: str, event_type: str, data: dict, *, topup_id: str | Non
     now = now or utcnow()
     event = Event.create(id=new_id("evt"), account=account_id, type=event_type, topup=topup_id,
                          data=json.dumps(data, separators=(",", ":")), created_at=now)
-    announced = getattr(_local, "depth", 0) > 0
+    # Announced after the commit by the notifier; without one (a process that did not load
+    # the workers) the deliveries are left for the sweep's very next pass.
+    announced = getattr(_local, "depth", 0) > 0 and _notifier is not None
     endpoints = WebhookEndpoint.select().where((WebhookEndpoint.account == account_id)
                                                & WebhookEndpoint.deleted_at.is_null())
     for endpoint in endpoints:
@@ -90,7 +92,7 @@ def publish(account_id: str, event_type: str, data: dict, *, topup_id: str | Non
             continue
         delivery = WebhookDelivery.create(
             id=new_id("whd"), event=event.id, endpoint=endpoint.id, next_attempt_at=now,
-            # announced after the commit; if that fails, the sweep takes it after a grace
+            # if the announcement fails, the sweep takes it after a grace
             enqueued_at=now if announced else None, created_at=now, updated_at=now)
         if announced:
             _local.pending.append(delivery.id)
