@@ -60,6 +60,9 @@ def attempt(delivery_id: str, *, allow_private: bool, post=webhook_urls.post
         error = f"refused: the URL {exc}"
     except webhook_urls.DeliveryFailed as exc:
         error = str(exc)
+    except Exception as exc:  # a bug must cost an attempt, not leave the delivery claimed
+        log.exception("webhook attempt failed unexpectedly", extra={"delivery": delivery_id})
+        error = f"unexpected error: {type(exc).__name__}"
     duration_ms = int((time.monotonic() - started) * 1000)
     status, delay = webhooks.record_attempt(claimed, status_code=status_code, error=error,
                                             duration_ms=duration_ms)

@@ -334,3 +334,16 @@ def test_the_schedulers_sweep_resends_webhook_deliveries_whose_message_was_lost(
     assert found["webhooks_due"] == 1
     queued = [json.loads(m)["args"] for m in stub_broker.queues["webhooks"].queue]
     assert queued == [[delivery.id]]
+
+
+def test_an_unexpected_error_while_posting_is_recorded_as_a_failed_attempt(dev_client, account):
+    delivery = one_delivery(dev_client, account)
+
+    def broken_post(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    with db.connection():
+        status, delay = worker_webhooks.attempt(delivery.id, allow_private=True, post=broken_post)
+    assert (status, delay) == ("pending", webhooks.RETRY_DELAYS_S[0])
+    [attempt] = attempts_of(delivery.id)
+    assert attempt.error == "unexpected error: RuntimeError"
