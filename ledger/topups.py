@@ -170,13 +170,18 @@ def store_callback(body: bytes, remote_addr: str | None) -> tuple[Callback, StkC
     return row, parsed
 
 
-def apply_callback(callback_seq: int, *, confirmed_by_query: bool | None = None) -> str:
+def apply_callback(callback_seq: int, *, confirmed_by_query: bool | None = None,
+                   row: Callback | None = None) -> str:
     """Settle the top-up a stored callback speaks of. Safe to run any number of times.
+
+    ``row``: the stored callback, when the caller has read it already (its body never
+    changes), saving a read per credit.
 
     Returns what it did: ``credited``, ``duplicate``, ``receipt_filled``, ``failed``,
     ``orphan``, ``unknown_code``, ``malformed`` …
     """
-    row = Callback.get_or_none(Callback.seq == callback_seq)
+    if row is None or row.seq != callback_seq:
+        row = Callback.get_or_none(Callback.seq == callback_seq)
     if row is None:
         return "missing"
     try:

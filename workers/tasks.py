@@ -163,7 +163,7 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
                             extra={"callback": callback_seq, "verdict": verdict,
                                    "checkout_request_id": cb.checkout_request_id})
                 return outcome
-    outcome = topups.apply_callback(callback_seq)
+    outcome = topups.apply_callback(callback_seq, row=row)
     if outcome in ("credited", "failed"):
         topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
         if topup is not None:
