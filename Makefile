@@ -25,5 +25,20 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
 
+# The benchmark: real Redis, PostgreSQL and the simulator on this machine; writes
+# bench/report.md and bench/report.json (under 10 minutes; QUICK=1 under 2). Load comes from
+# wrk (installed with apt-get when missing and root), else from a Python generator.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1; } \
+	  || echo "make bench: wrk is not installed; the Python load generator stands in"
+	$(BIN)/python -m bench $(if $(QUICK),--quick)
+
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,73 @@
+"""Where the time goes, in words, from the figures of one run (profiles, CPU by process,
+what the database connections were doing). Only what the figures show is said."""
+from __future__ import annotations
+
+from bench.machine import NCPU
+
+
+def explain(measurements: dict) -> list[str]:
+    lines: list[str] = []
+    ack = measurements.get("ack", {})
+    if ack.get("curves"):
+        head = ack["settings"]["headline_connections"]
+        cb = next(r for r in ack["curves"]["callback"] if r["connections"] == head)
+        tr = next(r for r in ack["curves"]["trivial"] if r["connections"] == head)
+        cb_total = sum(cb["cpu_ms_per_request"].values())
+        tr_total = sum(tr["cpu_ms_per_request"].values())
+        lines.append(
+            f"- **Callback acknowledgement.** A callback costs {cb_total:.2f} ms of CPU across "
+            f"processes ({_roles(cb['cpu_ms_per_request'])}) against {tr_total:.2f} ms for the "
+            f"trivial endpoint ({_roles(tr['cpu_ms_per_request'])}): on {NCPU} cores that alone "
+            f"caps it near {NCPU * 1000 / cb_total:,.0f}/s against {NCPU * 1000 / tr_total:,.0f}/s."
+            + _top(ack.get("profile")))
+    cred = measurements.get("crediting", {})
+    if cred.get("rows"):
+        r = cred["rows"][-1]
+        states = r["workers"]["connections"]
+        pg = r["pgbench"]["connections"]
+        lock = states.get("waiting for a row lock", 0)
+        idle_tx = states.get("idle in transaction (client's turn)", 0)
+        lines.append(
+            f"- **Crediting.** Every credit updates the same wallet row, so credits queue on its "
+            f"row lock, held from the wallet UPDATE to the COMMIT. With {r['concurrency']} "
+            f"worker threads, on average {lock:.1f} connections were waiting for that lock and "
+            f"{idle_tx:.1f} sat idle inside a transaction (the client's turn: Python building the "
+            f"next statement or waiting for the GIL or a core, the lock held); pgbench's clients, "
+            f"answering in microseconds, sat idle in transaction {pg.get('idle in transaction (client' + chr(39) + 's turn)', 0):.1f} "
+            f"on average. A worker spends {sum(r['workers']['cpu_ms_per_credit'].values()):.1f} ms "
+            f"of CPU per credit across processes ({_roles(r['workers']['cpu_ms_per_credit'])})."
+            + _top(cred.get("profile")))
+    e2e = measurements.get("end_to_end", {})
+    if e2e.get("rows"):
+        best = max(e2e["rows"], key=lambda row: row["burst"]["topups_per_s"] or 0)
+        cpu = best["burst"]["cpu_ms_per_topup"]
+        total = sum(cpu.values())
+        lines.append(
+            f"- **End to end.** One top-up costs {total:.1f} ms of CPU across every process "
+            f"({_roles(cpu)}): {NCPU} cores allow at most {NCPU * 1000 / total:,.0f} top-ups/s "
+            f"at that cost, whatever the concurrency. Dramatiq itself is not the limit: its "
+            f"no-op ceiling with the same processes is "
+            f"{(best['noop'].get('messages_per_s') or 0) / best['messages_per_topup']:,.0f} "
+            f"top-ups/s ({best['messages_per_topup']} messages each).")
+    census = measurements.get("census", {})
+    if census.get("by_process"):
+        pings = sum(kinds.get("SELECT 1 (pool check)", 0) for kinds in census["by_process"].values())
+        begins = sum(kinds.get("BEGIN", 0) for kinds in census["by_process"].values())
+        lines.append(
+            f"- **Round trips.** One top-up sends {census['total']} statements to PostgreSQL, "
+            f"{begins} of them `BEGIN` (Peewee opens every transaction with its own round trip)"
+            + (f" and {pings} `SELECT 1` (the connection pool checking a connection each time a "
+               f"request or message takes one)" if pings else "") + ".")
+    return lines
+
+
+def _roles(by_role: dict) -> str:
+    items = sorted(by_role.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{role} {ms:.2f}" for role, ms in items[:5])
+
+
+def _top(profile: dict | None) -> str:
+    if not profile or not profile.get("categories"):
+        return ""
+    top = ", ".join(f"{name} {share:.0%}" for name, share in profile["categories"][:4])
+    return f" py-spy: {top}."

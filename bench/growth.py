@@ -1,0 +1,188 @@
+"""5. Growth: the credit's latency and ``GET /v1/wallet``'s with a thousand and with a million
+ledger entries already in the database, all of them on the wallet being credited and read.
+
+The history is bulk-loaded in SQL (generate_series): one succeeded top-up per entry, with its
+stored callback, its ``credited`` history row and, when the schema has events, its
+``wallet.top_up`` event. Both databases are vacuumed and analysed, then measured in
+alternation, so that a change in the machine's load falls on both alike.
+
+The credit is the workers' own function (``workers.tasks.apply_callback``) called in this
+process one at a time inside a per-message connection, as the worker middleware does: its
+latency is the database work of one credit, without queueing.
+"""
+from __future__ import annotations
+
+import time
+
+from bench.harness import Bench
+from bench.load import percentile
+
+SIZES = {"small": 1_000, "large": 1_000_000}
+QUICK_LARGE = 100_000
+
+LOAD_SQL = [
+    ("top_up", """
+    INSERT INTO top_up (id, account_id, provider, status, amount, phone, reference, metadata,
+                        checkout_request_id, merchant_request_id, mpesa_receipt, credited_cents,
+                        push_state, push_attempts, pushed_at, query_attempts, created_at,
+                        updated_at, completed_at)
+    SELECT 'tu_h' || g, %(account)s, 'mpesa', 'succeeded', 1000,
+           '2547' || lpad((g %% 100000000)::text, 8, '0'), 'H' || g, '{}',
+           'ws_CO_h' || g, 'm-h' || g, 'H' || lpad(g::text, 9, '0'), 100000, 'sent', 1,
+           now() - (%(n)s - g) * interval '1 second', 0,
+           now() - (%(n)s - g) * interval '1 second', now() - (%(n)s - g) * interval '1 second',
+           now() - (%(n)s - g) * interval '1 second'
+      FROM generate_series(1, %(n)s) g"""),
+    ("ledger_entry", """
+    INSERT INTO ledger_entry (id, wallet_id, type, amount_cents, balance_after_cents, topup_id,
+                              mpesa_receipt, description, source, created_at)
+    SELECT 'le_h' || g, %(wallet)s, 'top_up', 100000, 100000::bigint * g, 'tu_h' || g,
+           'H' || lpad(g::text, 9, '0'), 'M-Pesa top-up H' || lpad(g::text, 9, '0'), 'callback',
+           now() - (%(n)s - g) * interval '1 second'
+      FROM generate_series(1, %(n)s) g"""),
+    ("wallet", "UPDATE wallet SET balance_cents = 100000::bigint * %(n)s WHERE id = %(wallet)s"),
+    ("callback", """
+    INSERT INTO callback (received_at, remote_addr, body, checkout_request_id, result_code,
+                          well_formed, applied_at, outcome)
+    SELECT now() - (%(n)s - g) * interval '1 second', '196.201.214.200',
+           '{"Body":{"stkCallback":{"CheckoutRequestID":"ws_CO_h' || g || '","ResultCode":0}}}',
+           'ws_CO_h' || g, '0', true, now() - (%(n)s - g) * interval '1 second', 'credited'
+      FROM generate_series(1, %(n)s) g"""),
+    ("topup_event", """
+    INSERT INTO topup_event (topup_id, kind, detail, created_at)
+    SELECT 'tu_h' || g, 'credited', '{"amount_cents": 100000, "source": "callback"}',
+           now() - (%(n)s - g) * interval '1 second'
+      FROM generate_series(1, %(n)s) g"""),
+    ("event", """
+    INSERT INTO event (id, account_id, type, topup_id, data, created_at)
+    SELECT 'evt_h' || g, %(account)s, 'wallet.top_up', 'tu_h' || g,
+           '{"ledger_entry": "le_h' || g || '", "amount_cents": 100000}',
+           now() - (%(n)s - g) * interval '1 second'
+      FROM generate_series(1, %(n)s) g"""),
+]
+
+
+def run(bench: Bench) -> dict:
+    stack = bench.stack
+    large = QUICK_LARGE if bench.quick else SIZES["large"]
+    sizes = {"small": SIZES["small"], "large": large}
+    dbs, loaded = {}, {}
+    for label, n in sizes.items():
+        url = stack.new_database(f"growth_{label}")
+        account_id, keys, wallet_id = bench.account(url, f"growth {label}")
+        started = time.monotonic()
+        tables = _bulk_load(stack, url, account_id, wallet_id, n)
+        loaded[label] = {"entries": n, "seconds": round(time.monotonic() - started, 1),
+                         "tables": tables}
+        # the credits to measure: top-ups pushed and waiting, their callbacks stored
+        k = 100 if bench.quick else 300
+        seqs = bench.pending_topups_with_callbacks(url, account_id, k, f"g{label[0]}0")
+        dbs[label] = {"url": url, "keys": keys, "seqs": seqs, "account": account_id}
+
+    credit = _credit_latency(bench, dbs)
+    reads = _read_latency(bench, dbs)
+    ratios = {
+        "credit_p50": _ratio(credit["large"]["p50_ms"], credit["small"]["p50_ms"]),
+        "credit_p99": _ratio(credit["large"]["p99_ms"], credit["small"]["p99_ms"]),
+    }
+    for path in reads["small"]:
+        ratios[f"{path}_p50"] = _ratio(reads["large"][path]["p50_ms"],
+                                       reads["small"][path]["p50_ms"])
+        ratios[f"{path}_p99"] = _ratio(reads["large"][path]["p99_ms"],
+                                       reads["small"][path]["p99_ms"])
+    wallet_ratio = ratios["GET /v1/wallet_p50"]
+    return {
+        "title": "Growth",
+        "settings": {"sizes": sizes, "note": None if large == SIZES["large"] else
+                     f"quick mode: {large:,} entries instead of 1,000,000"},
+        "loaded": loaded, "credit": credit, "reads": reads, "ratios": ratios,
+        "headline": {"credit_p50_ratio": ratios["credit_p50"],
+                     "wallet_p50_ratio": wallet_ratio, "large_entries": large},
+        "goals": [
+            {"goal": f"credit latency ({large:,} vs 1,000 entries) ≤ 1.2 ×",
+             "value": ratios["credit_p50"], "target": 1.2, "met": ratios["credit_p50"] <= 1.2},
+            {"goal": f"GET /v1/wallet latency ({large:,} vs 1,000 entries) ≤ 1.2 ×",
+             "value": wallet_ratio, "target": 1.2, "met": wallet_ratio <= 1.2},
+        ],
+    }
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+def _bulk_load(stack, url: str, account_id: str, wallet_id: int, n: int) -> list[str]:
+    conn = stack.pg(url)
+    done = []
+    with conn.cursor() as cur:
+        cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        present = {row[0] for row in cur.fetchall()}
+        cur.execute("SET synchronous_commit = off")  # a bulk load, not the ledger at work
+        for table, sql in LOAD_SQL:
+            if table not in present:
+                continue
+            cur.execute(sql, {"account": account_id, "wallet": wallet_id, "n": n})
+            done.append(table)
+        cur.execute("VACUUM ANALYZE")
+    conn.close()
+    return done
+
+
+def _credit_latency(bench: Bench, dbs: dict) -> dict:
+    import workers  # noqa: F401  (settings, broker, runtime: what a worker process has)
+    from ledger import db
+    from workers import runtime, tasks
+    redis = runtime.get().redis
+    databases = {label: db.open_database(info["url"]) for label, info in dbs.items()}
+    timings = {label: [] for label in dbs}
+    block = 25
+    k = len(next(iter(dbs.values()))["seqs"])
+    for start in range(0, k, block):
+        for label, info in dbs.items():   # alternate: both see the same machine
+            db.database.initialize(databases[label])
+            for seq in info["seqs"][start:start + block]:
+                began = time.perf_counter()
+                with db.connection():
+                    outcome = tasks.apply_callback(seq, redis=redis)
+                timings[label].append((time.perf_counter() - began) * 1000)
+                if outcome != "credited":
+                    raise RuntimeError(f"growth credit {seq} in {label}: {outcome}")
+    for database in databases.values():
+        database.close_all()
+    return {label: {"credits": len(ms), "p50_ms": round(percentile(ms, 50), 3),
+                    "p99_ms": round(percentile(ms, 99), 3),
+                    "mean_ms": round(sum(ms) / len(ms), 3)}
+            for label, ms in timings.items()}
+
+
+def _read_latency(bench: Bench, dbs: dict) -> dict:
+    stack = bench.stack
+    servers = {label: stack.start_api(f"growth-api-{label}", stack.env(info["url"]))
+               for label, info in dbs.items()}
+    paths = ["/v1/wallet", "/v1/wallet/transactions"]
+    rounds = 1 if bench.quick else 2
+    seconds = 2 if bench.quick else 3
+    runs = {label: {f"GET {p}": [] for p in paths} for label in dbs}
+    try:
+        for _ in range(rounds):
+            for path in paths:
+                for label, (_, base) in servers.items():
+                    key = dbs[label]["keys"][0]
+                    runs[label][f"GET {path}"].append(bench.load.run(
+                        base + path, script="plain", connections=4, duration_s=seconds,
+                        headers={"Authorization": f"Bearer {key}"}, method="GET"))
+    finally:
+        for label in dbs:
+            stack.stop(f"growth-api-{label}")
+    out = {}
+    for label, by_path in runs.items():
+        out[label] = {}
+        for path, results in by_path.items():
+            # the median of the rounds' percentiles: one noisy round does not decide
+            out[label][path] = {
+                "p50_ms": sorted(r["p50_ms"] for r in results)[len(results) // 2],
+                "p99_ms": sorted(r["p99_ms"] for r in results)[len(results) // 2],
+                "rps": sorted(r["rps"] for r in results)[len(results) // 2],
+                "errors": [r["errors"] for r in results if r["errors"]],
+            }
+    return out

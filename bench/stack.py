@@ -1,0 +1,212 @@
+"""The system under measurement, started for real on 127.0.0.1: redis-server, PostgreSQL,
+the Daraja simulator, gunicorn and ``dramatiq workers`` as separate processes.
+
+The servers come from ``tests/servers.py`` (free ports, root-safe, killed with us); the
+gateway's processes are started the way the README starts them, with the environment of
+contract §2. Every process started here is stopped by :meth:`Stack.close`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import redis
+import requests
+
+from bench.machine import Roles
+from tests.servers import PostgresServer, RedisServer, find_free_port
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+CALLBACK_TOKEN = "b3ac4c11" * 4
+# The API's gunicorn settings, for the gateway and for the baseline alike (README).
+API_WORKERS, API_THREADS = 2, 4
+
+
+class Proc:
+    def __init__(self, name: str, popen: subprocess.Popen, log: Path):
+        self.name, self.popen, self.log = name, popen, log
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Stack:
+    def __init__(self, workdir: Path, roles: Roles):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.roles = roles
+        self.redis = RedisServer(self.dir / "redis")
+        self.postgres = PostgresServer(self.dir / "postgres")
+        self.procs: dict[str, Proc] = {}
+        self.sim_url = None
+
+    # --- servers --------------------------------------------------------------------------
+    def start(self) -> "Stack":
+        self.redis.start()
+        self.roles.add(self.redis.pid, "redis")
+        self.postgres.start()
+        self.roles.add(self.postgres.pid, "postgres")
+        port = find_free_port()
+        self.sim_url = f"http://127.0.0.1:{port}"
+        self.spawn("simulator", [str(BIN / "topupctl"), "simulator", "--host", "127.0.0.1",
+                                 "--port", str(port), "--callback-delay", "0"],
+                   env=dict(os.environ), role="simulator")
+        wait_until(lambda: self._answers(self.sim_url + "/__sim/stats"), timeout=20,
+                   what="the simulator")
+        return self
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+        self.redis.close()
+        self.postgres.close()
+
+    # --- databases and queues -------------------------------------------------------------
+    def new_database(self, name: str) -> str:
+        """A fresh PostgreSQL database with the gateway's schema (``topupctl db upgrade``)."""
+        url = self.postgres.create_database(name)
+        subprocess.run([str(BIN / "topupctl"), "db", "upgrade"], check=True, cwd=ROOT,
+                       env=self.env(url), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return url
+
+    def pg(self, url: str):
+        """A psycopg2 connection (autocommit) to a database of the stack."""
+        name = url.rsplit("/", 1)[1]
+        conn = psycopg2.connect(host=self.postgres.host, port=self.postgres.port,
+                                user="topup", dbname=name)
+        conn.autocommit = True
+        return conn
+
+    def redis_url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.redis.port}/{db}"
+
+    def flush_redis(self) -> None:
+        redis.Redis.from_url(self.redis_url()).flushall()
+
+    def sim(self, method: str, path: str, body: dict | None = None) -> dict:
+        answer = requests.request(method, self.sim_url + path, json=body, timeout=10)
+        answer.raise_for_status()
+        return answer.json()
+
+    def reset_simulator(self, **config) -> None:
+        self.sim("POST", "/__sim/reset")
+        self.sim("POST", "/__sim/config", {"callback_delay_s": 0, **config})
+
+    # --- the gateway's processes ----------------------------------------------------------
+    def env(self, database_url: str, **extra) -> dict:
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("PG", "DARAJA_"))},
+            "DATABASE_URL": database_url,
+            "REDIS_URL": self.redis_url(),
+            "DARAJA_BASE_URL": self.sim_url or "http://127.0.0.1:9",
+            "DARAJA_CALLBACK_TOKEN": CALLBACK_TOKEN,
+            # where Daraja calls back: the API's URL, given by the caller once the API runs;
+            # until then the discard port, never a default port someone else may be using
+            "PUBLIC_BASE_URL": "http://127.0.0.1:9",
+            "dramatiq_worker_timeout": "100",   # README: ~0.1 s pick-up latency
+            "PYTHONUNBUFFERED": "1",
+            **{k: str(v) for k, v in extra.items()},
+        }
+
+    def spawn(self, name: str, argv: list[str], *, env: dict, role: str) -> Proc:
+        if name in self.procs:
+            self.stop(name)
+        log = self.dir / f"{name}.log"
+        handle = open(log, "ab")
+        popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                 stdout=handle, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        handle.close()
+        proc = Proc(name, popen, log)
+        self.procs[name] = proc
+        self.roles.add(popen.pid, role)
+        return proc
+
+    def start_api(self, name: str, env: dict, *, app: str = "app:create_app()",
+                  workers: int = API_WORKERS, threads: int = API_THREADS) -> tuple[Proc, str]:
+        port = find_free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**env, "PUBLIC_BASE_URL": url}
+        proc = self.spawn(name, [str(BIN / "gunicorn"), app, "--bind", f"127.0.0.1:{port}",
+                                 "--workers", str(workers), "--threads", str(threads),
+                                 "--backlog", "2048"], env=env, role="api")
+
+        def up():
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited:\n{proc.tail()}")
+            return self._answers(url + "/healthz", ok=(200, 404))
+        wait_until(up, timeout=30, what=f"{name} to answer")
+        # every gunicorn worker booted (the master answers through them)
+        wait_until(lambda: len(_children(proc.pid)) >= workers, timeout=30,
+                   what=f"{name}'s workers")
+        return proc, url
+
+    def start_workers(self, name: str, env: dict, *, processes: int, threads: int,
+                      module: str = "workers", queues: list[str] | None = None) -> Proc:
+        argv = [str(BIN / "dramatiq"), module, "--processes", str(processes),
+                "--threads", str(threads)]
+        if queues:
+            argv += ["--queues", *queues]
+        proc = self.spawn(name, argv, env=env, role="workers")
+
+        def booted():
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited:\n{proc.tail()}")
+            return len(_children(proc.pid)) >= processes
+        wait_until(booted, timeout=30, what=f"{name}'s processes")
+        return proc
+
+    def stop(self, name: str, timeout: float = 20) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or not proc.alive():
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.popen.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+    @staticmethod
+    def _answers(url: str, ok=(200,)) -> bool:
+        try:
+            return requests.get(url, timeout=1).status_code in ok
+        except requests.RequestException:
+            return False
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(x) for x in handle.read().split()]
+    except OSError:
+        return []
