@@ -1,0 +1,131 @@
+"""An STK push's fate: refused outright (failed, with Daraja's errorCode), certainly not sent
+(put back and retried), or maybe sent (never sent again). Against the simulator over HTTP."""
+import datetime as dt
+
+import pytest
+
+from daraja import DarajaClient, MemoryTokenCache
+from ledger import db, topups
+from ledger.models import (
+    FAILED, PENDING, PUSH_AMBIGUOUS, PUSH_QUEUED, PUSH_REFUSED, PUSH_SENT,
+)
+from tests.unit.stk_support import (  # noqa: F401  (fixtures)
+    account_id, kinds, new_topup, pushes_received, redis_client, row, sim, simulator, stk,
+)
+from workers import sweeps, tasks
+
+
+def push(stk, topup_id):
+    with db.connection():
+        return tasks.push(topup_id, stk.daraja, query_after_s=60, redis=stk.redis)
+
+
+# 25470002NNNN: the simulator refuses the push with daraja.md's errorCodes, nothing processed.
+@pytest.mark.parametrize("phone,error_code,message", [
+    ("254700020001", "400.002.02", "Bad Request - Invalid PhoneNumber"),
+    ("254700020002", "400.002.02", "Bad Request - Invalid Amount"),
+    ("254700020003", "500.001.1001", "Merchant does not exist"),
+    ("254700020004", "500.001.1001", "Wrong credentials"),
+    ("254700020009", "404.001.01", "Resource not found"),
+    ("254700020010", "401.003.01", "Invalid API call as no apiproduct match found"),
+])
+def test_a_push_daraja_refuses_outright_fails_the_topup_with_its_error_code(
+        stk, account_id, simulator, phone, error_code, message):
+    topup_id = new_topup(account_id, phone)
+    assert push(stk, topup_id) == ("refused", [])
+    topup = row(topup_id)
+    assert (topup.status, topup.push_state, topup.failure_code) == (FAILED, PUSH_REFUSED, error_code)
+    assert topup.failure_reason == message
+    assert push(stk, topup_id) == ("not_claimed", [])   # a redelivered message sends nothing
+    assert pushes_received(simulator) == 1
+
+
+@pytest.mark.parametrize("phone,error_code", [
+    ("254700020005", "500.001.1001"),   # Unable to lock subscriber
+    ("254700020006", "500.003.02"),     # System is busy
+    ("254700020007", "500.003.02"),     # Spike Arrest Violation
+    ("254700020008", "500.003.03"),     # Quota Violation
+    ("254700010007", None),             # a raw gateway fault: spike arrest, no errorCode
+])
+def test_a_push_daraja_did_not_take_is_put_back_and_retried_later(
+        stk, account_id, simulator, phone, error_code):
+    topup_id = new_topup(account_id, phone)
+    with pytest.raises(tasks.PushNotSentYet) as raised:
+        push(stk, topup_id)
+    assert raised.value.retry_after_s and raised.value.retry_after_s >= 10
+    topup = row(topup_id)
+    assert (topup.status, topup.push_state, topup.failure_code) == (PENDING, PUSH_QUEUED, None)
+    assert kinds(topup_id)[-1] == "push_not_sent"
+    # the retry may claim it again: Daraja answers this time
+    sim(simulator, "POST", "/__sim/faults", {"fault": "refuse:500.003.02:System is busy. "
+                                                      "Please try again in few minutes."})
+    with pytest.raises(tasks.PushNotSentYet):
+        push(stk, topup_id)
+    assert row(topup_id).push_attempts == 2
+
+
+def test_after_six_attempts_daraja_did_not_take_the_topup_fails_with_the_last_error_code(
+        stk, account_id, simulator):
+    topup_id = new_topup(account_id, "254700020006")   # always "System is busy"
+    for _ in range(tasks.MAX_PUSH_ATTEMPTS - 1):
+        with pytest.raises(tasks.PushNotSentYet):
+            push(stk, topup_id)
+    assert push(stk, topup_id) == ("refused", [])
+    topup = row(topup_id)
+    assert (topup.status, topup.failure_code, topup.push_attempts) == (FAILED, "500.003.02", 6)
+    assert pushes_received(simulator) == 6
+
+
+def test_a_push_that_could_not_connect_is_put_back_to_be_retried(stk, account_id, simulator):
+    topup_id = new_topup(account_id, "254712345678")
+    tokens = MemoryTokenCache()
+    DarajaClient(stk.daraja.config, token_cache=tokens).access_token()
+    simulator.stop()   # Daraja goes away, the token stays valid
+    # a client with no kept-alive connection: the push meets "connection refused"
+    stk.daraja = DarajaClient(stk.daraja.config, token_cache=tokens)
+    with pytest.raises(tasks.PushNotSentYet) as raised:
+        push(stk, topup_id)
+    assert str(raised.value) == "ConnectionFailed"
+    assert (row(topup_id).status, row(topup_id).push_state) == (PENDING, PUSH_QUEUED)
+
+
+@pytest.mark.parametrize("phone,fault", [
+    ("254700010009", None),              # 500 500.003.1001 Internal Server Error, processed
+    ("254700010006", None),              # 200 with an HTML page, processed
+    ("254712345678", "slow_answer"),     # answered after the client's read timeout
+])
+def test_a_push_whose_answer_was_lost_is_never_sent_again(
+        stk, account_id, simulator, phone, fault):
+    if fault:
+        sim(simulator, "POST", "/__sim/config", {"slow_answer_s": 1.0})
+        sim(simulator, "POST", "/__sim/faults", {"fault": fault})
+    topup_id = new_topup(account_id, phone)
+    assert push(stk, topup_id) == ("ambiguous", [])
+    topup = row(topup_id)
+    assert (topup.status, topup.push_state, topup.checkout_request_id) == (
+        PENDING, PUSH_AMBIGUOUS, None)
+    assert "push_ambiguous" in kinds(topup_id)
+
+    # the message delivered again, the sweeps, the deadline: nothing sends it a second time
+    assert push(stk, topup_id) == ("not_claimed", [])
+    with db.connection():
+        assert topup_id not in sweeps.unsent_pushes(after=dt.timedelta(0),
+                                                    released_after=dt.timedelta(0))
+        assert topups.give_up(topup_id, 1, now=topup.created_at + dt.timedelta(days=2)) \
+            == "unknown"
+    assert push(stk, topup_id) == ("not_claimed", [])
+    assert pushes_received(simulator) == 1
+    [transaction] = sim(simulator, "GET", "/__sim/transactions")["data"]
+    assert transaction["phone"] == phone     # Daraja did process it: the prompt went out
+
+
+def test_an_accepted_push_records_its_checkout_request_id_and_is_sent_once(
+        stk, account_id, simulator):
+    topup_id = new_topup(account_id, "254712345678")
+    assert push(stk, topup_id)[0] == "sent"
+    assert push(stk, topup_id) == ("not_claimed", [])
+    topup = row(topup_id)
+    [transaction] = sim(simulator, "GET", "/__sim/transactions")["data"]
+    assert (topup.push_state, topup.checkout_request_id) == (
+        PUSH_SENT, transaction["checkout_request_id"])
+    assert pushes_received(simulator) == 1
