@@ -49,6 +49,20 @@ def explain(measurements: dict) -> list[str]:
             f"no-op ceiling with the same processes is "
             f"{(best['noop'].get('messages_per_s') or 0) / best['messages_per_topup']:,.0f} "
             f"top-ups/s ({best['messages_per_topup']} messages each).")
+    cpu = measurements.get("cpu", {})
+    if cpu.get("units"):
+        units = cpu["units"]
+        flow = [name for name in units if "baseline" not in name]
+        total = sum(units[name]["cpu_ms"] for name in flow)
+        peewee = sum(units[name]["cpu_ms"] * dict(units[name]["groups"]).get(
+            "peewee (SQL building, pool, rows)", 0) for name in flow)
+        lines.append(
+            f"- **Python per top-up.** The gateway's own Python for one top-up, unit by unit "
+            f"in one process: " + ", ".join(f"{name} {units[name]['cpu_ms']:.2f} ms"
+                                             for name in flow)
+            + f"; {total:.1f} ms in all, of which Peewee building statements and rows "
+            f"{peewee:.1f} ms ({peewee / total:.0%}). The trivial Flask endpoint costs "
+            f"{units.get('trivial endpoint (baseline)', {}).get('cpu_ms', 0):.2f} ms the same way.")
     census = measurements.get("census", {})
     if census.get("by_process"):
         pings = sum(kinds.get("SELECT 1 (pool check)", 0) for kinds in census["by_process"].values())

@@ -71,26 +71,32 @@ def _measure(fn, k: int) -> dict:
 def run(bench: Bench) -> dict:
     import settings as settings_module
     from app import create_app
-    from ledger import db
+    from bench.end_to_end import stack_python
+    from bench.stack import find_free_port, wait_until
+    from bench.trivial_app import create_app as create_trivial_app
+    from ledger import db, webhooks as ledger_webhooks
+    from ledger.models import TopUp, WebhookDelivery
 
     stack = bench.stack
     url = stack.new_database("cpu")
     account_id, keys, _ = bench.account(url, "cpu", keys=8)
-    env = stack.env(url)
-    settings = settings_module.load(env)
-    k = 150 if bench.quick else 400
-    app = create_app({"SETTINGS": settings})
-    client = app.test_client()
+    settings = settings_module.load(stack.env(url, WEBHOOK_ALLOW_PRIVATE=1))
+    k = 60 if bench.quick else 300
     units = {}
 
     callbacks = callback_request("CP")
     path = f"/daraja/callback/{CALLBACK_TOKEN}"
+    trivial = create_trivial_app().test_client()
+    units["trivial endpoint (baseline)"] = _measure(
+        lambda i: _ok(trivial.post(path, data=callbacks(1, i)[0],
+                                   content_type="application/json")), 2 * k)
+
+    client = create_app({"SETTINGS": settings}).test_client()
     units["callback acknowledgement (API)"] = _measure(
-        lambda i: _ok(client.post(path, data=callbacks(1, i)[0],
+        lambda i: _ok(client.post(path, data=callbacks(2, i)[0],
                                   content_type="application/json")), 2 * k)
 
-    run_number = bench.run_number()
-    requests_ = topup_request(keys, run_number)
+    requests_ = topup_request(keys, bench.run_number())
 
     def post_topup(i):
         body, headers = requests_(1, i)
@@ -99,18 +105,53 @@ def run(bench: Bench) -> dict:
     units["POST /v1/topups (API)"] = _measure(post_topup, 2 * k)
 
     import workers  # noqa: F401  (what a worker process has: settings, broker, runtime)
-    from workers import runtime, tasks
-    seqs = bench.pending_topups_with_callbacks(url, account_id, 2 * k, "cpu")
-    db.bind(url)
-    redis = runtime.get().redis
+    from workers import runtime, tasks, webhooks as worker_webhooks
+    rt = runtime.configure(settings)   # this database, the simulator, a Redis client
+    with db.connection():
+        queued = [t.id for t in TopUp.select(TopUp.id).where(TopUp.push_state == "queued")
+                  .order_by(TopUp.seq)]
+    stack.reset_simulator(lock_subscriber=False)
 
-    def credit(i):
+    def push(i):
         with db.connection():
-            outcome = tasks.apply_callback(seqs[i], redis=redis)
-        if outcome != "credited":
-            raise RuntimeError(f"credit {seqs[i]}: {outcome}")
-    units["credit (worker task)"] = _measure(credit, k)
-    stack.flush_redis()
+            outcome, _ = tasks.push(queued[i], rt.daraja, query_after_s=60, redis=rt.redis)
+        if outcome != "sent":
+            raise RuntimeError(f"push {queued[i]}: {outcome}")
+    units["push (worker task)"] = _measure(push, min(k, len(queued) * 2 // 3))
+
+    port = find_free_port()
+    stack.spawn("cpu-receiver", [stack_python(), "-m", "bench.receiver", str(port)],
+                env=stack.env(url), role="webhook receiver")
+    try:
+        wait_until(lambda: stack._answers(f"http://127.0.0.1:{port}/count"), timeout=10,
+                   what="the webhook receiver")
+        with db.connection(), db.write_transaction():
+            ledger_webhooks.create_endpoint(account_id, f"http://127.0.0.1:{port}/hooks",
+                                            ["wallet.top_up"])
+        seqs = bench.pending_topups_with_callbacks(url, account_id, 2 * k, "cpu")
+        db.bind(url)
+
+        def credit(i):
+            with db.connection():
+                outcome = tasks.apply_callback(seqs[i], redis=rt.redis)
+            if outcome != "credited":
+                raise RuntimeError(f"credit {seqs[i]}: {outcome}")
+        units["credit (worker task)"] = _measure(credit, k)
+
+        with db.connection():
+            deliveries = [d.id for d in WebhookDelivery.select(WebhookDelivery.id)
+                          .where(WebhookDelivery.status == "pending").order_by(WebhookDelivery.seq)]
+
+        def deliver(i):
+            with db.connection():
+                status, _ = worker_webhooks.attempt(deliveries[i], allow_private=True)
+            if status != "delivered":
+                raise RuntimeError(f"webhook {deliveries[i]}: {status}")
+        units["webhook delivery (worker task)"] = _measure(deliver, min(k, len(deliveries) * 2 // 3))
+    finally:
+        stack.stop("cpu-receiver")
+        stack.flush_redis()
+        stack.reset_simulator()
     return {"title": "CPU per unit of work", "units": units, "repetitions": k}
 
 

@@ -36,7 +36,7 @@ class Bench:
         # messages and read results): it reads the same settings the processes do.
         os.environ.update({k: v for k, v in self.stack.env(main).items()
                            if k in ("DATABASE_URL", "REDIS_URL", "DARAJA_BASE_URL",
-                                    "DARAJA_CALLBACK_TOKEN")})
+                                    "DARAJA_CALLBACK_TOKEN", "PUBLIC_BASE_URL")})
         return self
 
     def close(self) -> None:

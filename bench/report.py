@@ -223,6 +223,12 @@ def markdown(results: dict, plots: dict) -> str:
                      f"{_f(r['memory']['worker_process_peak_rss_mb'])} MiB |")
             out.append(line)
         out += [""]
+        noop_cpu = [sum(r["noop"].get("cpu_ms_per_message", {}).values()) for r in e["rows"]]
+        if any(noop_cpu):
+            out += [f"Dramatiq's own cost, from the no-op runs: "
+                    f"{', '.join(f'{x:.2f}' for x in noop_cpu)} ms of CPU per message "
+                    f"(workers and Redis), for {', '.join(str(r['processes']) for r in e['rows'])} "
+                    "worker processes.", ""]
         incomplete = [r for r in e["rows"] if not r["burst"]["complete"]]
         if incomplete:
             out += ["Not every top-up settled within the deadline in: " + ", ".join(
@@ -235,6 +241,9 @@ def markdown(results: dict, plots: dict) -> str:
                     "orphan payment, then re-applied by the push task and credited once.", ""]
         if plots.get("end_to_end"):
             out += [f"![end to end]({plots['end_to_end']})", ""]
+
+        prof = next((r.get("profile") for r in e["rows"] if r.get("profile")), None)
+        out += _profile(prof, "the worker processes (2 × 4) during a burst of top-ups")
 
     if "daraja_calls" in m and "rows" in m["daraja_calls"]:
         d = m["daraja_calls"]
@@ -268,6 +277,24 @@ def markdown(results: dict, plots: dict) -> str:
         out += ["", "Bulk load: " + "; ".join(
             f"{v['entries']:,} entries in {v['seconds']} s ({', '.join(v['tables'])})"
             for v in g["loaded"].values()), ""]
+
+    if "cpu" in m and "units" in m["cpu"]:
+        c = m["cpu"]
+        out += ["## CPU per unit of work", "",
+                "Each unit run one at a time in the bench's own process (Flask's test client for "
+                "the API, the workers' task functions for the rest), against the same "
+                "PostgreSQL, Redis and simulator. CPU time is this process's only, so other "
+                "people's load hardly moves it; it leaves out gunicorn, Dramatiq's fetch and "
+                "ack, and the servers' own work. The profile is cProfile on CPU time.", "",
+                "| unit | CPU ms | wall ms | where the CPU goes |", "|---|---|---|---|"]
+        for name, u in c["units"].items():
+            groups = ", ".join(f"{g} {share:.0%}" for g, share in u["groups"][:5])
+            out.append(f"| {name} | {_f(u['cpu_ms'], 2)} | {_f(u['wall_ms'], 2)} | {groups} |")
+        out += ["", "<details><summary>Functions with the most CPU of their own</summary>", ""]
+        for name, u in c["units"].items():
+            out.append(f"- {name}: " + "; ".join(f"`{fn}` {share:.0%}"
+                                                  for fn, share in u["functions"][:8]))
+        out += ["", "</details>", ""]
 
     if "census" in m and "statements" in m["census"]:
         s = m["census"]
