@@ -99,14 +99,14 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
         unlock_phone(redis, topup.phone, topup_id)
         if exc.retryable and topup.push_attempts < MAX_PUSH_ATTEMPTS:
             log.info("push not sent, will retry", extra={**context, **detail})
+            reason, code, message = type(exc).__name__, exc.error_code, exc.error_message
             _with_database_retries(lambda: topups.release_push(
-                topup_id, reason=type(exc).__name__, error_code=exc.error_code,
-                error_message=exc.error_message))
+                topup_id, reason=reason, error_code=code, error_message=message))
             raise PushNotSentYet(type(exc).__name__, getattr(exc, "retry_after", None)) from None
         log.info("push refused", extra={**context, **detail})
+        code, message = exc.error_code or type(exc).__name__, exc.error_message or str(exc)
         _with_database_retries(lambda: topups.record_push_refused(
-            topup_id, error_code=exc.error_code or type(exc).__name__,
-            error_message=exc.error_message or str(exc)))
+            topup_id, error_code=code, error_message=message))
         return "refused", []
     except Exception:
         # Not a Daraja answer we understand (a bug, an unexpected library error): the

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from ledger import db
 from ledger.models import TopUpEvent
 from tests.integration.checks import (
-    FAST, assert_every_topup_is_as_the_simulator_decided, credited_times, nothing_pending,
-    simulator_transactions, submit, wait_until_settled_and_quiet,
+    FAST, assert_every_topup_is_as_the_simulator_decided, credited_times, simulator_transactions,
+    submit, wait_until_settled_and_quiet,
 )
 from tests.integration.system import BIN, sim_call, wait_until
 

@@ -81,3 +81,7 @@ def other_account(database):
     with db.connection():
         acct, key = accounts.create_account("other")
     return {"id": acct.id, "key": key, "auth": {"Authorization": f"Bearer {key}"}}
+
+
+# The workers' tasks against an in-process Daraja simulator (tests/unit/stk_support.py).
+from tests.unit.stk_support import account_id, daraja_sim, fake_redis, stk  # noqa: E402,F401

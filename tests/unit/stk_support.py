@@ -2,7 +2,8 @@
 answering over real HTTP, a real Daraja client, and fakeredis for the phone locks.
 
 Callbacks from the simulator go to a closed port (they fail, and are recorded as failed by
-the simulator): a test that wants a callback builds one and stores it itself.
+the simulator): a test that wants a callback builds one and stores it itself. The fixtures
+(`daraja_sim`, `fake_redis`, `stk`, `account_id`) are offered to every unit test by conftest.py.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from workers import runtime
 
 
 @pytest.fixture
-def simulator():
+def daraja_sim():
     sim = SimulatorServer(host="127.0.0.1", port=0,
                           config=SimulatorConfig(callback_delay_s=0.0, callback_timeout_s=0.5))
     sim.start()
@@ -30,18 +31,18 @@ def simulator():
 
 
 @pytest.fixture
-def redis_client():
+def fake_redis():
     return fakeredis.FakeRedis()
 
 
 @pytest.fixture
-def stk(settings, database, simulator, redis_client):
+def stk(settings, database, daraja_sim, fake_redis):
     """What a worker has: settings, a Daraja client talking to the simulator, Redis."""
-    configured = dataclasses.replace(settings, daraja_base_url=simulator.url,
+    configured = dataclasses.replace(settings, daraja_base_url=daraja_sim.url,
                                      public_base_url="http://127.0.0.1:9")
     daraja = DarajaClient(dataclasses.replace(runtime.daraja_config(configured), read_timeout=0.5),
                           token_cache=MemoryTokenCache())
-    runtime.configure(configured, daraja=daraja, redis_client=redis_client, bind_database=False)
+    runtime.configure(configured, daraja=daraja, redis_client=fake_redis, bind_database=False)
     return runtime.get()
 
 
@@ -69,14 +70,14 @@ def kinds(topup_id: str) -> list[str]:
                 .order_by(TopUpEvent.seq)]
 
 
-def sim(simulator, method: str, path: str, body: dict | None = None):
-    response = requests.request(method, simulator.url + path, json=body, timeout=5)
+def sim(daraja_sim, method: str, path: str, body: dict | None = None):
+    response = requests.request(method, daraja_sim.url + path, json=body, timeout=5)
     response.raise_for_status()
     return response.json()
 
 
-def pushes_received(simulator) -> int:
-    return sim(simulator, "GET", "/__sim/stats")["stkpush"]
+def pushes_received(daraja_sim) -> int:
+    return sim(daraja_sim, "GET", "/__sim/stats")["stkpush"]
 
 
 def success_callback(checkout_request_id: str, amount: int = 100, receipt: str = "FORGED0001",

@@ -4,9 +4,7 @@ import pytest
 
 from ledger import db, topups
 from ledger.models import FAILED, PENDING, SUCCEEDED, Callback, LedgerEntry, OrphanPayment, Wallet
-from tests.unit.stk_support import (  # noqa: F401  (fixtures)
-    account_id, kinds, new_topup, redis_client, row, sim, simulator, stk, success_callback,
-)
+from tests.unit.stk_support import kinds, new_topup, row, success_callback
 from workers import tasks
 
 
@@ -31,7 +29,7 @@ def nothing_credited(account_id):
 
 
 def test_a_forged_success_for_a_payment_daraja_says_failed_credits_nothing(
-        stk, account_id, simulator):
+        stk, account_id, daraja_sim):
     # 254700001032: Daraja's transaction ended "cancelled by user"
     topup_id = pushed(stk, account_id, "254700001032")
     forged = success_callback(row(topup_id).checkout_request_id, amount=100, phone=254700001032)

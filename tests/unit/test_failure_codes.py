@@ -7,9 +7,7 @@ import pytest
 from daraja.answers import StkQueryResult
 from ledger import db, topups
 from ledger.models import FAILED, PENDING, SUCCEEDED
-from tests.unit.stk_support import (  # noqa: F401  (fixtures)
-    account_id, kinds, new_topup, redis_client, row, sim, simulator, stk,
-)
+from tests.unit.stk_support import kinds, new_topup, row
 from workers import tasks
 
 # daraja.md §5, every code whose class is "failed"
@@ -103,7 +101,7 @@ def test_the_simulators_undocumented_code_42_leaves_the_topup_pending(stk, accou
 
 @pytest.mark.parametrize("phone", ["254700010010", "254700010011"])
 def test_still_processing_in_either_form_is_asked_again_and_the_sixth_answer_settles_it(
-        stk, account_id, simulator, phone):
+        stk, account_id, daraja_sim, phone):
     # five "still processing" answers: ResultCode "4999", or HTTP 500 "being processed"
     topup_id = pushed(stk, account_id, phone=phone)
     for _ in range(5):

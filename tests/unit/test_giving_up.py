@@ -5,9 +5,7 @@ import datetime as dt
 
 from ledger import db, topups
 from ledger.models import FAILED, PENDING, SUCCEEDED, UNKNOWN, TopUp, utcnow
-from tests.unit.stk_support import (  # noqa: F401  (fixtures)
-    account_id, kinds, new_topup, redis_client, row, sim, simulator, stk, success_callback,
-)
+from tests.unit.stk_support import kinds, new_topup, row, sim, success_callback
 from workers import actors, runtime, sweeps, tasks
 
 
@@ -31,7 +29,7 @@ def phone_locked(stk, phone) -> bool:
 
 
 def test_a_pushed_topup_unresolved_past_the_deadline_becomes_unknown_without_asking_again(
-        stk, account_id, simulator):
+        stk, account_id, daraja_sim):
     topup_id = pushed(stk, account_id)
     assert phone_locked(stk, "254712345678")
     age(topup_id, 3601)
@@ -39,7 +37,7 @@ def test_a_pushed_topup_unresolved_past_the_deadline_becomes_unknown_without_ask
         assert tasks.query(topup_id, stk.daraja, give_up_after_s=3600, redis=stk.redis) == "gave_up"
     topup = row(topup_id)
     assert (topup.status, topup.failure_code) == (UNKNOWN, None)
-    assert sim(simulator, "GET", "/__sim/stats")["stkquery"] == 0
+    assert sim(daraja_sim, "GET", "/__sim/stats")["stkquery"] == 0
     assert not phone_locked(stk, "254712345678")   # the next top-up for that phone may go
 
 

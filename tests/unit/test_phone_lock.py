@@ -6,10 +6,7 @@ import pytest
 
 from ledger import db, topups
 from ledger.models import PENDING, PUSH_QUEUED, PUSH_SENT, TopUp, utcnow
-from tests.unit.stk_support import (  # noqa: F401  (fixtures)
-    account_id, new_topup, pushes_received, redis_client, row, sim, simulator, stk,
-    success_callback,
-)
+from tests.unit.stk_support import new_topup, pushes_received, row, sim, success_callback
 from workers import tasks
 
 PHONE = "254712345678"
@@ -21,7 +18,7 @@ def push(stk, topup_id, redis=None):
                           redis=stk.redis if redis is None else redis)
 
 
-def test_a_second_topup_for_a_phone_waits_until_the_first_is_settled(stk, account_id, simulator):
+def test_a_second_topup_for_a_phone_waits_until_the_first_is_settled(stk, account_id, daraja_sim):
     first, second = new_topup(account_id, PHONE), new_topup(account_id, PHONE)
     assert push(stk, first)[0] == "sent"
     for _ in range(2):
@@ -31,7 +28,7 @@ def test_a_second_topup_for_a_phone_waits_until_the_first_is_settled(stk, accoun
     # not claimed, not counted as an attempt: it simply waits its turn
     assert (row(second).status, row(second).push_state, row(second).push_attempts) == (
         PENDING, PUSH_QUEUED, 0)
-    assert pushes_received(simulator) == 1
+    assert pushes_received(daraja_sim) == 1
 
     with db.connection():
         stored, _ = topups.store_callback(success_callback(row(first).checkout_request_id), None)
@@ -39,7 +36,7 @@ def test_a_second_topup_for_a_phone_waits_until_the_first_is_settled(stk, accoun
         assert tasks.apply_callback(stored.seq, redis=stk.redis) == "credited"
     assert push(stk, second)[0] == "sent"
     assert row(second).push_state == PUSH_SENT
-    assert pushes_received(simulator) == 2
+    assert pushes_received(daraja_sim) == 2
 
 
 @pytest.mark.parametrize("settle", ["query", "refused", "gave_up"])
@@ -75,12 +72,12 @@ class RedisDown:
 
 
 def test_without_redis_daraja_refuses_the_second_prompt_and_it_is_retried_later(
-        stk, account_id, simulator):
-    sim(simulator, "POST", "/__sim/config", {"callback_delay_s": 30})   # the first stays open
+        stk, account_id, daraja_sim):
+    sim(daraja_sim, "POST", "/__sim/config", {"callback_delay_s": 30})   # the first stays open
     first, second = new_topup(account_id, PHONE), new_topup(account_id, PHONE)
     assert push(stk, first, redis=RedisDown())[0] == "sent"
     with pytest.raises(tasks.PushNotSentYet) as waiting:
         push(stk, second, redis=RedisDown())   # "Unable to lock subscriber"
     assert waiting.value.retry_after_s >= 60
     assert (row(second).status, row(second).push_state) == (PENDING, PUSH_QUEUED)
-    assert len(sim(simulator, "GET", "/__sim/transactions")["data"]) == 1
+    assert len(sim(daraja_sim, "GET", "/__sim/transactions")["data"]) == 1

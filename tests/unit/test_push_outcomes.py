@@ -9,9 +9,7 @@ from ledger import db, topups
 from ledger.models import (
     FAILED, PENDING, PUSH_AMBIGUOUS, PUSH_QUEUED, PUSH_REFUSED, PUSH_SENT,
 )
-from tests.unit.stk_support import (  # noqa: F401  (fixtures)
-    account_id, kinds, new_topup, pushes_received, redis_client, row, sim, simulator, stk,
-)
+from tests.unit.stk_support import kinds, new_topup, pushes_received, row, sim
 from workers import sweeps, tasks
 
 
@@ -30,14 +28,14 @@ def push(stk, topup_id):
     ("254700020010", "401.003.01", "Invalid API call as no apiproduct match found"),
 ])
 def test_a_push_daraja_refuses_outright_fails_the_topup_with_its_error_code(
-        stk, account_id, simulator, phone, error_code, message):
+        stk, account_id, daraja_sim, phone, error_code, message):
     topup_id = new_topup(account_id, phone)
     assert push(stk, topup_id) == ("refused", [])
     topup = row(topup_id)
     assert (topup.status, topup.push_state, topup.failure_code) == (FAILED, PUSH_REFUSED, error_code)
     assert topup.failure_reason == message
     assert push(stk, topup_id) == ("not_claimed", [])   # a redelivered message sends nothing
-    assert pushes_received(simulator) == 1
+    assert pushes_received(daraja_sim) == 1
 
 
 @pytest.mark.parametrize("phone,error_code", [
@@ -48,7 +46,7 @@ def test_a_push_daraja_refuses_outright_fails_the_topup_with_its_error_code(
     ("254700010007", None),             # a raw gateway fault: spike arrest, no errorCode
 ])
 def test_a_push_daraja_did_not_take_is_put_back_and_retried_later(
-        stk, account_id, simulator, phone, error_code):
+        stk, account_id, daraja_sim, phone, error_code):
     topup_id = new_topup(account_id, phone)
     with pytest.raises(tasks.PushNotSentYet) as raised:
         push(stk, topup_id)
@@ -57,7 +55,7 @@ def test_a_push_daraja_did_not_take_is_put_back_and_retried_later(
     assert (topup.status, topup.push_state, topup.failure_code) == (PENDING, PUSH_QUEUED, None)
     assert kinds(topup_id)[-1] == "push_not_sent"
     # the retry may claim it again: Daraja answers this time
-    sim(simulator, "POST", "/__sim/faults", {"fault": "refuse:500.003.02:System is busy. "
+    sim(daraja_sim, "POST", "/__sim/faults", {"fault": "refuse:500.003.02:System is busy. "
                                                       "Please try again in few minutes."})
     with pytest.raises(tasks.PushNotSentYet):
         push(stk, topup_id)
@@ -65,7 +63,7 @@ def test_a_push_daraja_did_not_take_is_put_back_and_retried_later(
 
 
 def test_after_six_attempts_daraja_did_not_take_the_topup_fails_with_the_last_error_code(
-        stk, account_id, simulator):
+        stk, account_id, daraja_sim):
     topup_id = new_topup(account_id, "254700020006")   # always "System is busy"
     for _ in range(tasks.MAX_PUSH_ATTEMPTS - 1):
         with pytest.raises(tasks.PushNotSentYet):
@@ -73,14 +71,14 @@ def test_after_six_attempts_daraja_did_not_take_the_topup_fails_with_the_last_er
     assert push(stk, topup_id) == ("refused", [])
     topup = row(topup_id)
     assert (topup.status, topup.failure_code, topup.push_attempts) == (FAILED, "500.003.02", 6)
-    assert pushes_received(simulator) == 6
+    assert pushes_received(daraja_sim) == 6
 
 
-def test_a_push_that_could_not_connect_is_put_back_to_be_retried(stk, account_id, simulator):
+def test_a_push_that_could_not_connect_is_put_back_to_be_retried(stk, account_id, daraja_sim):
     topup_id = new_topup(account_id, "254712345678")
     tokens = MemoryTokenCache()
     DarajaClient(stk.daraja.config, token_cache=tokens).access_token()
-    simulator.stop()   # Daraja goes away, the token stays valid
+    daraja_sim.stop()   # Daraja goes away, the token stays valid
     # a client with no kept-alive connection: the push meets "connection refused"
     stk.daraja = DarajaClient(stk.daraja.config, token_cache=tokens)
     with pytest.raises(tasks.PushNotSentYet) as raised:
@@ -95,10 +93,10 @@ def test_a_push_that_could_not_connect_is_put_back_to_be_retried(stk, account_id
     ("254712345678", "slow_answer"),     # answered after the client's read timeout
 ])
 def test_a_push_whose_answer_was_lost_is_never_sent_again(
-        stk, account_id, simulator, phone, fault):
+        stk, account_id, daraja_sim, phone, fault):
     if fault:
-        sim(simulator, "POST", "/__sim/config", {"slow_answer_s": 1.0})
-        sim(simulator, "POST", "/__sim/faults", {"fault": fault})
+        sim(daraja_sim, "POST", "/__sim/config", {"slow_answer_s": 1.0})
+        sim(daraja_sim, "POST", "/__sim/faults", {"fault": fault})
     topup_id = new_topup(account_id, phone)
     assert push(stk, topup_id) == ("ambiguous", [])
     topup = row(topup_id)
@@ -114,18 +112,18 @@ def test_a_push_whose_answer_was_lost_is_never_sent_again(
         assert topups.give_up(topup_id, 1, now=topup.created_at + dt.timedelta(days=2)) \
             == "unknown"
     assert push(stk, topup_id) == ("not_claimed", [])
-    assert pushes_received(simulator) == 1
-    [transaction] = sim(simulator, "GET", "/__sim/transactions")["data"]
+    assert pushes_received(daraja_sim) == 1
+    [transaction] = sim(daraja_sim, "GET", "/__sim/transactions")["data"]
     assert transaction["phone"] == phone     # Daraja did process it: the prompt went out
 
 
 def test_an_accepted_push_records_its_checkout_request_id_and_is_sent_once(
-        stk, account_id, simulator):
+        stk, account_id, daraja_sim):
     topup_id = new_topup(account_id, "254712345678")
     assert push(stk, topup_id)[0] == "sent"
     assert push(stk, topup_id) == ("not_claimed", [])
     topup = row(topup_id)
-    [transaction] = sim(simulator, "GET", "/__sim/transactions")["data"]
+    [transaction] = sim(daraja_sim, "GET", "/__sim/transactions")["data"]
     assert (topup.push_state, topup.checkout_request_id) == (
         PUSH_SENT, transaction["checkout_request_id"])
-    assert pushes_received(simulator) == 1
+    assert pushes_received(daraja_sim) == 1
