@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import logging
@@ -254,7 +255,8 @@ def register(sub) -> None:
     dead = queues_sub.add_parser("dead", help="dead letters: list, --requeue or --purge")
     dead.add_argument("--queue", help="only this queue")
     dead.add_argument("--actor", help="only this actor's messages")
-    dead.add_argument("--json", action="store_true")
+    # either `queues --json dead` or `queues dead --json`
+    dead.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     action = dead.add_mutually_exclusive_group()
     action.add_argument("--requeue", action="store_true",
                         help="put them back on their queue, retries reset")

@@ -106,3 +106,11 @@ def test_requeue_and_purge_act_on_the_chosen_queue_only(producer, redis_client, 
 def test_requeue_and_purge_cannot_be_asked_together(redis_client):
     with pytest.raises(SystemExit):
         main(["queues", "dead", "--requeue", "--purge"])
+
+
+def test_json_may_be_asked_before_or_after_dead(producer, capsys):
+    producer["push"].send("tu_1")
+    dead_letter(producer, "topups")
+    for argv in (["queues", "--json", "dead"], ["queues", "dead", "--json"]):
+        [letter] = json.loads(run(capsys, *argv))["data"]
+        assert (letter["actor"], letter["args"]) == ("push_topup", ["tu_1"])
