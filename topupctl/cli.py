@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.set_defaults(func=cmd_accounts_create)
 
+    from topupctl import keys  # keys create|list|revoke
+    keys.add_parser(sub, _bind)
+
     orph = sub.add_parser("orphans", help="payments M-Pesa confirmed that no top-up knows")
     orph.add_argument("--json", action="store_true")
     orph.add_argument("--all", action="store_true", help="include resolved ones")
