@@ -199,6 +199,13 @@ def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
         unlock_phone(redis, topup.phone, topup_id)
         return "gave_up"
     checkout = topup.checkout_request_id
+    # Its callback came and waits in the callbacks queue (a backlog longer than
+    # STK_QUERY_AFTER_S): applying it settles the top-up, so Daraja, whose calls are metered
+    # and throttled, is not asked meanwhile (make bench: with such a backlog, 7 top-ups in 10
+    # were queried although every callback had arrived).
+    if Callback.select().where((Callback.checkout_request_id == checkout)
+                               & Callback.applied_at.is_null() & Callback.well_formed).exists():
+        raise AskAgainLater("its callback is stored and waits to be applied")
     context = {"topup_id": topup_id, "checkout_request_id": checkout}
     try:
         result = daraja.stk_query(checkout)
