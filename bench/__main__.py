@@ -23,7 +23,7 @@ from bench import analysis, report
 from bench.harness import Bench, utc_now_iso
 from bench.machine import NCPU, CpuMeter, loadavg
 
-ORDER = ["ack", "crediting", "end_to_end", "daraja_calls", "growth", "census", "cpu"]
+ORDER = ["ack", "crediting", "end_to_end", "daraja_calls", "growth", "cpu", "census"]
 QUICK_ORDER = [name for name in ORDER if name != "census"]
 HERE = Path(__file__).resolve().parent
 # the budget: a measurement is not started past these many seconds

@@ -48,7 +48,10 @@ def explain(measurements: dict) -> list[str]:
             f"at that cost, whatever the concurrency. Dramatiq itself is not the limit: its "
             f"no-op ceiling with the same processes is "
             f"{(best['noop'].get('messages_per_s') or 0) / best['messages_per_topup']:,.0f} "
-            f"top-ups/s ({best['messages_per_topup']} messages each).")
+            f"top-ups/s ({best['messages_per_topup']} messages each)."
+            + (f" Idle, a worker process still used {best['idle_cpu_ms_per_s_per_process']:.0f} ms "
+               f"of CPU a second polling its queues." if best.get("idle_cpu_ms_per_s_per_process")
+               else ""))
     cpu = measurements.get("cpu", {})
     if cpu.get("units"):
         units = cpu["units"]

@@ -26,7 +26,7 @@ def run(bench: Bench) -> dict:
     with admin.cursor() as cur:
         cur.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] %a: '")
         cur.execute("SELECT pg_reload_conf()")
-        cur.execute("ALTER DATABASE census SET log_statement = 'all'")
+        cur.execute(f"ALTER DATABASE {url.rsplit('/', 1)[1]} SET log_statement = 'all'")
     base_env = stack.env(url, WEBHOOK_ALLOW_PRIVATE=1 if webhooks else 0)
     stack.flush_redis()
     stack.reset_simulator(callback_delay_s=0.2)
@@ -60,7 +60,7 @@ def run(bench: Bench) -> dict:
         for name in ("census-workers", "census-api", "census-receiver"):
             stack.stop(name)
         with admin.cursor() as cur:
-            cur.execute("ALTER DATABASE census RESET log_statement")
+            cur.execute(f"ALTER DATABASE {url.rsplit('/', 1)[1]} RESET log_statement")
             cur.execute("ALTER SYSTEM RESET log_line_prefix")
             cur.execute("SELECT pg_reload_conf()")
         admin.close()
@@ -76,7 +76,7 @@ def run(bench: Bench) -> dict:
     by_process = {}
     for process, sql in statements:
         kind = sql.split()[0].upper() if sql else "?"
-        if sql.strip().upper() == "SELECT 1":
+        if sql.strip().upper() in ("SELECT 1", "SELECT N"):
             kind = "SELECT 1 (pool check)"
         by_process.setdefault(process, {}).setdefault(kind, 0)
         by_process[process][kind] += 1

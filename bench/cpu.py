@@ -81,7 +81,7 @@ def run(bench: Bench) -> dict:
     url = stack.new_database("cpu")
     account_id, keys, _ = bench.account(url, "cpu", keys=8)
     settings = settings_module.load(stack.env(url, WEBHOOK_ALLOW_PRIVATE=1))
-    k = 60 if bench.quick else 300
+    k = 60 if bench.quick else 150
     units = {}
 
     callbacks = callback_request("CP")

@@ -39,7 +39,7 @@ def run(bench: Bench) -> dict:
     url = stack.new_database("crediting")
     # (worker processes, threads each): pgbench gets processes × threads clients
     configs = [(2, 4)] if bench.quick else [(1, 1), (2, 4)]
-    pg_seconds = 3 if bench.quick else 8
+    pg_seconds = 3 if bench.quick else 6
     account_id, _, wallet_id = bench.account(url, "hot wallet (workers)")
     _, _, pg_wallet = bench.account(url, "hot wallet (pgbench)")
     import workers  # noqa: F401  (the broker and the actors, as the API sends them)
@@ -112,7 +112,7 @@ def _workers_pass(bench: Bench, url: str, account_id: str, processes: int, threa
                     spy = bench.spy(proc.pid, spy_seconds, "crediting-workers")
                 # all of them, or as many as the time bound lets through
                 try:
-                    wait_until(lambda: applied() >= n, timeout=8 if bench.quick else 20,
+                    wait_until(lambda: applied() >= n, timeout=8 if bench.quick else 15,
                                interval=0.05, what="the credits")
                 except TimeoutError:
                     pass

@@ -48,9 +48,9 @@ def run(bench: Bench) -> dict:
         if answer.status_code != 201:
             raise RuntimeError(f"webhook endpoint refused: {answer.status_code} {answer.text}")
     processes_list = [2] if bench.quick else [1, 2, 4]
-    n = 150 if bench.quick else 1500
-    post_s = 8 if bench.quick else 25   # the burst's posting is bounded in time as well
-    paced_s = 3 if bench.quick else 8
+    n = 150 if bench.quick else 600
+    post_s = 8 if bench.quick else 10   # the burst's posting is bounded in time as well
+    paced_s = 3 if bench.quick else 6
     rows = []
     conn = stack.pg(url)
     try:
@@ -58,6 +58,11 @@ def run(bench: Bench) -> dict:
             stack.flush_redis()
             workers = stack.start_workers("e2e-workers", env, processes=processes,
                                           threads=THREADS)
+            # what the worker processes cost with nothing to do (polling Redis, heartbeats)
+            time.sleep(1.0)
+            with bench.meter() as idle:
+                time.sleep(3.0)
+            idle_ms = round(idle.by_role.get("workers", 0) * 1000 / idle.wall_s / processes, 1)
             # warm-up: the OAuth token, connection pools, imports on first use
             _burst(bench, conn, api_url, keys, 20, connections=2, webhooks=webhooks)
             with bench.meter() as meter:
@@ -90,6 +95,7 @@ def run(bench: Bench) -> dict:
             per_message = (burst["topups_per_s"] or 0) * messages
             rows.append({"processes": processes, "threads": THREADS, "burst": burst,
                          "paced": paced, "memory": memory, "noop": noop, "profile": profile,
+                         "idle_cpu_ms_per_s_per_process": idle_ms,
                          "messages_per_topup": messages,
                          "messages_per_s": round(per_message, 1),
                          "ratio_to_noop": round(per_message / noop["messages_per_s"], 3)

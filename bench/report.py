@@ -30,7 +30,7 @@ def _plots(results: dict, out_dir: Path) -> dict:
     if ack and "curves" in ack and len(ack["curves"]["callback"]) > 1:
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
         for name, style in (("trivial", "o--"), ("callback", "s-")):
-            rows = ack["curves"][name]
+            rows = [r for r in ack["curves"][name] if not r.get("repeat")]
             label = "trivial Flask endpoint" if name == "trivial" else "Daraja callback endpoint"
             left.plot([r["connections"] for r in rows], [r["rps"] for r in rows], style,
                       label=label)
@@ -158,11 +158,12 @@ def markdown(results: dict, plots: dict) -> str:
         for i, row in enumerate(a["curves"]["callback"]):
             triv = a["curves"]["trivial"][i]
             for name, r in (("trivial", triv), ("callback", row)):
-                out.append(f"| {r['connections']} | {name} | {_f(r['rps'])} | "
+                out.append(f"| {r['connections']}{' (again)' if r.get('repeat') else ''} | {name} | {_f(r['rps'])} | "
                            f"{_f(r['p50_ms'])} | {_f(r['p99_ms'])} | "
                            f"{_cpu(r.get('cpu_ms_per_request', {}))} | "
                            f"{_machine(r.get('machine'))} |")
-        out += ["", f"At {a['settings']['headline_connections']} connections the callback "
+        out += ["", f"At {a['settings']['headline_connections']} connections (of its two "
+                "runs, each endpoint's faster one, in full mode) the callback "
                 f"endpoint answers **{_f(h['callback_rps'])}/s against {_f(h['trivial_rps'])}/s "
                 f"(ratio {h['rps_ratio']:.2f})**, p99 {_f(h['callback_p99_ms'])} ms against "
                 f"{_f(h['trivial_p99_ms'])} ms (ratio {h['p99_ratio']:.2f}).", ""]
@@ -223,6 +224,13 @@ def markdown(results: dict, plots: dict) -> str:
                      f"{_f(r['memory']['worker_process_peak_rss_mb'])} MiB |")
             out.append(line)
         out += [""]
+        idle = [r.get("idle_cpu_ms_per_s_per_process") for r in e["rows"]]
+        if any(idle):
+            out += ["With nothing to do, a worker process used "
+                    + ", ".join(f"{_f(x)}" for x in idle) + " ms of CPU per second (polling its "
+                    "queues every `dramatiq_worker_timeout` = 100 ms, heartbeats), for "
+                    + ", ".join(str(r["processes"]) for r in e["rows"]) + " worker processes.",
+                    ""]
         noop_cpu = [sum(r["noop"].get("cpu_ms_per_message", {}).values()) for r in e["rows"]]
         if any(noop_cpu):
             out += [f"Dramatiq's own cost, from the no-op runs: "
