@@ -45,7 +45,8 @@ def explain(measurements: dict) -> list[str]:
         lines.append(
             f"- **End to end.** One top-up costs {total:.1f} ms of CPU across every process "
             f"({_roles(cpu)}): {NCPU} cores allow at most {NCPU * 1000 / total:,.0f} top-ups/s "
-            f"at that cost, whatever the concurrency. Dramatiq itself is not the limit: its "
+            f"at that cost, whatever the concurrency; 300 top-ups/s would need at most "
+            f"{NCPU * 1000 / 300:.1f} ms. Dramatiq itself is not the limit: its "
             f"no-op ceiling with the same processes is "
             f"{(best['noop'].get('messages_per_s') or 0) / best['messages_per_topup']:,.0f} "
             f"top-ups/s ({best['messages_per_topup']} messages each)."
