@@ -34,18 +34,19 @@ def _plots(results: dict, out_dir: Path) -> dict:
             label = "trivial Flask endpoint" if name == "trivial" else "Daraja callback endpoint"
             left.plot([r["connections"] for r in rows], [r["rps"] for r in rows], style,
                       label=label)
-            right.plot([r["rps"] for r in rows], [r["p99_ms"] for r in rows], style,
+            right.plot([r["connections"] for r in rows], [r["p99_ms"] for r in rows], style,
                        label=f"{label}, p99")
-            right.plot([r["rps"] for r in rows], [r["p50_ms"] for r in rows], style,
+            right.plot([r["connections"] for r in rows], [r["p50_ms"] for r in rows], style,
                        alpha=0.4, label=f"{label}, p50")
         left.set_xscale("log", base=2)
         left.set_xlabel("concurrent connections (wrk)")
         left.set_ylabel("requests / s")
         left.set_title("Throughput against load")
-        right.set_xlabel("requests / s")
+        right.set_xscale("log", base=2)
+        right.set_xlabel("concurrent connections (wrk)")
         right.set_ylabel("latency, ms")
         right.set_yscale("log")
-        right.set_title("Latency against throughput")
+        right.set_title("Latency against load")
         left.legend(fontsize=8)
         right.legend(fontsize=7)
         fig.tight_layout()
