@@ -88,7 +88,7 @@ def reconciliations():
     from app.errors import ValidationFailed
     from ledger import reconcile
     raw = request.args.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
         raise ValidationFailed([{"field": "limit", "message": "must be from 1 to 100"}])
     page = reconcile.list_runs(int(raw), request.args.get("starting_after"))
     if page is None:
