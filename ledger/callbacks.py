@@ -35,7 +35,7 @@ def parse(body: bytes | str | dict) -> StkCallback:
     if isinstance(body, (bytes, str)):
         try:
             body = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested past the stack
             raise MalformedCallback("body is not JSON") from None
     if not isinstance(body, dict):
         raise MalformedCallback("body is not a JSON object")

@@ -43,6 +43,15 @@ def test_a_malformed_callback_answers_400_but_is_kept_for_an_operator(client, st
     assert stub_broker.queues["callbacks"].qsize() == 0
 
 
+def test_a_callback_nested_deeper_than_any_parser_goes_is_kept_as_malformed(client, stub_broker):
+    body = "[" * 3_000 + "]" * 3_000   # small enough to be read, too deep to be parsed
+    response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}", data=body,
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert [(r.well_formed, r.outcome) for r in stored()] == [(False, "malformed")]
+    assert stub_broker.queues["callbacks"].qsize() == 0
+
+
 @pytest.fixture
 def guarded_client(settings, database, stub_broker):
     guarded = dataclasses.replace(
