@@ -143,12 +143,87 @@ def record_push_refused(topup_id: str, *, error_code: str | None, error_message:
     return changed == 1
 
 
-def record_push_ambiguous(topup_id: str, reason: str) -> None:
-    """The push may have reached Daraja: never send it again; its callback settles it."""
+def record_push_ambiguous(topup_id: str, reason: str) -> str | None:
+    """The push may have reached Daraja: never send it again; its callback settles it.
+
+    Without the push's answer we never learnt its CheckoutRequestID, so its callback finds
+    no top-up and is kept as an orphan payment. If that orphan is already here (a callback
+    can beat a timed-out answer), it is matched now; one that comes later is matched when it
+    arrives (``_ambiguous_push_for``). Returns the outcome of crediting a matched orphan.
+    """
     with write_transaction():
-        (TopUp.update(push_state=PUSH_AMBIGUOUS, updated_at=utcnow())
-         .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_SENDING)).execute())
+        changed = (TopUp.update(push_state=PUSH_AMBIGUOUS, updated_at=utcnow())
+                   .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_SENDING))
+                   .execute())
         record_event(topup_id, "push_ambiguous", reason=reason)
+    return _settle_matching_orphan(topup_id) if changed else None
+
+
+# An orphan payment is matched to a push whose answer was lost only when nothing else could
+# be meant: the same phone and amount, the payment after the push was started, within this
+# window, and exactly one candidate on each side. Anything less certain is left to
+# reconciliation against the M-Pesa statement (`topupctl reconcile`).
+ORPHAN_MATCH_WINDOW = dt.timedelta(hours=24)
+CLOCK_SKEW = dt.timedelta(minutes=1)
+
+
+def _ambiguous_push_for(checkout_request_id: str, amount_cents: int | None,
+                        phone: str | None) -> TopUp | None:
+    """The one top-up whose lost push this unclaimed payment answers, attached to it; or None."""
+    if not phone or amount_cents is None or amount_cents <= 0 or amount_cents % 100:
+        return None
+    now = utcnow()
+    candidates = list(TopUp.select(TopUp.id, TopUp.push_started_at).where(
+        (TopUp.push_state == PUSH_AMBIGUOUS) & TopUp.checkout_request_id.is_null()
+        & TopUp.status.in_(SETTLEABLE) & (TopUp.phone == phone)
+        & (TopUp.amount == amount_cents // 100)
+        & (TopUp.push_started_at >= now - ORPHAN_MATCH_WINDOW)).limit(2))
+    if len(candidates) != 1:
+        return None
+    topup_id = candidates[0].id
+    since = (candidates[0].push_started_at or now - ORPHAN_MATCH_WINDOW) - CLOCK_SKEW
+    others = (OrphanPayment.select(OrphanPayment.seq)
+              .join(TopUp, pw.JOIN.LEFT_OUTER,
+                    on=(TopUp.checkout_request_id == OrphanPayment.checkout_request_id))
+              .where(OrphanPayment.resolved_topup.is_null() & TopUp.id.is_null()
+                     & (OrphanPayment.phone == phone)
+                     & (OrphanPayment.amount_cents == amount_cents)
+                     & (OrphanPayment.checkout_request_id != checkout_request_id)
+                     & (OrphanPayment.created_at >= since)))
+    if others.exists():
+        return None  # two payments could answer this push: the statement decides
+    # Conditional, so two payments racing for one push attach at most one of them.
+    attached = (TopUp.update(checkout_request_id=checkout_request_id, updated_at=now)
+                .where((TopUp.id == topup_id) & TopUp.checkout_request_id.is_null()
+                       & (TopUp.push_state == PUSH_AMBIGUOUS))
+                .execute())
+    if not attached:
+        return None
+    record_event(topup_id, "orphan_matched", checkout_request_id=checkout_request_id,
+                 by="phone and amount")
+    return TopUp.get(TopUp.id == topup_id)
+
+
+def _settle_matching_orphan(topup_id: str) -> str | None:
+    """Credit the one orphan payment that answers this lost push, if exactly one does."""
+    topup = TopUp.get(TopUp.id == topup_id)
+    if topup.checkout_request_id is not None or topup.status not in SETTLEABLE:
+        return None
+    since = (topup.push_started_at or topup.created_at) - CLOCK_SKEW
+    orphans = list(OrphanPayment.select(OrphanPayment)
+                   .join(TopUp, pw.JOIN.LEFT_OUTER,
+                         on=(TopUp.checkout_request_id == OrphanPayment.checkout_request_id))
+                   .where(OrphanPayment.resolved_topup.is_null() & TopUp.id.is_null()
+                          & (OrphanPayment.phone == topup.phone)
+                          & (OrphanPayment.amount_cents == topup.amount * 100)
+                          & (OrphanPayment.created_at >= since))
+                   .limit(2))
+    if len(orphans) != 1:
+        return None
+    orphan = orphans[0]
+    return settle_success(orphan.checkout_request_id, amount_cents=orphan.amount_cents,
+                          receipt=orphan.mpesa_receipt, phone=orphan.phone, source="callback",
+                          callback_seq=orphan.callback_id)
 
 
 # --- callbacks -------------------------------------------------------------------------------
@@ -244,6 +319,10 @@ def settle_success(checkout_request_id: str, *, amount_cents: int | None, receip
 
 def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, callback_seq):
     topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
+    matched_by_phone_and_amount = False
+    if topup is None:
+        topup = _ambiguous_push_for(checkout_request_id, amount_cents, phone)
+        matched_by_phone_and_amount = topup is not None
     if topup is None or topup.status == FAILED:
         # No top-up knows this CheckoutRequestID (or Daraja earlier said it failed):
         # the money moved all the same, so it is kept for reconciliation.
@@ -260,6 +339,8 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
         flags.append(f"amount: requested {requested_cents} cents, M-Pesa confirmed {amount_cents}")
     if phone and phone != topup.phone:
         flags.append(f"phone: paid from {mask(phone)}")
+    if matched_by_phone_and_amount:
+        flags.append("push answer lost: payment matched by phone and amount")
     settled = (TopUp.update(status=SUCCEEDED, mpesa_receipt=receipt, credited_cents=credit_cents,
                             flagged="; ".join(flags)[:200] or None, completed_at=now,
                             updated_at=now, next_query_at=None)
