@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from app.enqueue import after_commit
 from app.errors import ApiError
-from ledger import topups
+from ledger import inbox
 from workers import actors
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def receive(token: str):
             log.warning("callback from an address outside the allowlist",
                         extra={"remote_addr": str(address)})
             raise ApiError(403, "forbidden", "This address may not post callbacks.")
-    row, parsed = topups.store_callback(request.get_data(cache=False), request.remote_addr)
+    row, parsed = inbox.store_callback(request.get_data(cache=False), request.remote_addr)
     if parsed is None:
         # Kept for an operator to read, but not something we can act on.
         raise ApiError(400, "invalid_json", "Not an STK callback body.")

@@ -18,6 +18,7 @@ from ledger import events, result_codes
 from ledger.callbacks import MalformedCallback, StkCallback, parse
 from ledger.db import database, write_transaction
 from ledger.ids import new_id, short_reference
+from ledger.inbox import store_callback  # noqa: F401  (re-exported: callers say topups.)
 from ledger.models import (
     FAILED, PENDING, PUSH_AMBIGUOUS, PUSH_QUEUED, PUSH_REFUSED, PUSH_SENDING, PUSH_SENT,
     SUCCEEDED, UNKNOWN, Callback, LedgerEntry, OrphanPayment, TopUp, TopUpEvent, Wallet, utcnow,
@@ -227,23 +228,6 @@ def _settle_matching_orphan(topup_id: str) -> str | None:
 
 
 # --- callbacks -------------------------------------------------------------------------------
-
-def store_callback(body: bytes, remote_addr: str | None) -> tuple[Callback, StkCallback | None]:
-    """Store a callback exactly as received, before it is acknowledged."""
-    try:
-        parsed = parse(body)
-    except MalformedCallback:
-        parsed = None
-    text = body.decode("utf-8", errors="replace")
-    with write_transaction():
-        row = Callback.create(
-            body=text, remote_addr=remote_addr, well_formed=parsed is not None,
-            checkout_request_id=parsed.checkout_request_id if parsed else None,
-            result_code=parsed.result_code[:32] if parsed else None,
-            applied_at=None if parsed else utcnow(),
-            outcome=None if parsed else "malformed")
-    return row, parsed
-
 
 def apply_callback(callback_seq: int, *, confirmed_by_query: bool | None = None,
                    row: Callback | None = None) -> str:
