@@ -25,6 +25,16 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
 
+LINT_STAMP := $(VENV)/.installed-lint
+
+$(LINT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[lint]'
+	@touch $(LINT_STAMP)
+
+# flake8 over every package, the tests and the benchmark (settings in setup.cfg)
+lint: $(LINT_STAMP)
+	$(BIN)/python -m flake8 app workers ledger daraja simulator settings telemetry topupctl bench tests
+
 # The benchmark: real Redis, PostgreSQL and the simulator on this machine; writes
 # bench/report.md and bench/report.json (under 10 minutes; QUICK=1 under 2). Load comes from
 # wrk (installed with apt-get when missing and root), else from a Python generator.
