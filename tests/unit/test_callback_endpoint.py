@@ -80,3 +80,35 @@ def test_an_untrusted_forwarded_for_hop_is_ignored(guarded_client):
     response = guarded_client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY,
                                    headers={"X-Forwarded-For": "196.201.212.69, 10.0.0.1"})
     assert response.status_code == 403
+
+
+def test_an_acknowledged_callback_is_already_committed_for_every_other_connection(client,
+                                                                                  settings):
+    import sqlite3
+    response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY,
+                           environ_base={"REMOTE_ADDR": "196.201.214.200"})
+    assert response.status_code == 200
+    path = settings.database_url[len("sqlite:///"):]
+    with sqlite3.connect(path) as other:
+        count, = other.execute("SELECT count(*) FROM callback").fetchone()
+    assert count == 1
+    row, = stored()
+    assert (row.remote_addr, row.well_formed, row.applied_at, row.outcome) == (
+        "196.201.214.200", True, None, None)
+    assert row.received_at is not None and row.received_at.year >= 2026
+
+
+def test_a_callback_the_database_cannot_store_answers_503_and_is_not_queued(client, settings,
+                                                                            stub_broker):
+    import sqlite3
+    path = settings.database_url[len("sqlite:///"):]
+    with sqlite3.connect(path) as other:  # the table out of reach: every INSERT fails
+        other.execute("ALTER TABLE callback RENAME TO callback_away")
+    try:
+        response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY)
+    finally:
+        with sqlite3.connect(path) as other:
+            other.execute("ALTER TABLE callback_away RENAME TO callback")
+    assert response.status_code == 503
+    assert stored() == []
+    assert stub_broker.queues["callbacks"].qsize() == 0
