@@ -5,6 +5,7 @@ constant time and an optional source-address allowlist.
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -56,5 +57,10 @@ def receive(token: str):
     if parsed is None:
         # Kept for an operator to read, but not something we can act on.
         raise ApiError(400, "invalid_json", "Not an STK callback body.")
-    after_commit(actors.apply_callback, row.seq, checkout_request_id=parsed.checkout_request_id)
-    return jsonify(ACCEPTED)
+    response = jsonify(ACCEPTED)
+    # Answered first, then enqueued (contract §4): the row is committed, so the answer need
+    # not wait on Redis; a lost enqueue is re-driven by the scheduler's unapplied-callback sweep.
+    response.call_on_close(functools.partial(
+        after_commit, actors.apply_callback, row.seq,
+        checkout_request_id=parsed.checkout_request_id))
+    return response

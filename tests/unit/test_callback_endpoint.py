@@ -20,13 +20,28 @@ def stored():
 
 
 def test_a_well_formed_callback_is_stored_then_acknowledged_and_queued(client, stub_broker):
-    response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY)
-    assert response.status_code == 200
-    assert response.get_json() == {"ResultCode": 0, "ResultDesc": "Accepted"}
-    rows = stored()
-    assert [(r.checkout_request_id, r.result_code) for r in rows] == [("ws_CO_9", "1032")]
-    assert json.loads(rows[0].body) == BODY
+    with client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY) as response:
+        assert response.status_code == 200
+        assert response.get_json() == {"ResultCode": 0, "ResultDesc": "Accepted"}
+        rows = stored()
+        assert [(r.checkout_request_id, r.result_code) for r in rows] == [("ws_CO_9", "1032")]
+        assert json.loads(rows[0].body) == BODY
+        # the answer does not wait on Redis: the message goes once the answer is sent
+        assert stub_broker.queues["callbacks"].qsize() == 0
     assert stub_broker.queues["callbacks"].qsize() == 1
+
+
+def test_a_callback_whose_enqueue_fails_is_still_acknowledged_and_left_for_the_sweep(
+        client, stub_broker, monkeypatch):
+    from workers import actors
+
+    def redis_down(*args, **kwargs):
+        raise ConnectionError("Redis is down")
+    monkeypatch.setattr(actors.apply_callback, "send", redis_down)
+    with client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY) as response:
+        assert response.status_code == 200
+    assert [r.applied_at for r in stored()] == [None]   # what the unapplied sweep re-drives
+    assert stub_broker.queues["callbacks"].qsize() == 0
 
 
 def test_a_wrong_token_answers_404_and_stores_nothing(client):
