@@ -12,6 +12,7 @@ from ledger.phones import InvalidPhone, normalize_kenyan_mobile
 MAX_AMOUNT = 250_000
 _REFERENCE = re.compile(r"[A-Za-z0-9]{1,12}")
 _PRINTABLE_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
+_ID = re.compile(r"[a-z]{2,5}_[0-9a-z]{1,40}")
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 as json.dumps writes it
 
 
@@ -107,7 +108,7 @@ def page_args(args) -> tuple[int, str | None]:
         else:
             limit = int(raw)
     starting_after = args.get("starting_after")
-    if starting_after is not None and not re.fullmatch(r"[a-z]{2,5}_[0-9a-z]{1,40}", starting_after):
+    if starting_after is not None and not _ID.fullmatch(starting_after):
         errors.append({"field": "starting_after", "message": "must be an id"})
     if errors:
         raise ValidationFailed(errors)
