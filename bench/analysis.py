@@ -27,13 +27,14 @@ def explain(measurements: dict) -> list[str]:
         pg = r["pgbench"]["connections"]
         lock = states.get("waiting for a row lock", 0)
         idle_tx = states.get("idle in transaction (client's turn)", 0)
+        pg_idle_tx = pg.get("idle in transaction (client's turn)", 0)
         lines.append(
             f"- **Crediting.** Every credit updates the same wallet row, so credits queue on its "
             f"row lock, held from the wallet UPDATE to the COMMIT. With {r['concurrency']} "
             f"worker threads, on average {lock:.1f} connections were waiting for that lock and "
             f"{idle_tx:.1f} sat idle inside a transaction (the client's turn: Python building the "
             f"next statement or waiting for the GIL or a core, the lock held); pgbench's clients, "
-            f"answering in microseconds, sat idle in transaction {pg.get('idle in transaction (client' + chr(39) + 's turn)', 0):.1f} "
+            f"answering in microseconds, sat idle in transaction {pg_idle_tx:.1f} "
             f"on average. A worker spends {sum(r['workers']['cpu_ms_per_credit'].values()):.1f} ms "
             f"of CPU per credit across processes ({_roles(r['workers']['cpu_ms_per_credit'])})."
             + _top(cred.get("profile")))
@@ -50,9 +51,10 @@ def explain(measurements: dict) -> list[str]:
             f"no-op ceiling with the same processes is "
             f"{(best['noop'].get('messages_per_s') or 0) / best['messages_per_topup']:,.0f} "
             f"top-ups/s ({best['messages_per_topup']} messages each)."
-            + (f" Idle, a worker process still used {best['idle_cpu_ms_per_s_per_process']:.0f} ms "
-               f"of CPU a second polling its queues." if best.get("idle_cpu_ms_per_s_per_process")
-               else ""))
+            + (" Idle, a worker process still used "
+               f"{best['idle_cpu_ms_per_s_per_process']:.0f} ms "
+               "of CPU a second polling its queues."
+               if best.get("idle_cpu_ms_per_s_per_process") else ""))
     cpu = measurements.get("cpu", {})
     if cpu.get("units"):
         units = cpu["units"]
@@ -61,15 +63,16 @@ def explain(measurements: dict) -> list[str]:
         peewee = sum(units[name]["cpu_ms"] * dict(units[name]["groups"]).get(
             "peewee (SQL building, pool, rows)", 0) for name in flow)
         lines.append(
-            f"- **Python per top-up.** The gateway's own Python for one top-up, unit by unit "
-            f"in one process: " + ", ".join(f"{name} {units[name]['cpu_ms']:.2f} ms"
-                                             for name in flow)
+            "- **Python per top-up.** The gateway's own Python for one top-up, unit by unit "
+            "in one process: "
+            + ", ".join(f"{name} {units[name]['cpu_ms']:.2f} ms" for name in flow)
             + f"; {total:.1f} ms in all, of which Peewee building statements and rows "
             f"{peewee:.1f} ms ({peewee / total:.0%}). The trivial Flask endpoint costs "
             f"{units.get('trivial endpoint (baseline)', {}).get('cpu_ms', 0):.2f} ms the same way.")
     census = measurements.get("census", {})
     if census.get("by_process"):
-        pings = sum(kinds.get("SELECT 1 (pool check)", 0) for kinds in census["by_process"].values())
+        pings = sum(kinds.get("SELECT 1 (pool check)", 0)
+                    for kinds in census["by_process"].values())
         begins = sum(kinds.get("BEGIN", 0) for kinds in census["by_process"].values())
         lines.append(
             f"- **Round trips.** One top-up sends {census['total']} statements to PostgreSQL, "

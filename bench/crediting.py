@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 
 from bench.harness import Bench
 from bench.profile import PgActivity
@@ -141,7 +140,8 @@ def _pgbench(bench: Bench, url: str, wallet_id: int, clients: int, seconds: int)
     conn = stack.pg(url)
     with conn.cursor() as cur:
         # enough pending top-ups for the fastest run pgbench could make
-        cur.execute("SELECT coalesce(max(substr(id, 7)::bigint), 0) FROM top_up WHERE id LIKE 'tu_pgb%%'")
+        cur.execute("SELECT coalesce(max(substr(id, 7)::bigint), 0) FROM top_up "
+                    "WHERE id LIKE 'tu_pgb%%'")
         start = cur.fetchone()[0]
         count = 8000 * seconds
         cur.execute("""

@@ -146,6 +146,7 @@ def _burst(bench: Bench, conn, api_url: str, keys: list[str], n: int, *, connect
         mark = cur.fetchone()[0]
     run = bench.run_number()
     delay_ms = connections / rate * 1000 if rate else 0
+
     def all_posted() -> bool:
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM top_up WHERE seq > %s", (mark,))

@@ -3,8 +3,9 @@ ledger entries already in the database, all of them on the wallet being credited
 
 The history is bulk-loaded in SQL (generate_series): one succeeded top-up per entry, with its
 stored callback and its ``credited`` history row (ids in increasing order, so that the load
-appends to the indexes; the events table is left small, to keep the load within the budget). Both databases are vacuumed and analysed, then measured in
-alternation, so that a change in the machine's load falls on both alike.
+appends to the indexes; the events table is left small, to keep the load within the budget).
+Both databases are vacuumed and analysed, then measured in alternation, so that a change in
+the machine's load falls on both alike.
 
 The credit is the workers' own function (``workers.tasks.apply_callback``) called in this
 process one at a time inside a per-message connection, as the worker middleware does: its
@@ -48,7 +49,8 @@ LOAD_SQL = [
                           well_formed, applied_at, outcome)
     SELECT now() - (%(n)s - g) * interval '1 second', '196.201.214.200',
            '{"Body":{"stkCallback":{"CheckoutRequestID":"ws_CO_h' || lpad(g::text, 9, '0')
-           || '","ResultCode":0}}}', 'ws_CO_h' || lpad(g::text, 9, '0'), '0', true, now() - (%(n)s - g) * interval '1 second', 'credited'
+           || '","ResultCode":0}}}', 'ws_CO_h' || lpad(g::text, 9, '0'), '0', true,
+           now() - (%(n)s - g) * interval '1 second', 'credited'
       FROM generate_series(1, %(n)s) g"""),
     ("topup_event", """
     INSERT INTO topup_event (topup_id, kind, detail, created_at)

@@ -99,7 +99,8 @@ class Load:
                     break
                 time.sleep(0.05)
         out, err = process.communicate(timeout=duration_s + 60)
-        line = next((l for l in out.splitlines() if l.startswith("WRKJSON ")), None)
+        line = next((out_line for out_line in out.splitlines()
+                     if out_line.startswith("WRKJSON ")), None)
         if line is None:
             raise RuntimeError(f"wrk gave no figures: {out[-500:]} {err[-500:]}")
         raw = json.loads(line[len("WRKJSON "):])

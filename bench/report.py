@@ -159,7 +159,8 @@ def markdown(results: dict, plots: dict) -> str:
         for i, row in enumerate(a["curves"]["callback"]):
             triv = a["curves"]["trivial"][i]
             for name, r in (("trivial", triv), ("callback", row)):
-                out.append(f"| {r['connections']}{' (again)' if r.get('repeat') else ''} | {name} | {_f(r['rps'])} | "
+                out.append(f"| {r['connections']}{' (again)' if r.get('repeat') else ''} | "
+                           f"{name} | {_f(r['rps'])} | "
                            f"{_f(r['p50_ms'])} | {_f(r['p99_ms'])} | "
                            f"{_cpu(r.get('cpu_ms_per_request', {}))} | "
                            f"{_machine(r.get('machine'))} |")
@@ -279,10 +280,12 @@ def markdown(results: dict, plots: dict) -> str:
                 f" / {_f(g['credit']['large']['p99_ms'], 2)} | {_f(g['ratios']['credit_p50'], 2)}"
                 f" / {_f(g['ratios']['credit_p99'], 2)} |"]
         for path in g["reads"]["small"]:
-            s, l = g["reads"]["small"][path], g["reads"]["large"][path]
-            out.append(f"| `{path}`, p50 / p99 ms | {_f(s['p50_ms'], 2)} / {_f(s['p99_ms'], 2)} "
-                       f"| {_f(l['p50_ms'], 2)} / {_f(l['p99_ms'], 2)} | "
-                       f"{_f(g['ratios'][path + '_p50'], 2)} / {_f(g['ratios'][path + '_p99'], 2)} |")
+            small, large = g["reads"]["small"][path], g["reads"]["large"][path]
+            out.append(f"| `{path}`, p50 / p99 ms | {_f(small['p50_ms'], 2)} / "
+                       f"{_f(small['p99_ms'], 2)} "
+                       f"| {_f(large['p50_ms'], 2)} / {_f(large['p99_ms'], 2)} | "
+                       f"{_f(g['ratios'][path + '_p50'], 2)} / "
+                       f"{_f(g['ratios'][path + '_p99'], 2)} |")
         out += ["", "Bulk load: " + "; ".join(
             f"{v['entries']:,} entries in {v['seconds']} s ({', '.join(v['tables'])})"
             for v in g["loaded"].values()), ""]
@@ -301,8 +304,8 @@ def markdown(results: dict, plots: dict) -> str:
             out.append(f"| {name} | {_f(u['cpu_ms'], 2)} | {_f(u['wall_ms'], 2)} | {groups} |")
         out += ["", "<details><summary>Functions with the most CPU of their own</summary>", ""]
         for name, u in c["units"].items():
-            out.append(f"- {name}: " + "; ".join(f"`{fn}` {share:.0%}"
-                                                  for fn, share in u["functions"][:8]))
+            out.append(f"- {name}: " + "; ".join(
+                f"`{fn}` {share:.0%}" for fn, share in u["functions"][:8]))
         out += ["", "</details>", ""]
 
     if "census" in m and "statements" in m["census"]:
@@ -310,8 +313,8 @@ def markdown(results: dict, plots: dict) -> str:
         out += ["## Statements per top-up", "",
                 f"One top-up, request to credit{' and webhook' if s['webhooks'] else ''}, "
                 f"sends **{s['total']} statements** to PostgreSQL: " + "; ".join(
-                    f"{proc}: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(),
-                                                                         key=lambda kv: -kv[1]))
+                    f"{proc}: " + ", ".join(
+                        f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
                     for proc, kinds in s["by_process"].items()) + ".", "",
                 "<details><summary>In order</summary>", "", "| process | statement |", "|---|---|"]
         out += [f"| {p} | `{sql.replace('|', '/')}` |" for p, sql in s["statements"]]

@@ -194,4 +194,3 @@ def load(environ: Mapping[str, str] | None = None, *, need_callback_token: bool 
                         "sweep_abandoned_push_after_s", "sweep_unapplied_callback_after_s",
                         "sweep_query_grace_s", "sweep_redrive_every_s")},
     )
-

@@ -1,4 +1,5 @@
-"""gunicorn settings for the API: ``gunicorn -c python:telemetry.gunicorn_config "app:create_app()"``.
+"""gunicorn settings for the API:
+``gunicorn -c python:telemetry.gunicorn_config "app:create_app()"``.
 
 Optional: without it the app's own lines and gunicorn's worker lines are JSON already (the app
 factory sets that up); with it the master's lines (starting, booting workers, signals) and

@@ -30,8 +30,8 @@ from pythonjsonlogger.json import JsonFormatter
 
 from telemetry.redact import Redactor
 
-_context: contextvars.ContextVar[dict] = contextvars.ContextVar("telemetry_log_context",
-                                                                 default={})
+_context: contextvars.ContextVar[dict] = contextvars.ContextVar(
+    "telemetry_log_context", default={})
 
 # Handlers whose output we own and may reformat: exactly these classes, never a subclass
 # (pytest's capture handlers subclass them and must be left alone).
@@ -167,4 +167,3 @@ def configure(service: str, *, secrets: Iterable[str | None] = (), level: int | 
     # Some libraries are chatty at INFO about things an operator never needs.
     logging.getLogger("urllib3").setLevel(max(logging.getLogger("urllib3").level, logging.WARNING))
     return formatter
-

@@ -299,8 +299,8 @@ class _Server:
     def _spawn_and_wait(self, timeout: float) -> None:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         command = self._command()
-        self._log_line("starting: " + " ".join(repr(a) if not a or " " in a else a
-                                                for a in command))
+        self._log_line("starting: " + " ".join(
+            repr(a) if not a or " " in a else a for a in command))
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -110,8 +110,9 @@ def start_redis(procs: Processes, env: dict) -> str:
         srv = TcpFakeServer(("127.0.0.1", port), server_type="redis")
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         procs.embedded_redis = srv
-        say(f"Redis: no system redis-server (or TOPUP_EMBEDDED_REDIS=1), so an embedded in-process server "
-            f"(fakeredis) on port {port}; its queues live only as long as `make run`")
+        say("Redis: no system redis-server (or TOPUP_EMBEDDED_REDIS=1), so an embedded "
+            f"in-process server (fakeredis) on port {port}; its queues live only as long as "
+            "`make run`")
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     import redis
@@ -169,12 +170,14 @@ def main() -> int:
                            "reference": "DEMO1"})
         api = f"http://127.0.0.1:{API_PORT}"
         say(f"simulator (Daraja) on http://127.0.0.1:{SIM_PORT}, API on {api}; logs in var/log/")
+        post_topup = (f"curl -s {api}/v1/topups -H 'Authorization: Bearer {key}' "
+                      f"-H 'Content-Type: application/json' -d '{body}'")
         print(f"""
 Demo account {account.id}
 API key: {key}
 
 Top up KES 1,000 from the simulator's test phone:
-  curl -s {api}/v1/topups -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{body}'
+  {post_topup}
 
 Then look at it and at the wallet:
   curl -s {api}/v1/topups/<id> -H 'Authorization: Bearer {key}'

@@ -89,7 +89,8 @@ def render(report: dict) -> str:
         owner = item["belongs_to"] or {}
         who = ", ".join(filter(None, [
             owner.get("topup") and f"top-up {owner['topup']['id']} ({owner['topup']['status']})",
-            owner.get("orphan") and f"orphan {owner['orphan']['checkout_request_id']}"])) or "nothing"
+            owner.get("orphan") and f"orphan {owner['orphan']['checkout_request_id']}",
+        ])) or "nothing"
         action = {"apply": "safe, --apply credits it"}.get(item["action"], item["action"])
         lines.append(f"paid, not credited  {item['receipt']}  line {item['line']}  "
                      f"{_kes(item['amount_cents'])}  {item['phone']}  → {who}: {action}"
@@ -112,5 +113,6 @@ def render(report: dict) -> str:
                      f"{_kes(item['amount_cents'])}  {item['checkout_request_id']}")
     for item in report["unknown_not_on_statement"]:
         lines.append(f"unknown, not on statement  top-up {item['id']}  "
-                     f"{_kes(item['amount_cents'])}  {item['phone']} (no money moved; left unknown)")
+                     f"{_kes(item['amount_cents'])}  {item['phone']} "
+                     "(no money moved; left unknown)")
     return "\n".join(lines)

@@ -38,8 +38,8 @@ def test_a_connection_given_back_a_moment_ago_is_handed_out_without_a_round_trip
     database.close_all()
 
 
-def test_a_connection_the_server_dropped_while_it_sat_idle_is_replaced(postgres_server,
-                                                                      monkeypatch):
+def test_a_connection_the_server_dropped_while_it_sat_idle_is_replaced(
+        postgres_server, monkeypatch):
     monkeypatch.setattr(db.RecheckingPool, "RECHECK_IDLE_S", 0.05)
     database = db.open_database(postgres_server.url)
     database.connect()

@@ -358,6 +358,7 @@ def test_sigterm_to_the_workers_finishes_the_push_in_flight_and_returns_what_the
 
     sim_call(simulator, "POST", "/__sim/config", {"push_latency_s": 0})
     ops_system.start_workers(processes=1, threads=4, name="workers-again")
+
     def statuses():
         return {ops_system.get(key, f"/v1/topups/{t['id']}")["status"] for t in made}
     wait_until(lambda: "pending" not in statuses(), timeout=90,

@@ -66,7 +66,7 @@ def test_no_generated_request_gets_a_5xx_or_an_answer_outside_the_document(
 
     @given(cases)
     @hypothesis_settings(max_examples=2 * EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+                         suppress_health_check=list(HealthCheck))
     def no_surprise(case):
         case.call_and_validate(headers=auth, checks=FUZZ_CHECKS)
 

@@ -55,8 +55,8 @@ def test_a_push_daraja_did_not_take_is_put_back_and_retried_later(
     assert (topup.status, topup.push_state, topup.failure_code) == (PENDING, PUSH_QUEUED, None)
     assert kinds(topup_id)[-1] == "push_not_sent"
     # the retry may claim it again: Daraja answers this time
-    sim(daraja_sim, "POST", "/__sim/faults", {"fault": "refuse:500.003.02:System is busy. "
-                                                      "Please try again in few minutes."})
+    sim(daraja_sim, "POST", "/__sim/faults",
+        {"fault": "refuse:500.003.02:System is busy. Please try again in few minutes."})
     with pytest.raises(tasks.PushNotSentYet):
         push(stk, topup_id)
     assert row(topup_id).push_attempts == 2

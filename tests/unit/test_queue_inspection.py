@@ -77,8 +77,8 @@ def run_worker(broker, until, timeout=10.0):
         worker.stop()
 
 
-def test_counts_are_what_was_sent_delayed_fetched_and_dead_lettered(broker, actors,
-                                                                      redis_client):
+def test_counts_are_what_was_sent_delayed_fetched_and_dead_lettered(
+        broker, actors, redis_client):
     for n in range(12):
         actors["push_topup"].send(f"tu_{n}")
     for n in range(5):

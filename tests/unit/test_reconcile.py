@@ -389,8 +389,8 @@ def test_a_malformed_statement_changes_nothing(ledger, tmp_path, monkeypatch, ca
         reconcile.read_file(str(path))
 
 
-def test_topupctl_reconcile_prints_the_report_as_json_and_as_text(ledger, tmp_path, monkeypatch,
-                                                                   capsys, settings):
+def test_topupctl_reconcile_prints_the_report_as_json_and_as_text(
+        ledger, tmp_path, monkeypatch, capsys, settings):
     topup = ledger.unknown("254712000027", 100)
     path = tmp_path / "statement.csv"
     path.write_text(HEADER + "\n" + line("QAA0000027", "254712000027", 100) + "\n")

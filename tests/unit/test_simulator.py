@@ -496,8 +496,8 @@ def test_a_query_checks_the_token_and_the_password_like_a_push(daraja):
     ("254700020009", 404, "404.001.01", "Resource not found"),
     ("254700020010", 401, "401.003.01", "Invalid API call as no apiproduct match found"),
 ])
-def test_a_refusal_phone_is_refused_outright_and_nothing_is_processed(daraja, sink, phone,
-                                                                     status, code, message):
+def test_a_refusal_phone_is_refused_outright_and_nothing_is_processed(
+        daraja, sink, phone, status, code, message):
     assert_refused(daraja.push(phone), status, code, message)
     assert daraja.transactions() == []
 
@@ -546,8 +546,8 @@ def test_a_late_callback_comes_long_after_the_outcome_is_queryable(daraja, sink)
     sink.wait_for(1, checkout_id, timeout=3)
 
 
-def test_a_callback_before_answer_phone_is_called_back_before_its_push_is_answered(daraja,
-                                                                                  sink):
+def test_a_callback_before_answer_phone_is_called_back_before_its_push_is_answered(
+        daraja, sink):
     checkout_id = daraja.accepted("254700010005")
     assert len(sink.bodies(checkout_id)) == 1  # already there: no waiting
 

@@ -171,8 +171,8 @@ def test_a_file_cut_inside_a_quoted_amount_is_refused_with_its_line():
 
 @pytest.mark.parametrize("paid_in", ["abc", "1,00", "12.345", "1.000,00", "NaN", "1e3"])
 def test_a_non_numeric_amount_is_refused_naming_the_line_and_column(paid_in):
-    error = error_of(statement(row(receipt="QAB1CD2EF3"), row(receipt="QAB1CD2EF4",
-                                                               paid_in=paid_in)))
+    error = error_of(statement(row(receipt="QAB1CD2EF3"),
+                               row(receipt="QAB1CD2EF4", paid_in=paid_in)))
     assert error.line == 3
     assert "Paid In" in str(error)
 

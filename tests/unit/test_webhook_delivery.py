@@ -321,7 +321,6 @@ def test_the_schedule_starts_at_5_seconds_and_is_over_three_days_in_all():
     assert sum(webhooks.RETRY_DELAYS_S) >= 72 * 3600
 
 
-
 def test_the_schedulers_sweep_resends_webhook_deliveries_whose_message_was_lost(
         dev_client, account, stub_broker):
     from workers import scheduler
