@@ -209,7 +209,8 @@ PARAMETERS = {
     "IdempotencyKey": {
         "name": "Idempotency-Key", "in": "header", "required": False,
         "description": "The same key and body answer the first answer again (kept at least "
-                       "24 hours); the same key with another body answers 409.",
+                       "24 hours), with the header Idempotent-Replayed: true; the same key "
+                       "with another body answers 409.",
         "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"}},
     "Limit": {"name": "limit", "in": "query", "required": False,
               "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},

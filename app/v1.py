@@ -7,6 +7,7 @@ from app import ids, serializers, validation
 from app.auth import require_account
 from app.enqueue import after_commit
 from app.errors import ApiError
+from app.idempotent import conflict
 from ledger import topups, wallets
 from ledger.models import FAILED, PENDING, SUCCEEDED, UNKNOWN
 from workers import actors
@@ -26,11 +27,12 @@ def create_topup():
         topup, created = topups.create_topup(
             g.account.id, idempotency_key=key, request_fingerprint=fingerprint, **fields)
     except topups.IdempotencyConflict:
-        raise ApiError(409, "idempotency_conflict",
-                       "This Idempotency-Key was used with a different request body.") from None
+        raise conflict() from None
     if created:
         after_commit(actors.push_topup, topup.id, topup_id=topup.id)
-    return serializers.topup(topup), 202
+        return serializers.topup(topup), 202
+    # A replay: the same top-up as it now stands, marked as debits and webhook endpoints are.
+    return serializers.topup(topup), 202, {"Idempotent-Replayed": "true"}
 
 
 @bp.get("/topups/<topup_id>")

@@ -113,6 +113,8 @@ def test_the_same_idempotency_key_and_body_answer_the_same_topup_and_push_once(c
     again = post(client, account, GOOD, headers={"Idempotency-Key": "order-42"})
     assert first.status_code == again.status_code == 202
     assert first.get_json()["id"] == again.get_json()["id"]
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers.get("Idempotent-Replayed") == "true"
     assert pushes_queued(stub_broker) == 1
 
 
