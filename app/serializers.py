@@ -1,26 +1,10 @@
 """The API's objects, exactly as the contract shows them."""
 from __future__ import annotations
 
-import datetime as dt
-import json
+from ledger.events import timestamp, topup_object
 
-
-def timestamp(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.replace(microsecond=0).isoformat() + "Z"
-
-
-def topup(row) -> dict:
-    return {
-        "id": row.id, "object": "topup", "provider": row.provider, "status": row.status,
-        "amount": row.amount, "currency": "KES", "phone": row.phone,
-        "reference": row.reference, "metadata": json.loads(row.metadata or "{}"),
-        "checkout_request_id": row.checkout_request_id, "mpesa_receipt": row.mpesa_receipt,
-        "failure_code": row.failure_code, "failure_reason": row.failure_reason,
-        "created_at": timestamp(row.created_at), "updated_at": timestamp(row.updated_at),
-        "completed_at": timestamp(row.completed_at),
-    }
+# One top-up object for the API and the events: ledger.events builds it (ledger cannot import app)
+topup = topup_object
 
 
 def wallet(row) -> dict:

@@ -3,8 +3,7 @@ import json
 
 import pytest
 
-from app import serializers
-from ledger import db, events, topups
+from ledger import db, topups
 from ledger.models import Event, TopUp, WebhookDelivery
 from tests.unit.contract_support import (  # noqa: F401
     PHONE, credit, dev_app, dev_client, dev_settings, fail, post_json, pushed_topup, receipt,
@@ -137,11 +136,13 @@ def test_an_unknown_event_or_cursor_answers_404(dev_client, account):
                           headers=account["auth"]).status_code == 404
 
 
-def test_the_topup_in_an_event_is_exactly_the_apis_topup_object(database, account):
+def test_the_topup_in_a_wallet_top_up_event_is_the_one_the_api_answers_after_the_credit(
+        dev_client, account):
     topup_id = credit(account["id"], 3)
-    with db.connection():
-        row = TopUp.get(TopUp.id == topup_id)
-    assert events.topup_object(row) == serializers.topup(row)
+    answered = dev_client.get(f"/v1/topups/{topup_id}", headers=account["auth"]).get_json()
+    (event,) = listed(dev_client, account, "?type=wallet.top_up")["data"]
+    assert answered["status"] == "succeeded" and answered["mpesa_receipt"]
+    assert event["data"]["topup"] == answered
 
 
 # --- deliveries are written with the event and announced after the commit ---------------------
