@@ -14,7 +14,8 @@ import requests
 
 from ledger import db
 from ledger.models import Callback, OrphanPayment, TopUpEvent
-from tests.integration.system import sim_call, wait_until
+from tests.integration.system import sim_call
+from tests.waiting import wait_until
 
 # Short delays so that a dropped callback is settled by STK Query within seconds, and
 # sweeps that re-drive lost work act within seconds rather than minutes.

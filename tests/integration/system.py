@@ -12,28 +12,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import requests
 
 from ledger import accounts, db, migrate
 from tests.servers import find_free_port
+from tests.waiting import wait_until
 
 BIN = os.path.dirname(sys.executable)
 CALLBACK_TOKEN = "feedface" * 4
-
-
-def wait_until(predicate, *, timeout: float, interval: float = 0.1, message: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 class System:

@@ -14,7 +14,8 @@ import workers  # noqa: F401  (configures itself on import: before a fixture bin
 from app import create_app
 from ledger import db
 from ledger.models import LedgerEntry, Wallet, WebhookAttempt, WebhookDelivery
-from tests.integration.system import System, wait_until
+from tests.integration.system import System
+from tests.waiting import wait_until
 from tests.webhook_receiver import Receiver, event_types
 
 

@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ledger import db, topups
 from ledger.models import Callback, LedgerEntry, TopUp
-from tests.integration.system import BIN, sim_call, wait_until
+from tests.integration.system import BIN, sim_call
+from tests.waiting import wait_until
 from tests.servers import find_free_port
 from tests.unit.test_crediting import success_body
 from tests.webhook_receiver import Receiver

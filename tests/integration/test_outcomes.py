@@ -15,7 +15,8 @@ from tests.integration.checks import (
     FAST, assert_every_topup_is_as_the_simulator_decided, credited_times, simulator_transactions,
     submit, wait_until_settled_and_quiet,
 )
-from tests.integration.system import BIN, sim_call, wait_until
+from tests.integration.system import BIN, sim_call
+from tests.waiting import wait_until
 
 # 25470000CCCC: the simulator answers ResultCode CCCC; these are daraja.md's failure codes.
 DOCUMENTED_FAILURES = [1, 2, 3, 4, 8, 17, 1001, 1019, 1025, 1031, 1032, 1036, 1037, 2001, 2028,

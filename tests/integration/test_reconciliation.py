@@ -33,7 +33,8 @@ from simulator.config import SimulatorConfig
 from tests.integration.checks import (
     FAST, every_callback_delivered_and_applied, nothing_pending, simulator_transactions, submit,
 )
-from tests.integration.system import BIN, CALLBACK_TOKEN, sim_call, wait_until
+from tests.integration.system import BIN, CALLBACK_TOKEN, sim_call
+from tests.waiting import wait_until
 
 OPS_TOKEN = "ops-" + "5eed" * 8
 

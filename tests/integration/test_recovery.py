@@ -15,7 +15,8 @@ from tests.integration.checks import (
     FAST, assert_every_topup_is_as_the_simulator_decided, credited_times, submit,
     wait_until_settled_and_quiet,
 )
-from tests.integration.system import sim_call, wait_until
+from tests.integration.system import sim_call
+from tests.waiting import wait_until
 
 
 def start(system, *, scheduler=True, threads=4, **env):

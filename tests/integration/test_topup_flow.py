@@ -4,7 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ledger import db, topups
 from ledger.models import Callback, LedgerEntry, TopUp, Wallet
-from tests.integration.system import sim_call, wait_until
+from tests.integration.system import sim_call
+from tests.waiting import wait_until
 
 
 def settled(system, key, topup_id):

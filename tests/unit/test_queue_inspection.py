@@ -14,16 +14,9 @@ import fakeredis
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
+from tests.waiting import wait_until
 from telemetry.queues import Queues
 from workers.observability import DeadLetterNotes, ReturnPrefetched
-
-
-def wait_until(predicate, timeout=10.0, message="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

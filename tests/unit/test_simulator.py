@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +22,7 @@ import pytest
 import requests
 
 from simulator.server import SimulatorConfig, SimulatorServer
+from tests.waiting import wait_until
 
 EAT = timezone(timedelta(hours=3))
 KEY, SECRET = "sim-consumer-key", "sim-consumer-secret"
@@ -31,18 +31,6 @@ PASSKEY = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c919"
 TEST_PHONE = "254708374149"
 CALLBACK_SECRET = "c0ffee" * 6
 DROP = object()  # a field left out of the request
-
-
-def wait_until(predicate, timeout=3.0, what="the condition"):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 class CallbackSink:
@@ -98,7 +86,7 @@ class CallbackSink:
     def wait_for(self, count, checkout_request_id=None, timeout=3.0):
         return wait_until(lambda: (found := self.bodies(checkout_request_id)) and
                           len(found) >= count and found,
-                          timeout, f"{count} callback(s)")
+                          timeout, message=f"{count} callback(s)")
 
     def close(self):
         self.server.shutdown()
@@ -249,7 +237,7 @@ def test_a_token_stops_working_after_its_lifetime(sink):
         assert client.push().status_code == 200
         answers = []
         wait_until(lambda: answers.append(client.push("254711000001")) or
-                   answers[-1].status_code == 404, what="the token to expire")
+                   answers[-1].status_code == 404, message="the token to expire")
         assert_refused(answers[-1], 404, "404.001.03", "Invalid Access Token")
 
 
@@ -440,7 +428,7 @@ def test_a_query_answers_4999_until_the_outcome_is_final_then_the_outcome(daraja
         "CheckoutRequestID": checkout_id,
         "ResultCode": "4999", "ResultDesc": "The transaction is still under processing"}
     final = wait_until(lambda: (q := daraja.query(checkout_id).json())["ResultCode"] != "4999"
-                       and q, what="the final answer")
+                       and q, message="the final answer")
     assert (final["ResultCode"], final["ResultDesc"]) == ("1032", "Request cancelled by user")
     assert "MpesaReceiptNumber" not in json.dumps(final) and "Amount" not in final
 
@@ -674,7 +662,7 @@ def test_drop_and_duplicate_rates_are_drawn_from_the_seed_and_honoured(daraja, s
     assert 0 < dropped < 20 and 0 < doubled < 20
 
     ids, decisions = _rate_run(daraja, seed=7)
-    wait_until(lambda: daraja.stats()["callbacks_due"] == 0, what="every callback sent")
+    wait_until(lambda: daraja.stats()["callbacks_due"] == 0, message="every callback sent")
     for checkout_id, decision in zip(ids, decisions):
         expected = 0 if decision["drop"] else 2 if decision["duplicate"] else 1
         assert len(sink.bodies(checkout_id)) == expected

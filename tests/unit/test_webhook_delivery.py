@@ -14,7 +14,7 @@ import standardwebhooks
 
 from ledger import db, webhooks
 from ledger.models import WebhookAttempt, WebhookDelivery
-from tests.integration.system import wait_until
+from tests.waiting import wait_until
 from tests.unit.contract_support import (  # noqa: F401
     credit, dev_app, dev_client, dev_settings, fail, post_json,
 )
