@@ -59,3 +59,25 @@ def store_callback(body: bytes,
     cursor = database.execute_sql(prepared.statement(_insert_sql), values)
     seq = cursor.lastrowid if prepared.is_sqlite(database.obj) else cursor.fetchone()[0]
     return StoredCallback(seq), parsed
+
+
+@dataclass(frozen=True)
+class StoredBody:
+    """What applying a stored callback reads of it (its body never changes)."""
+    seq: int
+    body: str
+    checkout_request_id: str | None
+    applied_at: object  # a datetime, or None while it is not applied
+
+
+def _read_sql(db: pw.Database) -> str:
+    return (f'SELECT "body", "checkout_request_id", "applied_at" '
+            f'FROM "{Callback._meta.table_name}" WHERE "seq" = {db.param}')
+
+
+def read_callback(seq: int) -> StoredBody | None:
+    """The stored callback, by one prepared SELECT (every credit starts with it)."""
+    row = database.execute_sql(prepared.statement(_read_sql), (seq,)).fetchone()
+    if row is None:
+        return None
+    return StoredBody(seq, row[0], row[1], _DATETIME.python_value(row[2]))

@@ -14,8 +14,8 @@ import logging
 
 import peewee as pw
 
-from ledger import events, result_codes
-from ledger.callbacks import MalformedCallback, StkCallback, parse
+from ledger import credit_pg, events, result_codes
+from ledger.callbacks import MalformedCallback, parse
 from ledger.db import database, write_transaction
 from ledger.ids import new_id, short_reference
 from ledger.inbox import store_callback  # noqa: F401  (re-exported: callers say topups.)
@@ -127,7 +127,8 @@ def record_push_accepted(topup_id: str, *, checkout_request_id: str,
             .where(Callback.checkout_request_id == checkout_request_id)]
 
 
-def record_push_refused(topup_id: str, *, error_code: str | None, error_message: str | None) -> bool:
+def record_push_refused(topup_id: str, *, error_code: str | None,
+                        error_message: str | None) -> bool:
     """Daraja refused the push outright: nothing was sent, no money can move."""
     now = utcnow()
     with events.publishing(), write_transaction():
@@ -239,19 +240,32 @@ def apply_callback(callback_seq: int, *, confirmed_by_query: bool | None = None,
     Returns what it did: ``credited``, ``duplicate``, ``receipt_filled``, ``failed``,
     ``orphan``, ``unknown_code``, ``malformed`` …
     """
+    return apply_callback_settling(callback_seq, row=row)[0]
+
+
+def apply_callback_settling(callback_seq: int, *, row=None
+                            ) -> tuple[str, credit_pg.Credited | None]:
+    """:func:`apply_callback`, and what the worker needs of a top-up credited in one
+    statement (``ledger.credit_pg``); None for every other outcome and path."""
     if row is None or row.seq != callback_seq:
         row = Callback.get_or_none(Callback.seq == callback_seq)
     if row is None:
-        return "missing"
+        return "missing", None
     try:
         cb = parse(row.body)
     except MalformedCallback:
-        return _mark_applied(row, "malformed")
+        return _mark_applied(row, "malformed"), None
     kind = result_codes.classify(cb.result_code)
     if kind == "paid":
+        if credit_pg.usable():
+            # the credit and the callback's applied_at in one statement
+            credited = credit_pg.credit(cb.checkout_request_id, cb.amount_cents, cb.receipt,
+                                        cb.phone, "callback", mark_applied=row.seq)
+            if credited is not None:
+                return "credited", credited
         outcome = settle_success(cb.checkout_request_id, amount_cents=cb.amount_cents,
                                  receipt=cb.receipt, phone=cb.phone, source="callback",
-                                 callback_seq=row.seq)
+                                 callback_seq=row.seq, _tried_one_statement=True)
     elif kind == "failed":
         outcome = settle_failure(cb.checkout_request_id, cb.result_code, cb.result_desc,
                                  source="callback")
@@ -262,7 +276,7 @@ def apply_callback(callback_seq: int, *, confirmed_by_query: bool | None = None,
             with write_transaction():
                 record_event(topup.id, "callback_unknown_code", result_code=cb.result_code,
                              result_desc=cb.result_desc)
-    return _mark_applied(row, outcome)
+    return _mark_applied(row, outcome), None
 
 
 def refute_callback(callback_seq: int, verdict: str) -> str:
@@ -286,8 +300,12 @@ def _mark_applied(row: Callback, outcome: str) -> str:
 
 
 def settle_success(checkout_request_id: str, *, amount_cents: int | None, receipt: str | None,
-                   phone: str | None, source: str, callback_seq: int | None = None) -> str:
+                   phone: str | None, source: str, callback_seq: int | None = None,
+                   _tried_one_statement: bool = False) -> str:
     """M-Pesa says the money moved: credit once, or keep it as an orphan payment."""
+    if not _tried_one_statement and credit_pg.usable():
+        if credit_pg.credit(checkout_request_id, amount_cents, receipt, phone, source):
+            return "credited"
     try:
         # the wallet.top_up event is written with the credit, announced after the commit
         with events.publishing(), write_transaction():

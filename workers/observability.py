@@ -25,8 +25,8 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
-from ledger import db
-from ledger.models import Callback, TopUp
+from ledger import db, prepared
+from ledger.models import TopUp
 from telemetry import logs, metrics
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,19 @@ return 0
 """
 
 
+def _callback_subject_sql(database) -> str:
+    p = database.param
+    return ("SELECT c.checkout_request_id, t.id FROM callback c"
+            " LEFT JOIN top_up t ON t.checkout_request_id = c.checkout_request_id"
+            f" WHERE c.seq = {p}")
+
+
 def _topup_of_callback(seq: int) -> tuple[str | None, str | None]:
-    checkout = Callback.select(Callback.checkout_request_id).where(Callback.seq == seq).scalar()
-    if not checkout:
+    # Every credit's message comes here first: one prepared SELECT, not two built by Peewee.
+    row = db.database.execute_sql(prepared.statement(_callback_subject_sql), (seq,)).fetchone()
+    if row is None or not row[0]:
         return None, None
-    return TopUp.select(TopUp.id).where(TopUp.checkout_request_id == checkout).scalar(), checkout
+    return row[1], row[0]
 
 
 def _topup_of_delivery(delivery_id: str) -> str | None:

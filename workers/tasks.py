@@ -7,7 +7,7 @@ import time
 import peewee
 
 from daraja import errors as daraja_errors
-from ledger import db, result_codes, topups
+from ledger import db, inbox, result_codes, topups
 from ledger.callbacks import MalformedCallback, parse
 from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp, utcnow
 from ledger.phones import mask
@@ -147,7 +147,7 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
                    redis=None) -> str:
     """Apply a stored callback. With ``confirm_by_query`` a success credits only after STK
     Query confirms ResultCode 0 for its CheckoutRequestID (callbacks are not signed)."""
-    row = Callback.get_or_none(Callback.seq == callback_seq)
+    row = inbox.read_callback(callback_seq)
     if row is None:
         return "missing"
     if confirm_by_query and row.applied_at is None:
@@ -163,8 +163,12 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
                             extra={"callback": callback_seq, "verdict": verdict,
                                    "checkout_request_id": cb.checkout_request_id})
                 return outcome
-    outcome = topups.apply_callback(callback_seq, row=row)
-    if outcome in ("credited", "failed"):
+    outcome, credited = topups.apply_callback_settling(callback_seq, row=row)
+    if credited is not None:
+        # credited in one statement, which told us what the phone lock and the metric need
+        unlock_phone(redis, credited.phone, credited.topup_id)
+        metrics.credited(credited.pushed_at, credited.completed_at, source="callback")
+    elif outcome in ("credited", "failed"):
         topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
         if topup is not None:
             unlock_phone(redis, topup.phone, topup.id)
