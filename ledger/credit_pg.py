@@ -56,13 +56,16 @@ def usable() -> bool:
     return isinstance(db, pw.PostgresqlDatabase) and not database.in_transaction()
 
 
+# The top-up's columns the credit needs, in the order credit() unpacks them; the count of the
+# account's live endpoints says how many delivery ids to make.
+TOPUP_COLUMNS = ("t.id, t.account_id, t.provider, t.status, t.amount, t.phone, t.reference,"
+                 " t.metadata, t.failure_code, t.failure_reason, t.created_at, t.pushed_at,"
+                 " (SELECT count(*) FROM webhook_endpoint e"
+                 " WHERE e.account_id = t.account_id AND e.deleted_at IS NULL)")
+
+
 def _read_sql(db) -> str:
-    # The count of the account's live endpoints says how many delivery ids to make.
-    return ("SELECT t.id, t.account_id, t.provider, t.status, t.amount, t.phone, t.reference,"
-            " t.metadata, t.mpesa_receipt, t.failure_code, t.failure_reason, t.created_at,"
-            " t.pushed_at, (SELECT count(*) FROM webhook_endpoint e"
-            "  WHERE e.account_id = t.account_id AND e.deleted_at IS NULL)"
-            " FROM top_up t WHERE t.checkout_request_id = %s")
+    return f"SELECT {TOPUP_COLUMNS} FROM top_up t WHERE t.checkout_request_id = %s"
 
 
 _CREDIT = """
@@ -123,6 +126,15 @@ _MARK_APPLIED = """, c AS (
 )"""
 
 
+_TYPES = {
+    "receipt": "text", "credit": "bigint", "flagged": "text", "now": "timestamp",
+    "topup": "text", "status": "text", "checkout": "text", "entry": "text",
+    "description": "text", "source": "text", "history_head": "text", "history_tail": "text",
+    "event": "text", "account": "text", "event_head": "text", "delivery_ids": "text[]",
+    "enqueued_at": "timestamp", "callback": "bigint",
+}
+
+
 def _credit_sql(db) -> str:
     return _CREDIT.replace("{mark_applied}", "").strip()
 
@@ -132,17 +144,21 @@ def _credit_and_mark_sql(db) -> str:
 
 
 def credit(checkout_request_id: str, amount_cents: int | None, receipt: str | None,
-           phone: str | None, source: str, *, mark_applied: int | None = None
-           ) -> Credited | None:
+           phone: str | None, source: str, *, mark_applied: int | None = None,
+           topup_row: tuple | None = None) -> Credited | None:
     """Credit the pending top-up with this CheckoutRequestID in one statement, or None when
     nothing was written and the generic path must decide. ``mark_applied``: the stored
-    callback to mark applied (outcome ``credited``) in the same statement."""
-    row = database.execute_sql(prepared.statement(_read_sql),
-                               (checkout_request_id,)).fetchone()
-    if row is None or row[3] not in SETTLEABLE:
+    callback to mark applied (outcome ``credited``) in the same statement. ``topup_row``:
+    :data:`TOPUP_COLUMNS` for this CheckoutRequestID, read with the callback (all None when
+    no top-up has it); read here when not given."""
+    row = topup_row
+    if row is None:
+        row = database.execute_sql(prepared.statement(_read_sql),
+                                   (checkout_request_id,)).fetchone()
+    if row is None or row[0] is None or row[3] not in SETTLEABLE:
         return None  # an orphan, a lost push's payment, a duplicate: the generic path's
     (topup_id, account_id, provider, status, amount, topup_phone, reference, metadata,
-     _receipt, failure_code, failure_reason, created_at, pushed_at, endpoints) = row
+     failure_code, failure_reason, created_at, pushed_at, endpoints) = row
 
     # The same flags, amounts and texts as topups._settle_success.
     now = utcnow()
@@ -180,9 +196,13 @@ def credit(checkout_request_id: str, amount_cents: int | None, receipt: str | No
         "delivery_ids": [new_id("whd") for _ in range(endpoints)],
         "enqueued_at": now if announced else None, "callback": mark_applied,
     }
-    sql = prepared.statement(_credit_sql if mark_applied is None else _credit_and_mark_sql)
     try:
-        result = database.execute_sql(sql, params).fetchone()
+        if mark_applied is None:
+            cursor = prepared.execute_server_prepared("topup_credit", _credit_sql, _TYPES, params)
+        else:
+            cursor = prepared.execute_server_prepared("topup_credit_callback",
+                                                      _credit_and_mark_sql, _TYPES, params)
+        result = cursor.fetchone()
     except pw.IntegrityError:
         return None  # nothing was written; the generic path tells what collided
     if result is None:

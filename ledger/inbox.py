@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from ledger import prepared
+from ledger import credit_pg, prepared
 from ledger.callbacks import MalformedCallback, StkCallback, parse
 from ledger.db import database
 from ledger.models import Callback, utcnow
@@ -63,21 +63,38 @@ def store_callback(body: bytes,
 
 @dataclass(frozen=True)
 class StoredBody:
-    """What applying a stored callback reads of it (its body never changes)."""
+    """What applying a stored callback reads of it (its body never changes), with the id of
+    the top-up its CheckoutRequestID names and, on PostgreSQL, that top-up as the one-statement
+    credit needs it (``ledger.credit_pg.TOPUP_COLUMNS``): one round trip for both."""
     seq: int
     body: str
     checkout_request_id: str | None
     applied_at: object  # a datetime, or None while it is not applied
+    topup_id: str | None = None
+    topup: tuple | None = None
 
 
 def _read_sql(db: pw.Database) -> str:
-    return (f'SELECT "body", "checkout_request_id", "applied_at" '
-            f'FROM "{Callback._meta.table_name}" WHERE "seq" = {db.param}')
+    sqlite = prepared.is_sqlite(db)
+    columns = "t.id" if sqlite else credit_pg.TOPUP_COLUMNS
+    return (f"SELECT c.body, c.checkout_request_id, c.applied_at, {columns}"
+            f" FROM {Callback._meta.table_name} c"
+            f" LEFT JOIN top_up t ON t.checkout_request_id = c.checkout_request_id"
+            f" WHERE c.seq = {db.param if sqlite else '%(seq)s'}")
 
 
 def read_callback(seq: int) -> StoredBody | None:
-    """The stored callback, by one prepared SELECT (every credit starts with it)."""
-    row = database.execute_sql(prepared.statement(_read_sql), (seq,)).fetchone()
+    """The stored callback and its top-up, by one prepared SELECT (every credit starts here)."""
+    if prepared.is_sqlite(database.obj):
+        row = database.execute_sql(prepared.statement(_read_sql), (seq,)).fetchone()
+        return None if row is None else StoredBody(
+            seq, row[0], row[1], _DATETIME.python_value(row[2]), topup_id=row[3])
+    if database.in_transaction():
+        cursor = database.execute_sql(prepared.statement(_read_sql), {"seq": seq})
+    else:
+        cursor = prepared.execute_server_prepared("callback_read", _read_sql,
+                                                  {"seq": "bigint"}, {"seq": seq})
+    row = cursor.fetchone()
     if row is None:
         return None
-    return StoredBody(seq, row[0], row[1], _DATETIME.python_value(row[2]))
+    return StoredBody(seq, row[0], row[1], row[2], topup_id=row[3], topup=row[3:])

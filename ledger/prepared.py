@@ -7,6 +7,8 @@ through the same connection and error translation as every Peewee query.
 """
 from __future__ import annotations
 
+import re
+import weakref
 from typing import Callable
 
 import peewee as pw
@@ -28,3 +30,52 @@ def statement(build: Callable[[pw.Database], str]) -> str:
 
 def is_sqlite(db: pw.Database) -> bool:
     return isinstance(db, pw.SqliteDatabase)
+
+
+# --- server-side prepared statements (PostgreSQL) ---------------------------------------------
+
+# Statements this process has PREPAREd, by connection: a connection the pool drops is
+# forgotten with it, and a new one prepares again on first use.
+_server_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_server_sql: dict[str, tuple[str, str]] = {}
+
+
+def _numbered(name: str, sql: str, types: dict[str, str]) -> tuple[str, str]:
+    """``PREPARE name (types) AS sql`` with $1… for ``%(key)s`` marks, and the matching
+    ``EXECUTE name (%(key)s, …)``."""
+    order: list[str] = []
+
+    def mark(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in order:
+            order.append(key)
+        return f"${order.index(key) + 1}"
+
+    body = re.sub(r"%\((\w+)\)s", mark, sql)
+    prepare = f"PREPARE {name} ({', '.join(types[key] for key in order)}) AS {body}"
+    execute = f"EXECUTE {name} ({', '.join(f'%({key})s' for key in order)})"
+    return prepare, execute
+
+
+def execute_server_prepared(name: str, build: Callable[[pw.Database], str],
+                            types: dict[str, str], params: dict):
+    """Run ``build(database)``'s statement (``%(key)s`` marks, ``types`` naming each key's
+    SQL type) as a server-side prepared statement on this thread's PostgreSQL connection.
+
+    PostgreSQL parses and plans every statement sent as text: for the one-statement credit
+    that took 0.4 ms of the server's CPU, more than running it. PREPAREd once per
+    connection, each call is an EXECUTE of the statement planned before. Only outside a
+    transaction: a PREPARE that failed inside one would abort the caller's transaction.
+    """
+    texts = _server_sql.get(name)
+    if texts is None:
+        texts = _server_sql[name] = _numbered(name, build(database.obj), types)
+    prepare, execute = texts
+    conn = database.connection()
+    names = _server_prepared.get(conn)
+    if names is None:
+        names = _server_prepared[conn] = set()
+    if name not in names:
+        database.execute_sql(prepare)
+        names.add(name)
+    return database.execute_sql(execute, params)

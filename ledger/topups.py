@@ -258,9 +258,14 @@ def apply_callback_settling(callback_seq: int, *, row=None
     kind = result_codes.classify(cb.result_code)
     if kind == "paid":
         if credit_pg.usable():
-            # the credit and the callback's applied_at in one statement
+            # the credit and the callback's applied_at in one statement, with the top-up as
+            # read along with the callback (inbox.read_callback) when it was
+            snapshot = getattr(row, "topup", None)
+            if row.checkout_request_id != cb.checkout_request_id:
+                snapshot = None
             credited = credit_pg.credit(cb.checkout_request_id, cb.amount_cents, cb.receipt,
-                                        cb.phone, "callback", mark_applied=row.seq)
+                                        cb.phone, "callback", mark_applied=row.seq,
+                                        topup_row=snapshot)
             if credited is not None:
                 return "credited", credited
         outcome = settle_success(cb.checkout_request_id, amount_cents=cb.amount_cents,

@@ -25,9 +25,10 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
-from ledger import db, prepared
+from ledger import db
 from ledger.models import TopUp
 from telemetry import logs, metrics
+from workers import tasks
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +41,13 @@ return 0
 """
 
 
-def _callback_subject_sql(database) -> str:
-    p = database.param
-    return ("SELECT c.checkout_request_id, t.id FROM callback c"
-            " LEFT JOIN top_up t ON t.checkout_request_id = c.checkout_request_id"
-            f" WHERE c.seq = {p}")
-
-
 def _topup_of_callback(seq: int) -> tuple[str | None, str | None]:
-    # Every credit's message comes here first: one prepared SELECT, not two built by Peewee.
-    row = db.database.execute_sql(prepared.statement(_callback_subject_sql), (seq,)).fetchone()
-    if row is None or not row[0]:
+    # Every credit's message comes here first. The row read (one prepared SELECT) is the one
+    # the task needs too: it is kept for it (workers.tasks.read_callback_ahead).
+    row = tasks.read_callback_ahead(seq)
+    if row is None or not row.checkout_request_id:
         return None, None
-    return row[1], row[0]
+    return row.topup_id, row.checkout_request_id
 
 
 def _topup_of_delivery(delivery_id: str) -> str | None:
@@ -104,6 +99,7 @@ class LogContext(dramatiq.Middleware):
         self._tokens()[message.message_id] = logs.bind(**fields)
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
+        tasks.forget_read_ahead()  # the task took it, or never ran
         token = self._tokens().pop(message.message_id, None)
         if token is not None:
             logs.unbind(token)

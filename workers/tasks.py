@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import peewee
@@ -143,11 +144,33 @@ def _with_database_retries(fn, attempts: int = 12):
 
 # --- callbacks ---------------------------------------------------------------------------------
 
+# The log context reads the stored callback (and its top-up) for its fields just before the
+# task runs in the same thread; the task takes that row instead of reading it again.
+_read_ahead = threading.local()
+
+
+def read_callback_ahead(callback_seq: int):
+    """Read a callback for the message about to be handled here, and keep it for the task."""
+    row = _read_ahead.row = inbox.read_callback(callback_seq)
+    return row
+
+
+def forget_read_ahead() -> None:
+    _read_ahead.row = None
+
+
+def _stored_callback(callback_seq: int):
+    row, _read_ahead.row = getattr(_read_ahead, "row", None), None
+    if row is not None and row.seq == callback_seq:
+        return row
+    return inbox.read_callback(callback_seq)
+
+
 def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = False,
                    redis=None) -> str:
     """Apply a stored callback. With ``confirm_by_query`` a success credits only after STK
     Query confirms ResultCode 0 for its CheckoutRequestID (callbacks are not signed)."""
-    row = inbox.read_callback(callback_seq)
+    row = _stored_callback(callback_seq)
     if row is None:
         return "missing"
     if confirm_by_query and row.applied_at is None:

@@ -52,8 +52,9 @@ def test_a_worker_killed_in_the_middle_of_crediting_leaves_every_topup_credited_
             # all four worker threads stuck mid-transaction
             waiting = wait_until(lambda: len(w := backends_waiting_on_locks(cur)) >= 4 and w,
                                  timeout=30, message="every worker thread to be mid-credit")
-            # the generic path's own UPDATE, or the one-statement credit (ledger/credit_pg.py)
-            assert any(q.startswith('UPDATE "wallet"') or 'UPDATE wallet SET balance_cents' in q
+            # the generic path's own UPDATE, or the one-statement credit (ledger/credit_pg.py),
+            # a server-side prepared statement
+            assert any(q.startswith('UPDATE "wallet"') or q.startswith("EXECUTE topup_credit")
                        for q in waiting), waiting
 
             pg_system.stop_process("workers", sig=signal.SIGKILL)
