@@ -38,6 +38,7 @@ def is_sqlite(db: pw.Database) -> bool:
 # forgotten with it, and a new one prepares again on first use.
 _server_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _server_sql: dict[str, tuple[str, str]] = {}
+_UNKNOWN_STATEMENT = "26000"  # invalid_sql_statement_name
 
 
 def _numbered(name: str, sql: str, types: dict[str, str]) -> tuple[str, str]:
@@ -78,4 +79,13 @@ def execute_server_prepared(name: str, build: Callable[[pw.Database], str],
     if name not in names:
         database.execute_sql(prepare)
         names.add(name)
+    try:
+        return database.execute_sql(execute, params)
+    except (pw.OperationalError, pw.ProgrammingError) as exc:
+        # The server forgot it (DEALLOCATE, a pooler that reset the session): once more.
+        if getattr(getattr(exc, "orig", None), "pgcode", None) != _UNKNOWN_STATEMENT:
+            raise
+        names.discard(name)
+    database.execute_sql(prepare)
+    names.add(name)
     return database.execute_sql(execute, params)

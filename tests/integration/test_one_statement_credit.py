@@ -118,3 +118,16 @@ def test_a_credit_that_cannot_reach_the_wallet_leaves_the_topup_pending(ledger_p
         assert TopUp.get(TopUp.id == topup_id).status == PENDING
         assert LedgerEntry.select().count() == 0
         assert Callback.get(Callback.seq == seq).applied_at is None
+
+
+def test_a_credit_still_goes_through_after_the_server_forgot_the_prepared_statements(ledger_pg):
+    with db.connection():
+        pushed(ledger_pg, "ws_CO_p1")
+        second = pushed(ledger_pg, "ws_CO_p2")
+        assert topups.apply_callback(stored(success_body("ws_CO_p1", receipt="RCPT000006"))) \
+            == "credited"
+        db.database.execute_sql("DEALLOCATE ALL")  # as a pooler resetting the session would
+        assert topups.apply_callback(stored(success_body("ws_CO_p2", receipt="RCPT000007"))) \
+            == "credited"
+        assert TopUp.get(TopUp.id == second).status == SUCCEEDED
+        assert balance(ledger_pg) == 200_000
