@@ -7,13 +7,14 @@ through the same connection and error translation as every Peewee query.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import weakref
 from typing import Callable
 
 import peewee as pw
 
-from ledger.db import database
+from ledger.db import database, write_transaction
 
 _built: dict[tuple[Callable, type], str] = {}
 
@@ -30,6 +31,14 @@ def statement(build: Callable[[pw.Database], str]) -> str:
 
 def is_sqlite(db: pw.Database) -> bool:
     return isinstance(db, pw.SqliteDatabase)
+
+
+def one_statement_transaction():
+    """What one PostgreSQL statement that does several writes (writable CTEs) needs around it
+    to stay all or nothing as the transaction it replaced was: nothing outside a transaction,
+    where the statement is its own; a savepoint inside one, so that a failure rolls back only
+    this work and leaves the caller's transaction usable, as before."""
+    return write_transaction() if database.in_transaction() else contextlib.nullcontext()
 
 
 # --- server-side prepared statements (PostgreSQL) ---------------------------------------------
