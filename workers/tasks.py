@@ -77,10 +77,10 @@ def unlock_phone(redis, phone: str | None, topup_id: str) -> None:
 
 def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str, list[int]]:
     """Send a top-up's STK push once. Returns (outcome, callbacks that arrived first)."""
-    current = TopUp.get_or_none(TopUp.id == topup_id)
-    if current is None or current.status != PENDING or current.push_state != PUSH_QUEUED:
+    current = topups.push_state(topup_id)
+    if current is None or current[0] != PENDING or current[1] != PUSH_QUEUED:
         return "not_claimed", []
-    if not lock_phone(redis, current.phone, topup_id):
+    if not lock_phone(redis, current[2], topup_id):
         raise PushNotSentYet("phone has a prompt open", retry_after_s=PHONE_BUSY_RETRY_S)
     topup = topups.claim_push(topup_id)
     if topup is None:
