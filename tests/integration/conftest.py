@@ -14,6 +14,7 @@ runs the rest).
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -60,6 +61,22 @@ def postgres_server(tmp_path_factory):
     server.start()
     yield server
     server.close()
+
+
+_ledgers = itertools.count()
+
+
+@pytest.fixture
+def ledger_pg(postgres_server):
+    """A migrated ledger of its own on the session's PostgreSQL, bound in this process, with
+    one account: its id."""
+    from ledger import accounts, db, migrate
+    database = db.bind(postgres_server.create_database(f"ledger_{next(_ledgers)}"))
+    with db.connection():
+        migrate.upgrade()
+        account, _ = accounts.create_account("hot")
+    yield account.id
+    database.close_all()
 
 
 # The gateway's fixtures (real processes against the servers above), for every module here.

@@ -4,25 +4,12 @@ many workers or requests race: one prompt per push, one top-up per idempotency k
 attempt per claim of a delivery."""
 from __future__ import annotations
 
-import itertools
 import threading
 
 import pytest
 
-from ledger import accounts, db, events, migrate, topups, webhooks
+from ledger import db, events, topups, webhooks
 from ledger.models import PUSH_SENDING, TopUp, TopUpEvent, WebhookAttempt, WebhookDelivery
-
-_databases = itertools.count()
-
-
-@pytest.fixture
-def ledger_pg(postgres_server):
-    database = db.bind(postgres_server.create_database(f"hot_paths_{next(_databases)}"))
-    with db.connection():
-        migrate.upgrade()
-        account, _ = accounts.create_account("racing")
-    yield account.id
-    database.close_all()
 
 
 def at_once(n: int, work) -> list:

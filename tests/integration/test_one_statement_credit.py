@@ -3,26 +3,13 @@ once" of the generic path: a receipt credits once, a top-up credits once, a call
 by many workers at once credits once, and the credit is all written or not at all."""
 from __future__ import annotations
 
-import itertools
 import threading
 
 import pytest
 
-from ledger import accounts, credit_pg, db, migrate, topups
+from ledger import credit_pg, db, topups
 from ledger.models import PENDING, SUCCEEDED, Callback, LedgerEntry, TopUp, Wallet
 from tests.unit.test_crediting import success_body
-
-_databases = itertools.count()
-
-
-@pytest.fixture
-def ledger_pg(postgres_server):
-    database = db.bind(postgres_server.create_database(f"one_statement_{next(_databases)}"))
-    with db.connection():
-        migrate.upgrade()
-        account, _ = accounts.create_account("hot")
-    yield account.id
-    database.close_all()
 
 
 def pushed(account_id: str, checkout: str) -> str:
