@@ -39,7 +39,7 @@ def run(bench: Bench) -> dict:
         stack.spawn("census-receiver", [stack_python(), "-m", "bench.receiver", str(port)],
                     env=base_env, role="webhook receiver")
         wait_until(lambda: stack._answers(f"http://127.0.0.1:{port}/count"), timeout=10,
-                   what="the webhook receiver")
+                   message="the webhook receiver")
         requests.post(api_url + "/v1/webhook_endpoints", timeout=10,
                       headers={"Authorization": f"Bearer {keys[0]}"},
                       json={"url": f"http://127.0.0.1:{port}/hooks", "events": ["wallet.top_up"]})

@@ -124,7 +124,7 @@ def run(bench: Bench) -> dict:
                 env=stack.env(url), role="webhook receiver")
     try:
         wait_until(lambda: stack._answers(f"http://127.0.0.1:{port}/count"), timeout=10,
-                   what="the webhook receiver")
+                   message="the webhook receiver")
         with db.connection(), db.write_transaction():
             ledger_webhooks.create_endpoint(account_id, f"http://127.0.0.1:{port}/hooks",
                                             ["wallet.top_up"])

@@ -105,14 +105,14 @@ def _workers_pass(bench: Bench, url: str, account_id: str, processes: int, threa
                 cur.execute("SELECT count(*) FROM callback WHERE seq BETWEEN %s AND %s"
                             " AND applied_at IS NOT NULL", (min(seqs), max(seqs)))
                 return cur.fetchone()[0]
-            at_start = wait_until(applied, timeout=60, interval=0.01, what="a first credit")
+            at_start = wait_until(applied, timeout=60, interval=0.01, message="a first credit")
             with meter, activity:
                 if spy_seconds:
                     spy = bench.spy(proc.pid, spy_seconds, "crediting-workers")
                 # all of them, or as many as the time bound lets through
                 try:
                     wait_until(lambda: applied() >= n, timeout=8 if bench.quick else 15,
-                               interval=0.05, what="the credits")
+                               interval=0.05, message="the credits")
                 except TimeoutError:
                     pass
             cur.execute("""

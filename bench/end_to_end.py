@@ -40,7 +40,7 @@ def run(bench: Bench) -> dict:
         stack.spawn("webhook-receiver", [stack_python(), "-m", "bench.receiver", str(port)],
                     env=env, role="webhook receiver")
         wait_until(lambda: stack._answers(f"http://127.0.0.1:{port}/count"), timeout=10,
-                   what="the webhook receiver")
+                   message="the webhook receiver")
         answer = requests.post(api_url + "/v1/webhook_endpoints", timeout=10,
                                headers={"Authorization": f"Bearer {keys[0]}"},
                                json={"url": f"http://127.0.0.1:{port}/hooks",
@@ -184,7 +184,7 @@ def _burst(bench: Bench, conn, api_url: str, keys: list[str], n: int, *, connect
             return True
         complete = True
         try:
-            wait_until(settled, timeout=180, interval=0.05, what="the top-ups to settle")
+            wait_until(settled, timeout=180, interval=0.05, message="the top-ups to settle")
         except TimeoutError:
             complete = False
         cur.execute("""
@@ -256,12 +256,12 @@ def _noop(bench: Bench, processes: int) -> dict:
                         threads=THREADS, module="bench.noop")
     try:
         wait_until(lambda: client.hlen(key) < m, timeout=60, interval=0.005,
-                   what="the first no-op message")
+                   message="the first no-op message")
         with meter:   # from the first message on: the processes' start is not counted
             started = time.monotonic()
             left = client.hlen(key)
             wait_until(lambda: client.hlen(key) == 0, timeout=120, interval=0.005,
-                       what="the no-op messages")
+                       message="the no-op messages")
             elapsed = time.monotonic() - started
     finally:
         stack.stop("noop-workers")

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg2
@@ -20,6 +19,7 @@ import requests
 
 from bench.machine import Roles
 from tests.servers import PostgresServer, RedisServer, find_free_port
+from tests.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,17 +46,6 @@ class Proc:
             return ""
 
 
-def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
 class Stack:
     def __init__(self, workdir: Path, roles: Roles):
         self.dir = Path(workdir)
@@ -79,7 +68,7 @@ class Stack:
                                  "--port", str(port), "--callback-delay", "0"],
                    env=dict(os.environ), role="simulator")
         wait_until(lambda: self._answers(self.sim_url + "/__sim/stats"), timeout=20,
-                   what="the simulator")
+                   message="the simulator")
         return self
 
     def close(self) -> None:
@@ -162,10 +151,10 @@ class Stack:
             if not proc.alive():
                 raise RuntimeError(f"{name} exited:\n{proc.tail()}")
             return self._answers(url + "/healthz", ok=(200, 404))
-        wait_until(up, timeout=30, what=f"{name} to answer")
+        wait_until(up, timeout=30, message=f"{name} to answer")
         # every gunicorn worker booted (the master answers through them)
         wait_until(lambda: len(_children(proc.pid)) >= workers, timeout=30,
-                   what=f"{name}'s workers")
+                   message=f"{name}'s workers")
         return proc, url
 
     def start_workers(self, name: str, env: dict, *, processes: int, threads: int,
@@ -180,7 +169,7 @@ class Stack:
             if not proc.alive():
                 raise RuntimeError(f"{name} exited:\n{proc.tail()}")
             return len(_children(proc.pid)) >= processes
-        wait_until(booted, timeout=30, what=f"{name}'s processes")
+        wait_until(booted, timeout=30, message=f"{name}'s processes")
         return proc
 
     def stop(self, name: str, timeout: float = 20) -> None:

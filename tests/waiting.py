@@ -4,6 +4,11 @@ from __future__ import annotations
 import time
 
 
+class WaitTimedOut(AssertionError, TimeoutError):
+    """A wait that ran past its deadline: a failed assertion in a test, a TimeoutError to the
+    benchmark that handles one."""
+
+
 def wait_until(predicate, timeout: float = 10.0, *, interval: float = 0.05,
                message: str = "the condition"):
     """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout``."""
@@ -13,5 +18,5 @@ def wait_until(predicate, timeout: float = 10.0, *, interval: float = 0.05,
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+            raise WaitTimedOut(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
