@@ -11,6 +11,7 @@ building the INSERT through the model cost more CPU than the rest of the request
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import peewee as pw
@@ -33,13 +34,17 @@ class StoredCallback:
 
 
 def _insert_sql(db: pw.Database) -> str:
+    return _insert_rows_sql(db, 1)
+
+
+def _insert_rows_sql(db: pw.Database, rows: int) -> str:
     names = ", ".join(f'"{c.column_name}"' for c in _COLUMNS)
-    marks = ", ".join([db.param] * len(_COLUMNS))
+    marks = "(" + ", ".join([db.param] * len(_COLUMNS)) + ")"
     # SQLite gives the new seq as lastrowid; a RETURNING row left unread would keep its
     # statement, and so its write transaction, open.
     returning = "" if prepared.is_sqlite(db) else ' RETURNING "seq"'
-    return (f'INSERT INTO "{Callback._meta.table_name}" ({names}) VALUES ({marks})'
-            + returning)
+    return (f'INSERT INTO "{Callback._meta.table_name}" ({names}) VALUES '
+            + ", ".join([marks] * rows) + returning)
 
 
 def store_callback(body: bytes,
@@ -50,15 +55,113 @@ def store_callback(body: bytes,
     except MalformedCallback:
         parsed = None
     text = body.decode("utf-8", errors="replace")
+    checkout_request_id = None if parsed is None else parsed.checkout_request_id
+    if not prepared.is_sqlite(database.obj):
+        # PostgreSQL's text cannot hold NUL: refused, it would fail the INSERT (a 500, and
+        # in a group commit the other callbacks' first attempt). Replaced as undecodable
+        # bytes are.
+        text = text.replace("\x00", "\ufffd")
+        if checkout_request_id is not None:
+            checkout_request_id = checkout_request_id.replace("\x00", "\ufffd")
     now = _DATETIME.db_value(utcnow())
     if parsed is not None:
-        values = (now, remote_addr, text, parsed.checkout_request_id,
+        values = (now, remote_addr, text, checkout_request_id,
                   parsed.result_code[:32], True, None, None)
     else:
         values = (now, remote_addr, text, None, None, False, now, "malformed")
-    cursor = database.execute_sql(prepared.statement(_insert_sql), values)
-    seq = cursor.lastrowid if prepared.is_sqlite(database.obj) else cursor.fetchone()[0]
-    return StoredCallback(seq), parsed
+    if prepared.is_sqlite(database.obj):
+        cursor = database.execute_sql(prepared.statement(_insert_sql), values)
+        return StoredCallback(cursor.lastrowid), parsed
+    if database.in_transaction():  # the caller's transaction decides when it commits
+        seq = database.execute_sql(prepared.statement(_insert_sql), values).fetchone()[0]
+        return StoredCallback(seq), parsed
+    return StoredCallback(group_commit.store(values)), parsed
+
+
+class GroupCommit:
+    """The INSERTs of callbacks arriving together in one process, one statement and one
+    commit for all of them (PostgreSQL).
+
+    The first thread to arrive writes: its row and every row that joined while the previous
+    statement ran, by one multi-row INSERT on its own connection; the others wait on a
+    condition until their row is committed, then return its seq. Nobody waits for a batch to
+    fill: under no load every batch is a single row, as before; under load the rows that
+    gathered during one round trip share the next. Each caller returns only once its own row
+    is committed (the statement is its own transaction, in autocommit), and gets its own
+    error if it was not: when a batch fails, each of its rows is written again on its own,
+    so a row the database refuses cannot take the others down with it, and a database that
+    is down answers every one of them with the error it gave.
+
+    Each caller's seq: the rows are inserted in the order of the VALUES list and each takes
+    the sequence's next value as it is inserted, so the seqs RETURNed, in ascending order,
+    are the rows' in the list's order (not the order of the RETURNING rows themselves,
+    which SQL leaves open).
+    """
+
+    def __init__(self, max_rows: int = 64):
+        self.max_rows = max_rows
+        self._lock = threading.Lock()
+        self._written = threading.Condition(self._lock)
+        self._pending: list[_Row] = []
+        self._writing = False
+
+    def store(self, values: tuple) -> int:
+        row = _Row(values)
+        with self._lock:
+            self._pending.append(row)
+            while not row.done:
+                if self._writing:
+                    self._written.wait()
+                    continue
+                batch = self._pending[:self.max_rows]
+                del self._pending[:self.max_rows]
+                self._writing = True
+                self._lock.release()
+                try:
+                    _write(batch)
+                finally:
+                    self._lock.acquire()
+                    self._writing = False
+                    for written in batch:
+                        if written.seq is None and written.error is None:  # _write died
+                            written.error = RuntimeError("the callback was not stored")
+                        written.done = True
+                    self._written.notify_all()
+        if row.error is not None:
+            raise row.error
+        return row.seq
+
+
+class _Row:
+    __slots__ = ("values", "done", "seq", "error")
+
+    def __init__(self, values: tuple):
+        self.values, self.done, self.seq, self.error = values, False, None, None
+
+
+def _write(batch: list[_Row]) -> None:
+    """Insert ``batch`` on this thread's connection: one statement, else one per row."""
+    try:
+        if len(batch) > 1:
+            sql = _batch_sql.get(len(batch))
+            if sql is None:
+                sql = _batch_sql[len(batch)] = _insert_rows_sql(database.obj, len(batch))
+            cursor = database.execute_sql(sql, [v for row in batch for v in row.values])
+            for row, (seq,) in zip(batch, sorted(cursor.fetchall())):
+                row.seq = seq
+            return
+    except Exception:  # noqa: BLE001 - each row again on its own, for its own outcome
+        pass
+    for row in batch:
+        try:
+            row.seq = database.execute_sql(prepared.statement(_insert_sql),
+                                           row.values).fetchone()[0]
+        except Exception as exc:  # noqa: BLE001 - the caller's own error, raised there
+            row.error = exc
+
+
+_batch_sql: dict[int, str] = {}  # PostgreSQL's multi-row INSERT, by number of rows
+group_commit = GroupCommit()
 
 
 @dataclass(frozen=True)
