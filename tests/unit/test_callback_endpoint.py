@@ -127,3 +127,85 @@ def test_a_callback_the_database_cannot_store_answers_503_and_is_not_queued(clie
     assert response.status_code == 503
     assert stored() == []
     assert stub_broker.queues["callbacks"].qsize() == 0
+
+
+# --- the common case (app.daraja_callback.CommonCase) answers as the view does -----------------
+
+def wsgi_call(wsgi_app, environ):
+    status, headers = [], []
+
+    def start_response(s, h, exc_info=None):
+        status.append(s)
+        headers.extend(h)
+    answer = wsgi_app(environ, start_response)
+    try:
+        body = b"".join(answer)
+    finally:
+        if hasattr(answer, "close"):
+            answer.close()
+    return status[0], headers, body
+
+
+def callback_environ(body: bytes, **extra):
+    from werkzeug.test import EnvironBuilder
+    environ = EnvironBuilder(path=f"/daraja/callback/{CALLBACK_TOKEN}", method="POST",
+                             data=body, content_type="application/json").get_environ()
+    environ.update(extra)
+    return environ
+
+
+def test_the_common_case_answers_byte_for_byte_what_the_view_answers(app, stub_broker):
+    from app.daraja_callback import CommonCase
+    assert isinstance(app.wsgi_app, CommonCase)
+    body = json.dumps(BODY).encode()
+    common = wsgi_call(app.wsgi_app, callback_environ(body))
+    flask_alone = wsgi_call(app.wsgi_app.wsgi_app, callback_environ(body))
+    assert common == flask_alone
+    assert common[0] == "200 OK"
+    assert [r.checkout_request_id for r in stored()] == ["ws_CO_9", "ws_CO_9"]
+    assert stub_broker.queues["callbacks"].qsize() == 2
+
+
+def test_a_chunked_callback_without_a_length_is_answered_by_flask_as_before(app, stub_broker):
+    import io
+    body = json.dumps(BODY).encode()
+    environ = callback_environ(body, HTTP_TRANSFER_ENCODING="chunked")
+    del environ["CONTENT_LENGTH"]
+    environ["wsgi.input"], environ["wsgi.input_terminated"] = io.BytesIO(body), True
+    status, _, answer = wsgi_call(app.wsgi_app, environ)
+    assert (status, json.loads(answer)) == ("200 OK", {"ResultCode": 0, "ResultDesc": "Accepted"})
+    assert [r.checkout_request_id for r in stored()] == ["ws_CO_9"]
+    assert stub_broker.queues["callbacks"].qsize() == 1
+
+
+def test_an_oversize_callback_answers_413_and_stores_nothing(client, stub_broker):
+    response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}", data=b"x" * (64 * 1024 + 1),
+                           content_type="application/json")
+    assert response.status_code == 413
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "payload_too_large"
+    assert stored() == []
+    assert stub_broker.queues["callbacks"].qsize() == 0
+
+
+def test_another_method_answers_405_with_allow(client):
+    response = client.put(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY)
+    assert response.status_code == 405
+    assert response.mimetype == "application/problem+json"
+    assert "POST" in response.headers["Allow"]
+    assert stored() == []
+
+
+def test_a_token_with_a_trailing_segment_answers_404(client):
+    response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}/x", json=BODY)
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "not_found"
+    assert stored() == []
+
+
+def test_a_body_with_a_nul_byte_is_kept_as_malformed_and_answers_400(client, stub_broker):
+    response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}", data=b'{"Body": \x00}',
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert [(r.well_formed, r.outcome) for r in stored()] == [(False, "malformed")]
+    assert stub_broker.queues["callbacks"].qsize() == 0
