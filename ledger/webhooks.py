@@ -97,6 +97,8 @@ class Claimed:
     secret: str
     event_id: str
     body: str              # the event as JSON: the same bytes on every attempt
+    topup_id: str | None = None             # the event's top-up, for the log lines
+    checkout_request_id: str | None = None
 
 
 def retry_delay_s(attempts_made: int) -> float | None:
@@ -117,8 +119,11 @@ def _claim_sql(db) -> str:
 
 def _claimed_sql(db) -> str:
     p = db.param
-    return ("SELECT e.url, e.secret, e.deleted_at, v.type, v.created_at, v.data"
-            f" FROM webhook_endpoint e, event v WHERE e.id = {p} AND v.id = {p}")
+    # the event's top-up and its CheckoutRequestID name the attempt in the log lines (read
+    # here, they are not read again by the message's log context)
+    return ("SELECT e.url, e.secret, e.deleted_at, v.type, v.created_at, v.data, v.topup_id,"
+            " t.checkout_request_id FROM webhook_endpoint e, event v"
+            f" LEFT JOIN top_up t ON t.id = v.topup_id WHERE e.id = {p} AND v.id = {p}")
 
 
 def _cancel_sql(db) -> str:
@@ -139,7 +144,8 @@ def claim(delivery_id: str, now: dt.datetime | None = None) -> Claimed | None:
         if not claimed:
             return None
         attempts, endpoint_id, event_id = claimed[0]
-        url, secret, deleted_at, event_type, created_at, data = database.execute_sql(
+        (url, secret, deleted_at, event_type, created_at, data, topup_id,
+         checkout_request_id) = database.execute_sql(
             prepared.statement(_claimed_sql), (endpoint_id, event_id)).fetchone()
         if deleted_at is not None or not secret:
             database.execute_sql(prepared.statement(_cancel_sql), (now, delivery_id))
@@ -147,7 +153,8 @@ def claim(delivery_id: str, now: dt.datetime | None = None) -> Claimed | None:
     event = SimpleNamespace(id=event_id, type=event_type, data=data,
                             created_at=Event.created_at.python_value(created_at))
     return Claimed(delivery_id=delivery_id, attempt=attempts, url=url, secret=secret,
-                   event_id=event_id, body=json.dumps(event_object(event), separators=(",", ":")))
+                   event_id=event_id, body=json.dumps(event_object(event), separators=(",", ":")),
+                   topup_id=topup_id, checkout_request_id=checkout_request_id)
 
 
 def _attempt_sql(db) -> str:

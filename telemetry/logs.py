@@ -78,6 +78,20 @@ def unbind(token: contextvars.Token) -> None:
     _context.reset(token)
 
 
+def amend(**fields) -> None:
+    """Add fields to the context already bound here, until that binding is undone.
+
+    For what is learnt once the work has started: a worker binds a message's fields before
+    its task runs, and the task adds the top-up's ``checkout_request_id`` once it has read
+    its row, instead of the message's middleware reading the row a second time. Outside any
+    bound context (a task called directly) it does nothing: nothing would undo it. A field
+    added inside a nested :func:`bound` block ends with that block.
+    """
+    current = _context.get()
+    if current:
+        _context.set({**current, **{k: v for k, v in fields.items() if v is not None}})
+
+
 @contextlib.contextmanager
 def bound(**fields):
     token = bind(**fields)

@@ -12,7 +12,7 @@ from ledger import db, inbox, result_codes, topups
 from ledger.callbacks import MalformedCallback, parse
 from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp, utcnow
 from ledger.phones import mask
-from telemetry import metrics
+from telemetry import logs, metrics
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
         topups.record_push_ambiguous(topup_id, reason="unexpected error")
         return "ambiguous", []
 
+    logs.amend(checkout_request_id=accepted.checkout_request_id)
     callbacks = _with_database_retries(
         lambda: topups.record_push_accepted(
             topup_id, checkout_request_id=accepted.checkout_request_id,
@@ -222,6 +223,7 @@ def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
     topup = TopUp.get_or_none(TopUp.id == topup_id)
     if topup is None or topup.status != PENDING or not topup.checkout_request_id:
         return "nothing_to_ask"
+    logs.amend(checkout_request_id=topup.checkout_request_id)
     if topups.give_up(topup_id, give_up_after_s):
         unlock_phone(redis, topup.phone, topup_id)
         return "gave_up"

@@ -20,6 +20,7 @@ import standardwebhooks
 
 from ledger import db, events, idempotency, webhooks
 from ledger.models import utcnow
+from telemetry import logs
 from workers import runtime, webhook_urls
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def attempt(delivery_id: str, *, allow_private: bool, post=webhook_urls.post
     claimed = webhooks.claim(delivery_id)
     if claimed is None:
         return "not_claimed", None
+    logs.amend(topup_id=claimed.topup_id, checkout_request_id=claimed.checkout_request_id)
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
                **sign(claimed.secret, claimed.event_id, claimed.body)}
     status_code, error = None, None

@@ -149,3 +149,19 @@ def test_secrets_are_read_from_the_settings_by_name():
     found = logs.secrets_of(loaded)
     assert SECRET in found and "ops-token-123" in found
     assert loaded.daraja_passkey in found and loaded.daraja_consumer_secret in found
+
+
+def test_fields_learnt_during_the_work_join_the_bound_context_until_it_ends(lines):
+    logger, written = lines
+    logs.amend(topup_id="tu_nowhere")  # nothing bound: nothing to add to
+    token = logs.bind(actor="push_topup")
+    logger.info("before")
+    logs.amend(checkout_request_id="ws_CO_9")
+    logger.info("after")
+    logs.unbind(token)
+    logger.info("outside")
+    before, after, outside = written()
+    assert "checkout_request_id" not in before
+    assert after["checkout_request_id"] == "ws_CO_9" and after["actor"] == "push_topup"
+    assert "checkout_request_id" not in outside and "topup_id" not in outside
+    assert logs.context() == {}

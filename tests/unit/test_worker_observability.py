@@ -137,3 +137,52 @@ def test_lines_logged_while_handling_a_message_name_its_topup(observed_broker, p
     assert line["checkout_request_id"] == "ws_CO_1"
     assert line["actor"] == "probe_context" and line["message_id"]
     assert logs.context() == {}
+
+
+@pytest.fixture
+def worker_lines():
+    """Every line the process logs at INFO, through the production formatter."""
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logs.GatewayJsonFormatter("workers"))
+    root = logging.getLogger()
+    saved_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield lambda: [json.loads(x) for x in buffer.getvalue().splitlines()]
+    root.removeHandler(handler)
+    root.setLevel(saved_level)
+
+
+def test_a_push_names_its_checkout_request_id_once_daraja_gave_it(
+        stk, account_id, observed_broker, worker_lines):
+    from tests.unit.stk_support import new_topup
+    from workers.actors import push_topup
+    topup_id = new_topup(account_id, "254712345678")
+    worker = dramatiq.Worker(observed_broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        push_topup.send(topup_id)
+        observed_broker.join("topups")
+    finally:
+        worker.stop()
+    with db.connection():
+        checkout = topups.TopUp.get(topups.TopUp.id == topup_id).checkout_request_id
+    [accepted] = [line for line in worker_lines() if line["message"] == "push accepted"]
+    assert accepted["topup_id"] == topup_id and accepted["actor"] == "push_topup"
+    assert accepted["checkout_request_id"] == checkout and checkout
+    assert logs.context() == {}
+
+
+def test_the_log_context_reads_nothing_for_messages_whose_task_names_the_topup(
+        pushed, monkeypatch):  # noqa: F811
+    statements = []
+    monkeypatch.setattr(db.database.obj, "execute_sql",
+                        lambda sql, *a, **k: statements.append(sql))
+    for actor, args in (("push_topup", (pushed["topup"],)), ("query_topup", (pushed["topup"],)),
+                        ("deliver_webhook", ("whd_1",))):
+        fields = subject_of(Message(queue_name="q", actor_name=actor, args=args, kwargs={},
+                                    options={}))
+        assert "checkout_request_id" not in fields
+        assert fields.get("topup_id") == (pushed["topup"] if actor != "deliver_webhook" else None)
+    assert statements == []
