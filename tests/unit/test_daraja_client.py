@@ -804,3 +804,28 @@ def test_a_failing_on_call_hook_does_not_break_the_call(make_client):
         raise RuntimeError("metrics backend down")
 
     assert push(make_client(on_call=broken)).checkout_request_id
+
+
+def test_the_session_honours_the_environments_proxy_no_proxy_and_ca_bundle(monkeypatch):
+    from daraja.client import new_session
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "sandbox.local")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/company-ca.pem")
+    session = new_session()
+    proxies, verify = session.environment_for("https://api.safaricom.co.ke/oauth/v1/generate")
+    assert proxies.get("https") == "http://proxy.internal:3128"
+    assert verify == "/etc/ssl/company-ca.pem"
+    assert session.environment_for("https://sandbox.local/x")[0] == {}
+
+
+def test_a_call_through_an_unreachable_proxy_from_the_environment_is_not_sent(monkeypatch):
+    # the proxy named by the environment is really used: nothing listens there
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    from daraja.client import new_session
+    with pytest.raises(requests.exceptions.ProxyError):
+        new_session().request("GET", "http://daraja.invalid/oauth", timeout=2)
