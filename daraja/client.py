@@ -164,9 +164,12 @@ class DarajaClient:
         context = {"phone": mask_phone(phone), "amount": amount, "account_reference": reference}
         accepted = self._authorized("stkpush", STK_PUSH_PATH, body, answers.read_push,
                                     secrets=(password,), context=context)
-        log.info("stk push accepted phone=%s amount=%s checkout_request_id=%s",
-                 mask_phone(phone), amount, accepted.checkout_request_id,
-                 extra={**context, "checkout_request_id": accepted.checkout_request_id})
+        # DEBUG: the caller logs the accepted push with what it is about (workers.tasks
+        # writes "push accepted" with these fields and the top-up's id); at INFO this was a
+        # second line for the same event in every worker, relayed by Dramatiq's parent.
+        log.debug("stk push accepted phone=%s amount=%s checkout_request_id=%s",
+                  mask_phone(phone), amount, accepted.checkout_request_id,
+                  extra={**context, "checkout_request_id": accepted.checkout_request_id})
         return accepted
 
     def stk_query(self, checkout_request_id: str) -> StkQueryResult:

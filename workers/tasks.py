@@ -121,8 +121,11 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
         lambda: topups.record_push_accepted(
             topup_id, checkout_request_id=accepted.checkout_request_id,
             merchant_request_id=accepted.merchant_request_id, query_after_s=query_after_s))
+    # the one line for Daraja's acceptance (the client's own is at DEBUG)
     log.info("push accepted",
-             extra={**context, "checkout_request_id": accepted.checkout_request_id})
+             extra={**context, "checkout_request_id": accepted.checkout_request_id,
+                    "merchant_request_id": accepted.merchant_request_id,
+                    "amount": topup.amount, "account_reference": topup.reference})
     return "sent", callbacks
 
 

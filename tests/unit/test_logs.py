@@ -165,3 +165,21 @@ def test_fields_learnt_during_the_work_join_the_bound_context_until_it_ends(line
     assert after["checkout_request_id"] == "ws_CO_9" and after["actor"] == "push_topup"
     assert "checkout_request_id" not in outside and "topup_id" not in outside
     assert logs.context() == {}
+
+
+def test_phones_in_nested_keys_floats_and_unusual_objects_are_masked_too(lines):
+    logger, written = lines
+
+    class Unusual:
+        def __str__(self):
+            return f"customer 0712345678, key {SECRET}"
+
+    logger.info("odd shapes", extra={"by_phone": {"254712345678": 1}, "as_float": 254712345678.0,
+                                     "object": Unusual(), "error": ValueError("0712 345 678")})
+    [line] = written()
+    text = json.dumps(line)
+    assert line["by_phone"] == {"2547****5678": 1}
+    assert line["as_float"] == "2547****5678"
+    assert "2547****5678" in line["object"] and "[redacted]" in line["object"]
+    for leaked in ("712345678", "712 345 678", SECRET):
+        assert leaked not in text
