@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 import telemetry.metrics as metrics
 from app.enqueue import sender
 from app.errors import ApiError
-from ledger import db, inbox
+from ledger import inbox
 from workers import actors
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,7 @@ class CommonCase:
             environ["wsgi.input"] = io.BytesIO(body)
             return self.wsgi_app(environ, start_response)
         try:
-            with db.connection():
-                row, parsed = inbox.store_callback(body, environ.get("REMOTE_ADDR"))
+            row, parsed = inbox.store_callback(body, environ.get("REMOTE_ADDR"))
         except Exception as exc:  # noqa: BLE001 - answered by the view's error handlers
             return self._to_flask(environ, start_response, exc, started)
         if parsed is None:

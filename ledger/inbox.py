@@ -18,7 +18,7 @@ import peewee as pw
 
 from ledger import credit_pg, prepared
 from ledger.callbacks import MalformedCallback, StkCallback, parse
-from ledger.db import database
+from ledger.db import connection, database
 from ledger.models import Callback, utcnow
 
 _COLUMNS = (Callback.received_at, Callback.remote_addr, Callback.body,
@@ -34,22 +34,19 @@ class StoredCallback:
 
 
 def _insert_sql(db: pw.Database) -> str:
-    return _insert_rows_sql(db, 1)
-
-
-def _insert_rows_sql(db: pw.Database, rows: int) -> str:
     names = ", ".join(f'"{c.column_name}"' for c in _COLUMNS)
-    marks = "(" + ", ".join([db.param] * len(_COLUMNS)) + ")"
+    marks = ", ".join([db.param] * len(_COLUMNS))
     # SQLite gives the new seq as lastrowid; a RETURNING row left unread would keep its
     # statement, and so its write transaction, open.
     returning = "" if prepared.is_sqlite(db) else ' RETURNING "seq"'
-    return (f'INSERT INTO "{Callback._meta.table_name}" ({names}) VALUES '
-            + ", ".join([marks] * rows) + returning)
+    return (f'INSERT INTO "{Callback._meta.table_name}" ({names}) VALUES ({marks})'
+            + returning)
 
 
 def store_callback(body: bytes,
                    remote_addr: str | None) -> tuple[StoredCallback, StkCallback | None]:
-    """Store a callback exactly as received, committed before this returns."""
+    """Store a callback exactly as received, committed before this returns (on this thread's
+    connection, or one opened for the time it takes)."""
     try:
         parsed = parse(body)
     except MalformedCallback:
@@ -70,8 +67,9 @@ def store_callback(body: bytes,
     else:
         values = (now, remote_addr, text, None, None, False, now, "malformed")
     if prepared.is_sqlite(database.obj):
-        cursor = database.execute_sql(prepared.statement(_insert_sql), values)
-        return StoredCallback(cursor.lastrowid), parsed
+        with connection():
+            seq = database.execute_sql(prepared.statement(_insert_sql), values).lastrowid
+        return StoredCallback(seq), parsed
     if database.in_transaction():  # the caller's transaction decides when it commits
         seq = database.execute_sql(prepared.statement(_insert_sql), values).fetchone()[0]
         return StoredCallback(seq), parsed
@@ -140,27 +138,53 @@ class _Row:
 
 
 def _write(batch: list[_Row]) -> None:
-    """Insert ``batch`` on this thread's connection: one statement, else one per row."""
-    try:
-        if len(batch) > 1:
-            sql = _batch_sql.get(len(batch))
-            if sql is None:
-                sql = _batch_sql[len(batch)] = _insert_rows_sql(database.obj, len(batch))
-            cursor = database.execute_sql(sql, [v for row in batch for v in row.values])
-            for row, (seq,) in zip(batch, sorted(cursor.fetchall())):
-                row.seq = seq
-            return
-    except Exception:  # noqa: BLE001 - each row again on its own, for its own outcome
-        pass
-    for row in batch:
+    """Insert ``batch``: one statement, else one per row. On a connection of this thread's
+    own, opened here if the caller has none: the callers who wait need none."""
+    with connection():
         try:
-            row.seq = database.execute_sql(prepared.statement(_insert_sql),
-                                           row.values).fetchone()[0]
-        except Exception as exc:  # noqa: BLE001 - the caller's own error, raised there
-            row.error = exc
+            if len(batch) > 1:
+                for row, seq in zip(batch, _insert_prepared([row.values for row in batch])):
+                    row.seq = seq
+                return
+        except Exception:  # noqa: BLE001 - each row again on its own, for its own outcome
+            pass
+        for row in batch:
+            try:
+                row.seq, = _insert_prepared([row.values])
+            except Exception as exc:  # noqa: BLE001 - the caller's own error, raised there
+                row.error = exc
 
 
-_batch_sql: dict[int, str] = {}  # PostgreSQL's multi-row INSERT, by number of rows
+# The columns' types for PREPARE (varchar columns take text and still check their length).
+_PG_TYPES = ("timestamp", "text", "text", "text", "text", "boolean", "timestamp", "text")
+_pg_types: dict[int, dict[str, str]] = {}
+
+
+def _named_insert_sql(rows: int):
+    def build(db: pw.Database) -> str:
+        names = ", ".join(f'"{c.column_name}"' for c in _COLUMNS)
+        values = ", ".join(
+            "(" + ", ".join(f"%(v{r * len(_COLUMNS) + c})s" for c in range(len(_COLUMNS))) + ")"
+            for r in range(rows))
+        return (f'INSERT INTO "{Callback._meta.table_name}" ({names}) VALUES {values}'
+                ' RETURNING "seq"')
+    return build
+
+
+def _insert_prepared(rows: list[tuple]) -> list[int]:
+    """The rows' seqs, in the rows' order, by a server-side prepared INSERT of that many
+    rows (PostgreSQL parses and plans it once per connection, not once per callback)."""
+    n = len(rows)
+    types = _pg_types.get(n)
+    if types is None:
+        types = _pg_types[n] = {f"v{i}": _PG_TYPES[i % len(_COLUMNS)]
+                                for i in range(n * len(_COLUMNS))}
+    params = {f"v{i}": v for i, v in enumerate(v for row in rows for v in row)}
+    cursor = prepared.execute_server_prepared(f"callback_insert_{n}", _named_insert_sql(n),
+                                              types, params)
+    return sorted(seq for seq, in cursor.fetchall())
+
+
 group_commit = GroupCommit()
 
 
