@@ -346,3 +346,84 @@ def test_an_unexpected_error_while_posting_is_recorded_as_a_failed_attempt(dev_c
     assert (status, delay) == ("pending", webhooks.RETRY_DELAYS_S[0])
     [attempt] = attempts_of(delivery.id)
     assert attempt.error == "unexpected error: RuntimeError"
+
+
+class KeepAliveReceiver:
+    """An HTTP/1.1 receiver that counts connections; with ``drop_second``, it closes a
+    connection on its second request without answering, as a receiver whose keep-alive
+    timeout ran out just as the request came."""
+
+    def __init__(self, *, drop_second=False):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        receiver = self
+        self.connections, self.answered, self.dropped = 0, 0, 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                receiver.connections += 1
+                self.served = 0
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.served += 1
+                if drop_second and self.served == 2:
+                    receiver.dropped += 1
+                    self.close_connection = True
+                    return
+                receiver.answered += 1
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        import threading
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_deliveries_to_one_receiver_share_a_connection():
+    receiver = KeepAliveReceiver()
+    try:
+        statuses = [webhook_urls.post(receiver.url, b"{}", {}, allow_private=True)
+                    for _ in range(5)]
+    finally:
+        receiver.stop()
+    assert statuses == [204] * 5 and receiver.answered == 5
+    assert receiver.connections == 1
+
+
+def test_a_kept_connection_closed_by_the_receiver_does_not_fail_the_delivery():
+    receiver = KeepAliveReceiver(drop_second=True)
+    try:
+        statuses = [webhook_urls.post(receiver.url, b"{}", {}, allow_private=True)
+                    for _ in range(3)]
+    finally:
+        receiver.stop()
+    assert statuses == [204] * 3
+    assert receiver.dropped >= 1 and receiver.answered == 3
+
+
+def test_a_kept_connection_is_not_taken_by_a_name_that_now_resolves_elsewhere():
+    receiver = KeepAliveReceiver()
+    port = receiver.url.split(":")[2].split("/")[0]
+    local = [ipaddress.ip_address("127.0.0.1")]
+    try:
+        assert webhook_urls.post(f"http://hooks.test:{port}/in", b"{}", {}, allow_private=True,
+                                 resolver=lambda h, p: local) == 204
+        with pytest.raises(webhook_urls.UnsafeUrl):
+            webhook_urls.post(f"http://hooks.test:{port}/in", b"{}", {}, allow_private=False,
+                              resolver=lambda h, p: local)
+    finally:
+        receiver.stop()
+    assert receiver.answered == 1
