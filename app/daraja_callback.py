@@ -110,10 +110,7 @@ class CommonCase:
 
     def __init__(self, app, wsgi_app):
         self.wsgi_app = wsgi_app
-        self.settings = app.config["SETTINGS"]
-        token = self.settings.daraja_callback_token
-        self.token = token.encode() if token else None
-        self.max_length = app.config["MAX_CONTENT_LENGTH"]
+        self.config = app.config   # read per request, as the view reads it
         with app.app_context():
             accepted = jsonify(ACCEPTED)
         self.body = accepted.get_data()
@@ -122,17 +119,19 @@ class CommonCase:
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
-        if (self.token is None or environ.get("REQUEST_METHOD") != "POST"
-                or not path.startswith(self.PREFIX)):
+        if environ.get("REQUEST_METHOD") != "POST" or not path.startswith(self.PREFIX):
             return self.wsgi_app(environ, start_response)
         started = time.perf_counter()
+        settings = self.config["SETTINGS"]
+        token = settings.daraja_callback_token
         length = environ.get("CONTENT_LENGTH", "")
-        if (not hmac.compare_digest(path[len(self.PREFIX):].encode("latin-1", "replace"),
-                                    self.token)
+        if (not token
+                or not hmac.compare_digest(path[len(self.PREFIX):].encode("latin-1", "replace"),
+                                           token.encode())
                 or not (length.isascii() and length.isdigit())
-                or int(length) > self.max_length
+                or int(length) > (self.config["MAX_CONTENT_LENGTH"] or 0)
                 or "HTTP_TRANSFER_ENCODING" in environ
-                or not _allowed(self.settings, environ.get("REMOTE_ADDR"),
+                or not _allowed(settings, environ.get("REMOTE_ADDR"),
                                 environ.get("HTTP_X_FORWARDED_FOR"))):
             return self.wsgi_app(environ, start_response)
         try:

@@ -117,6 +117,10 @@ class GroupCommit:
                 self._lock.release()
                 try:
                     _write(batch)
+                except Exception as exc:  # no connection: every caller's own error
+                    for written in batch:
+                        if written.seq is None and written.error is None:
+                            written.error = exc
                 finally:
                     self._lock.acquire()
                     self._writing = False

@@ -126,3 +126,20 @@ def test_a_nul_in_a_callback_is_stored_replaced_not_refused(ledger_pg):
         assert parsed is None and parsed_weird is not None
         assert Callback.get_by_id(row.seq).body == '{"Body": \ufffd}'
         assert Callback.get_by_id(weird.seq).checkout_request_id == "ws_CO_\ufffd"
+
+
+def test_when_no_connection_can_be_had_every_caller_gets_that_error(ledger_pg, monkeypatch):
+    import contextlib
+
+    import peewee
+
+    @contextlib.contextmanager
+    def server_gone():
+        raise peewee.OperationalError("could not connect to server")
+        yield
+    monkeypatch.setattr(inbox, "connection", server_gone)
+    calls = [lambda n=n: inbox.store_callback(body(n), None) for n in range(3)]
+    results = held_then_written_together(inbox.group_commit, calls)
+    # the error the view answers 503 for (Daraja retries), as before the group commit
+    assert [type(r) for r in results] == [peewee.OperationalError] * 3
+    assert rows() == {}
