@@ -209,3 +209,55 @@ def test_a_garbled_cached_value_is_replaced_by_a_fresh_token(server):
     redis = a_process(server)
     redis.set(f"topup:daraja:token:{SCOPE}", "<html>not json")
     assert RedisTokenCache(redis).get(CountingFetch(), 1000.0, scope=SCOPE) == "token-1"
+
+
+class CountingGets:
+    """A process's Redis client that counts its GETs."""
+
+    def __init__(self, redis):
+        self.redis, self.gets = redis, 0
+
+    def get(self, key):
+        self.gets += 1
+        return self.redis.get(key)
+
+    def __getattr__(self, name):
+        return getattr(self.redis, name)
+
+
+def test_a_process_reuses_the_token_it_read_for_a_few_seconds_without_asking_redis(server):
+    clock = [100.0]
+    redis = CountingGets(a_process(server))
+    cache = RedisTokenCache(redis, local_s=5, monotonic=lambda: clock[0])
+    fetch = CountingFetch()
+    assert cache.get(fetch, 1000.0, scope=SCOPE) == "token-1"
+    gets = redis.gets
+    for _ in range(10):
+        assert cache.get(fetch, 1000.0, scope=SCOPE) == "token-1"
+    assert redis.gets == gets          # the local copy
+    clock[0] += 5
+    assert cache.get(fetch, 1005.0, scope=SCOPE) == "token-1"
+    assert redis.gets == gets + 1      # read again once it is 5 s old
+    assert fetch.calls == 1
+
+
+def test_a_token_replaced_by_another_process_is_read_again_once_refused(server):
+    fetch = CountingFetch()
+    mine = RedisTokenCache(a_process(server), local_s=60)
+    other = RedisTokenCache(a_process(server), local_s=60)
+    assert mine.get(fetch, 1000.0, scope=SCOPE) == "token-1"
+    assert other.invalidate("token-1", scope=SCOPE)
+    assert other.get(fetch, 1000.0, scope=SCOPE) == "token-2"
+    # Daraja refuses token-1: the client invalidates it (already gone) and asks again
+    assert not mine.invalidate("token-1", scope=SCOPE)
+    assert mine.get(fetch, 1000.0, scope=SCOPE) == "token-2"
+    assert fetch.calls == 2
+
+
+def test_a_local_copy_is_never_used_once_stale(server):
+    fetch = CountingFetch(expires_in=100)
+    cache = RedisTokenCache(a_process(server), local_s=3600)
+    assert cache.get(fetch, 1000.0, scope=SCOPE) == "token-1"
+    server_side = a_process(server)
+    server_side.delete(cache.key_for(SCOPE))   # gone from Redis too
+    assert cache.get(fetch, 1000.0 + 101, scope=SCOPE) == "token-2"
