@@ -6,7 +6,6 @@ import atexit
 import logging
 import os
 import threading
-import time
 from uuid import uuid4
 
 from dramatiq.brokers.redis import RedisBroker
@@ -38,7 +37,9 @@ class BatchingSender:
     gathered in one pipeline of Dramatiq's own ``dispatch`` script, the command each send
     would have run, with the same middleware hooks around it. What it cannot send is logged
     and left to the sweep, as before. At exit (a gunicorn worker's graceful stop) whatever
-    is still waiting is sent before the process ends, so no callback waits for the sweep.
+    is still waiting is sent before the process ends, so no callback waits for the sweep;
+    what is submitted after that is sent at once. A thread that died is started again by
+    the next submit (what it was sending is the sweep's).
 
     Only a :class:`RedisBroker` is batched: any other (the tests' StubBroker) is sent to at
     once, in the caller's thread, as :func:`after_commit` does.
@@ -55,21 +56,22 @@ class BatchingSender:
         self._closing = False
 
     def submit(self, actor, *args, **context) -> None:
-        if not isinstance(actor.broker, RedisBroker):
-            after_commit(actor, *args, **context)
-            return
-        with self._lock:
-            if self._pid != os.getpid():   # first use, or a child forked from the first user
-                self._start()
-            self._pending.append((actor, args, context))
-            if len(self._pending) == 1:
-                self._wake.notify()
-
-    def _start(self) -> None:
-        self._pid, self._pending, self._closing = os.getpid(), [], False
-        self._thread = threading.Thread(target=self._run, name="enqueue", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
+        if isinstance(actor.broker, RedisBroker):
+            with self._lock:
+                if self._pid != os.getpid():   # first use, or a child forked from the first user
+                    self._pid, self._pending, self._closing = os.getpid(), [], False
+                    self._thread = None
+                    atexit.register(self.close)
+                if not self._closing:
+                    if self._thread is None or not self._thread.is_alive():
+                        self._thread = threading.Thread(target=self._run, name="enqueue",
+                                                        daemon=True)
+                        self._thread.start()
+                    self._pending.append((actor, args, context))
+                    if len(self._pending) == 1:
+                        self._wake.notify()
+                    return
+        after_commit(actor, *args, **context)  # another broker, or this process is ending
 
     def _run(self) -> None:
         while True:
@@ -78,9 +80,10 @@ class BatchingSender:
                     self._wake.wait()
                 if not self._pending:
                     return
-            if self.linger_s and not self._closing:
-                time.sleep(self.linger_s)  # let the requests answered meanwhile join in
-            with self._lock:
+                if self.linger_s and not self._closing:
+                    # the requests answered meanwhile join in (submit notifies only an empty
+                    # list: only close() cuts this short)
+                    self._wake.wait(self.linger_s)
                 batch = self._pending[:self.max_batch]
                 del self._pending[:self.max_batch]
             self._send(batch)

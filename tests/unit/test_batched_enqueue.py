@@ -89,3 +89,31 @@ def test_a_broker_other_than_redis_is_sent_to_at_once(stub_broker):
     from workers import actors
     BatchingSender().submit(actors.apply_callback, 42)
     assert stub_broker.queues["callbacks"].qsize() == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_sender_whose_thread_died_starts_another(redis_broker, monkeypatch):
+    from tests.waiting import wait_until
+    actor = an_actor(redis_broker)
+    sender = BatchingSender(linger_s=0)
+
+    def die(batch):
+        raise SystemExit   # whatever ends a thread
+    monkeypatch.setattr(sender, "_send", die)
+    sender.submit(actor, 1)
+    wait_until(lambda: not sender._thread.is_alive(), timeout=10, message="the thread to die")
+    monkeypatch.undo()
+    sender.submit(actor, 2)
+    wait_until(lambda: redis_broker.do_qsize("callbacks") == 1, timeout=10,
+               message="the next message to be sent")
+    sender.close()
+    assert queued(redis_broker) == [("apply_callback", (2,))]
+
+
+def test_what_is_submitted_after_close_is_sent_at_once(redis_broker):
+    actor = an_actor(redis_broker)
+    sender = BatchingSender(linger_s=60)
+    sender.submit(actor, 1)
+    sender.close()
+    sender.submit(actor, 2)
+    assert queued(redis_broker) == [("apply_callback", (1,)), ("apply_callback", (2,))]
