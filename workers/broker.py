@@ -1,12 +1,16 @@
 """The one broker module: built from REDIS_URL, swapped for a StubBroker in unit tests.
 
-Every broker gets the same middleware, so what a test sees is what production runs.
+Every broker gets the same middleware, so what a test sees is what production runs. It is a
+:class:`workers.doorbell.DoorbellBroker`: every enqueue (API, workers, scheduler) rings the
+queue's doorbell, and idle consumers wait on it instead of polling.
 """
 from __future__ import annotations
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from workers.doorbell import DoorbellBroker
 from workers.middleware import DatabaseConnections
 
 
@@ -15,11 +19,13 @@ def our_middleware():
 
 
 def build(redis_url: str) -> RedisBroker:
-    broker = RedisBroker(
-        url=redis_url,
-        # a lost Redis must not hang a request or a worker thread forever
-        socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
-    )
+    # a lost Redis must not hang a request or a worker thread forever. The client is built
+    # here: RedisBroker(url=...) ignores connection arguments given next to a URL (redis-py's
+    # default 5 s socket timeout applied instead). Consumers block on their doorbell for at
+    # most half the socket timeout.
+    client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5,
+                                  health_check_interval=30)
+    broker = DoorbellBroker(client=client)
     for middleware in our_middleware():
         broker.add_middleware(middleware)
     return broker
