@@ -3,7 +3,9 @@ connections, and the statements one unit of work sends to the database.
 
 py-spy samples threads that are running or runnable (idle threads, blocked in a socket or a
 lock, are left out), so its shares are of the CPU our Python code asked for, waiting for a
-core included: on 2 busy cores that is what decides throughput.
+core included: on 2 busy cores that is what decides throughput. A Dramatiq consumer waiting for
+work is left out as well (:func:`_idle_wait`): py-spy counts a thread in ``time.sleep`` as
+running.
 """
 from __future__ import annotations
 
@@ -51,6 +53,19 @@ PG_CALLS = ("Database._execute_cursor", "Database.commit", "PostgresqlDatabase.b
             "Database.begin")
 
 
+def _idle_wait(frames: list[str]) -> bool:
+    """A consumer thread waiting for work: asleep in stock Dramatiq's ``_RedisConsumer.__next__``
+    (its ``time.sleep`` is the innermost Python frame), or anywhere under the doorbell's wait
+    (``BLPOP``, the wait for an ack, the short sleep before an eta)."""
+    def function(frame: str) -> str:   # "Class.method (/path)" or "method (/path)"
+        return frame.split(" (")[0].rsplit(".", 1)[-1]
+
+    leaf = frames[-1]
+    if function(leaf) == "__next__" and "/dramatiq/brokers/redis.py" in leaf:
+        return True
+    return any(function(f) == "_wait" and "/workers/doorbell.py" in f for f in frames)
+
+
 def _category(frame: str) -> str:
     if any(name in frame for name in PG_CALLS):
         return "PostgreSQL calls (libpq: round trip, server work)"
@@ -88,7 +103,7 @@ class Spy:
 
 def summarise(path: Path, top: int = 12) -> dict:
     leaf, categories, inclusive = Counter(), Counter(), Counter()
-    total = 0
+    total = idle = 0
     for line in Path(path).read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -97,6 +112,9 @@ def summarise(path: Path, top: int = 12) -> dict:
         frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
+        if _idle_wait(frames):
+            idle += n
+            continue
         total += n
         leaf[_short(frames[-1])] += n
         categories[_category(frames[-1])] += n
@@ -104,9 +122,10 @@ def summarise(path: Path, top: int = 12) -> dict:
             if str(ROOT) + "/" in frame and "/site-packages/" not in frame:
                 inclusive[_short(frame)] += n
     if not total:
-        return {"samples": 0}
+        return {"samples": 0, "idle_wait_samples": idle}
     share = lambda c: [[name, round(n / total, 3)] for name, n in c.most_common(top)]  # noqa: E731
-    return {"samples": total, "categories": share(categories), "self": share(leaf),
+    return {"samples": total, "idle_wait_samples": idle,
+            "categories": share(categories), "self": share(leaf),
             "ours_inclusive": share(inclusive)}
 
 
