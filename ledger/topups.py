@@ -399,7 +399,7 @@ def _mark_applied(row: Callback, outcome: str) -> str:
 
 def settle_success(checkout_request_id: str, *, amount_cents: int | None, receipt: str | None,
                    phone: str | None, source: str, callback_seq: int | None = None,
-                   _tried_one_statement: bool = False) -> str:
+                   _tried_one_statement: bool = False, _orphan_rechecked: bool = False) -> str:
     """M-Pesa says the money moved: credit once, or keep it as an orphan payment."""
     if not _tried_one_statement and credit_pg.usable():
         if credit_pg.credit(checkout_request_id, amount_cents, receipt, phone, source):
@@ -407,14 +407,30 @@ def settle_success(checkout_request_id: str, *, amount_cents: int | None, receip
     try:
         # the wallet.top_up event is written with the credit, announced after the commit
         with events.publishing(), write_transaction():
-            return _settle_success(checkout_request_id, amount_cents, receipt, phone, source,
-                                   callback_seq)
+            outcome = _settle_success(checkout_request_id, amount_cents, receipt, phone, source,
+                                      callback_seq)
     except pw.IntegrityError as exc:
         # The receipt already credited something else (a replay under another
         # CheckoutRequestID, or a forgery): credit nothing, keep the evidence.
         log.warning("receipt conflict on credit", extra={"checkout_request_id": checkout_request_id,
                                                          "error": str(exc)[:200]})
         return "receipt_conflict"
+    if outcome != "orphan" or _orphan_rechecked:
+        return outcome
+    # A push records its CheckoutRequestID, then applies the callbacks already stored for it
+    # (workers.tasks.push), resolving any orphan kept for it. This callback's own message may
+    # have found no top-up just before that commit and kept its orphan just after the push's
+    # credit looked for one: a credited top-up with an orphan left unresolved, which an
+    # operator could credit again. Now that the orphan is committed, look again: a top-up that
+    # has this CheckoutRequestID now is settled by the usual path (its credit resolves the
+    # orphan; a top-up already credited resolves it in _already_settled). A push recording
+    # the CheckoutRequestID after this read credits later, and finds the orphan committed.
+    topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
+    if topup is None or topup.status == FAILED:
+        return outcome
+    return settle_success(checkout_request_id, amount_cents=amount_cents, receipt=receipt,
+                          phone=phone, source=source, callback_seq=callback_seq,
+                          _orphan_rechecked=True)
 
 
 def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, callback_seq):
@@ -476,6 +492,12 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
 
 def _already_settled(topup: TopUp, receipt: str | None, source: str) -> str:
     current = TopUp.get(TopUp.id == topup.id)
+    if current.status == SUCCEEDED and current.checkout_request_id is not None:
+        # A payment kept as an orphan under this top-up's own CheckoutRequestID (see
+        # settle_success) is this top-up's, and it is credited: not an orphan any more.
+        (OrphanPayment.update(resolved_topup=current.id, resolved_at=utcnow())
+         .where((OrphanPayment.checkout_request_id == current.checkout_request_id)
+                & OrphanPayment.resolved_topup.is_null()).execute())
     if current.status == SUCCEEDED and receipt and current.mpesa_receipt is None:
         # Credited earlier from a query answer, which carries no receipt: the callback
         # brings it now, and credits nothing more.
