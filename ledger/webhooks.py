@@ -132,15 +132,72 @@ def _cancel_sql(db) -> str:
             f" WHERE id = {db.param}")
 
 
+# PostgreSQL: what SQLite does with the statements above, as one statement in autocommit.
+# The conditions for claiming are the same (a pending delivery that is due; of two workers
+# on one row, the second waits for the first's commit, then finds it no longer due and takes
+# nothing). The delivery's endpoint, event and top-up are joined in, each by its unique id.
+# A deleted endpoint's delivery is cancelled by the same UPDATE, to the state the claim and
+# then the cancel left (the attempt not counted): a second UPDATE of the row in the same
+# statement, as a writable CTE, would not see the first. `gone` tells which it was.
+_CLAIM_PG = f"""
+UPDATE webhook_delivery d SET
+    attempts = CASE WHEN e.gone THEN d.attempts ELSE d.attempts + 1 END,
+    status = CASE WHEN e.gone THEN '{DELIVERY_CANCELLED}' ELSE d.status END,
+    next_attempt_at = CASE WHEN e.gone THEN NULL ELSE %(lease)s END,
+    updated_at = %(now)s
+FROM (SELECT id, url, secret, deleted_at IS NOT NULL OR COALESCE(secret, '') = '' AS gone
+      FROM webhook_endpoint) e,
+     event v LEFT JOIN top_up t ON t.id = v.topup_id
+WHERE d.id = %(delivery)s AND d.status = '{DELIVERY_PENDING}' AND d.next_attempt_at <= %(due)s
+  AND e.id = d.endpoint_id AND v.id = d.event_id
+RETURNING e.gone, d.attempts, d.event_id, e.url, e.secret, v.type, v.created_at, v.data,
+          v.topup_id, t.checkout_request_id
+"""
+_CLAIM_PG_TYPES = {"lease": "timestamp", "now": "timestamp", "delivery": "text",
+                   "due": "timestamp"}
+
+
+def _claim_pg_sql(db) -> str:
+    return " ".join(_CLAIM_PG.split())
+
+
 def claim(delivery_id: str, now: dt.datetime | None = None) -> Claimed | None:
     """Take the next attempt of a delivery that is due, or None (not due, done, or taken)."""
     now = now or utcnow()
+    # a delayed message may come a hair early: a second is close enough
+    lease, due = now + CLAIM_LEASE, now + dt.timedelta(seconds=1)
+    if prepared.is_sqlite(database.obj):
+        row = _claim_sqlite(delivery_id, now, lease, due)
+    else:
+        params = {"lease": lease, "now": now, "delivery": delivery_id, "due": due}
+        if database.in_transaction():
+            # a caller's transaction: a savepoint, and no PREPARE (a failed one would abort it)
+            with prepared.one_statement_transaction():
+                row = database.execute_sql(prepared.statement(_claim_pg_sql), params).fetchone()
+        else:
+            row = prepared.execute_server_prepared("webhook_claim", _claim_pg_sql,
+                                                   _CLAIM_PG_TYPES, params).fetchone()
+        if row is not None and row[0]:
+            row = None  # the endpoint was deleted: the delivery is cancelled, not claimed
+    if row is None:
+        return None
+    (_, attempts, event_id, url, secret, event_type, created_at, data, topup_id,
+     checkout_request_id) = row
+    event = SimpleNamespace(id=event_id, type=event_type, data=data,
+                            created_at=Event.created_at.python_value(created_at))
+    return Claimed(delivery_id=delivery_id, attempt=attempts, url=url, secret=secret,
+                   event_id=event_id, body=json.dumps(event_object(event), separators=(",", ":")),
+                   topup_id=topup_id, checkout_request_id=checkout_request_id)
+
+
+def _claim_sqlite(delivery_id: str, now: dt.datetime, lease: dt.datetime,
+                  due: dt.datetime) -> tuple | None:
+    """SQLite: the claim, then the read, in one transaction (its RETURNING cannot name a
+    joined table); a deleted endpoint's delivery is cancelled there too, and gives None."""
     with write_transaction():
         # the UPDATE hands back the claimed row (it was read again after it)
-        claimed = database.execute_sql(
-            prepared.statement(_claim_sql),
-            # a delayed message may come a hair early: a second is close enough
-            (now + CLAIM_LEASE, now, delivery_id, now + dt.timedelta(seconds=1))).fetchall()
+        claimed = database.execute_sql(prepared.statement(_claim_sql),
+                                       (lease, now, delivery_id, due)).fetchall()
         if not claimed:
             return None
         attempts, endpoint_id, event_id = claimed[0]
@@ -150,11 +207,8 @@ def claim(delivery_id: str, now: dt.datetime | None = None) -> Claimed | None:
         if deleted_at is not None or not secret:
             database.execute_sql(prepared.statement(_cancel_sql), (now, delivery_id))
             return None
-    event = SimpleNamespace(id=event_id, type=event_type, data=data,
-                            created_at=Event.created_at.python_value(created_at))
-    return Claimed(delivery_id=delivery_id, attempt=attempts, url=url, secret=secret,
-                   event_id=event_id, body=json.dumps(event_object(event), separators=(",", ":")),
-                   topup_id=topup_id, checkout_request_id=checkout_request_id)
+    return (False, attempts, event_id, url, secret, event_type, created_at, data, topup_id,
+            checkout_request_id)
 
 
 def _attempt_sql(db) -> str:
