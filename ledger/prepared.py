@@ -98,3 +98,14 @@ def execute_server_prepared(name: str, build: Callable[[pw.Database], str],
     database.execute_sql(prepare)
     names.add(name)
     return database.execute_sql(execute, params)
+
+
+def execute_prepared_outside_transaction(name: str, build: Callable[[pw.Database], str],
+                                         types: dict[str, str], params: dict):
+    """PostgreSQL: ``build(database)``'s statement (``%(key)s`` marks) server-side prepared
+    when no transaction is open, as its own transaction; inside a caller's transaction sent
+    as text, as before (a PREPARE that failed there would abort the caller's transaction).
+    A statement of several writes needs ``one_statement_transaction()`` around it."""
+    if database.in_transaction():
+        return database.execute_sql(statement(build), params)
+    return execute_server_prepared(name, build, types, params)

@@ -53,18 +53,30 @@ _TOPUP_COLUMNS = ("id", "account_id", "provider", "status", "amount", "phone", "
                   "push_attempts", "query_attempts", "created_at", "updated_at")
 
 
+_TOPUP_TYPES = {"id": "text", "account_id": "text", "provider": "text", "status": "text",
+                "amount": "integer", "phone": "text", "reference": "text", "metadata": "text",
+                "idempotency_key": "text", "request_fingerprint": "text", "push_state": "text",
+                "push_attempts": "integer", "query_attempts": "integer",
+                "created_at": "timestamp", "updated_at": "timestamp"}
+_CREATE_TYPES = dict(_TOPUP_TYPES, detail="text", event_at="timestamp")
+
+
 def _create_sql(db) -> str:
-    p = db.param
-    insert = (f"INSERT INTO top_up ({', '.join(_TOPUP_COLUMNS)})"
-              f" VALUES ({', '.join([p] * len(_TOPUP_COLUMNS))})")
     event = "INSERT INTO topup_event (topup_id, kind, detail, created_at)"
     if prepared.is_sqlite(db):
         # two statements, run one by one in a transaction; the seq is the lastrowid
+        p = db.param
+        insert = (f"INSERT INTO top_up ({', '.join(_TOPUP_COLUMNS)})"
+                  f" VALUES ({', '.join([p] * len(_TOPUP_COLUMNS))})")
         return f"{insert};{event} VALUES ({p}, 'requested', {p}, {p})"
     # PostgreSQL: one statement, so one round trip and no BEGIN/COMMIT; the history row is
-    # written only with the top-up, and a collision on the idempotency key writes neither
+    # written only with the top-up, and a collision on the idempotency key writes neither.
+    # Server-side prepared outside a transaction (ledger.prepared): planned once per connection.
+    insert = (f"INSERT INTO top_up ({', '.join(_TOPUP_COLUMNS)})"
+              f" VALUES ({', '.join(f'%({c})s' for c in _TOPUP_COLUMNS)})")
     return (f"WITH t AS ({insert} RETURNING seq, id)"
-            f" {event} SELECT id, 'requested', {p}, {p} FROM t RETURNING (SELECT seq FROM t)")
+            f" {event} SELECT id, 'requested', %(detail)s, %(event_at)s FROM t"
+            f" RETURNING (SELECT seq FROM t)")
 
 
 def create_topup(account_id: str, *, amount: int, phone: str, reference: str | None,
@@ -87,16 +99,17 @@ def create_topup(account_id: str, *, amount: int, phone: str, reference: str | N
               topup.updated_at)
     event = (json.dumps({"amount": amount, "phone": mask(phone), "reference": topup.reference},
                         default=str), utcnow())
-    sql = prepared.statement(_create_sql)
     try:
         if prepared.is_sqlite(database.obj):
-            insert_sql, event_sql = sql.split(";")
+            insert_sql, event_sql = prepared.statement(_create_sql).split(";")
             with write_transaction():
                 topup.seq = database.execute_sql(insert_sql, values).lastrowid
                 database.execute_sql(event_sql, (topup_id,) + event)
         else:
+            params = dict(zip(_TOPUP_COLUMNS, values), detail=event[0], event_at=event[1])
             with prepared.one_statement_transaction():
-                topup.seq = database.execute_sql(sql, values + event).fetchone()[0]
+                topup.seq = prepared.execute_prepared_outside_transaction(
+                    "topup_create", _create_sql, _CREATE_TYPES, params).fetchone()[0]
         return topup, True
     except pw.IntegrityError:
         if idempotency_key is None:
@@ -126,21 +139,31 @@ class ClaimedPush:
 
 # The push's own statements, written once (ledger.prepared): built by Peewee they were half
 # of the push task's CPU (make bench, "CPU per unit of work").
+# On PostgreSQL they are server-side prepared when no transaction is open (ledger.prepared),
+# so the server plans each once per connection, not on every call.
+def _mark(db, key: str) -> str:
+    """The parameter mark: SQLite's positional one, or a named one for PostgreSQL."""
+    return db.param if prepared.is_sqlite(db) else f"%({key})s"
+
+
 def _push_state_sql(db) -> str:
-    return f"SELECT status, push_state, phone FROM top_up WHERE id = {db.param}"
+    return f"SELECT status, push_state, phone FROM top_up WHERE id = {_mark(db, 'topup')}"
 
 
 def _claim_push_sql(db) -> str:
-    p = db.param
+    now = _mark(db, "now")
     return (f"UPDATE top_up SET push_state = '{PUSH_SENDING}',"
-            f" push_attempts = push_attempts + 1, push_started_at = {p}, updated_at = {p}"
-            f" WHERE id = {p} AND push_state = '{PUSH_QUEUED}' AND status = '{PENDING}'"
-            f" RETURNING amount, phone, reference, push_attempts")
+            f" push_attempts = push_attempts + 1, push_started_at = {now}, updated_at = {now}"
+            f" WHERE id = {_mark(db, 'topup')} AND push_state = '{PUSH_QUEUED}'"
+            f" AND status = '{PENDING}' RETURNING amount, phone, reference, push_attempts")
 
 
 def push_state(topup_id: str) -> tuple[str, str, str] | None:
     """``(status, push_state, phone)`` of a top-up, or None if there is no such top-up."""
-    return database.execute_sql(prepared.statement(_push_state_sql), (topup_id,)).fetchone()
+    if prepared.is_sqlite(database.obj):
+        return database.execute_sql(prepared.statement(_push_state_sql), (topup_id,)).fetchone()
+    return prepared.execute_prepared_outside_transaction(
+        "topup_push_state", _push_state_sql, {"topup": "text"}, {"topup": topup_id}).fetchone()
 
 
 def claim_push(topup_id: str) -> ClaimedPush | None:
@@ -155,8 +178,13 @@ def claim_push(topup_id: str) -> ClaimedPush | None:
     # commit, a database lost in between left the push claimed, `sending`, with nothing sent,
     # never to be claimed again). fetchall: on SQLite the statement, and so its write
     # transaction, ends only once its rows are read.
-    rows = database.execute_sql(prepared.statement(_claim_push_sql),
-                                (now, now, topup_id)).fetchall()
+    if prepared.is_sqlite(database.obj):
+        rows = database.execute_sql(prepared.statement(_claim_push_sql),
+                                    (now, now, topup_id)).fetchall()
+    else:
+        rows = prepared.execute_prepared_outside_transaction(
+            "topup_claim_push", _claim_push_sql, {"now": "timestamp", "topup": "text"},
+            {"now": now, "topup": topup_id}).fetchall()
     if not rows:
         return None
     amount, phone, reference, attempts = rows[0]
@@ -171,13 +199,20 @@ def release_push(topup_id: str, reason: str, **detail) -> None:
         record_event(topup_id, "push_not_sent", reason=reason, **detail)
 
 
+_PUSH_ACCEPTED_TYPES = {"checkout": "text", "merchant": "text", "now": "timestamp",
+                        "query_at": "timestamp", "topup": "text", "detail": "text",
+                        "event_at": "timestamp"}
+
+
 def _push_accepted_sql(db) -> str:
-    p = db.param
-    update = (f"UPDATE top_up SET push_state = '{PUSH_SENT}', checkout_request_id = {p},"
-              f" merchant_request_id = {p}, pushed_at = {p}, updated_at = {p},"
-              f" next_query_at = {p} WHERE id = {p} AND checkout_request_id IS NULL")
+    def m(key):
+        return _mark(db, key)
+    update = (f"UPDATE top_up SET push_state = '{PUSH_SENT}',"
+              f" checkout_request_id = {m('checkout')}, merchant_request_id = {m('merchant')},"
+              f" pushed_at = {m('now')}, updated_at = {m('now')}, next_query_at = {m('query_at')}"
+              f" WHERE id = {m('topup')} AND checkout_request_id IS NULL")
     event = (f"INSERT INTO topup_event (topup_id, kind, detail, created_at)"
-             f" VALUES ({p}, 'push_accepted', {p}, {p})")
+             f" VALUES ({m('topup')}, 'push_accepted', {m('detail')}, {m('event_at')})")
     if prepared.is_sqlite(db):
         return update + ";" + event  # two statements, run one by one in a transaction
     # PostgreSQL: one statement, so one round trip and no BEGIN/COMMIT; a writable CTE runs
@@ -186,7 +221,7 @@ def _push_accepted_sql(db) -> str:
 
 
 def _early_callbacks_sql(db) -> str:
-    return f"SELECT seq FROM callback WHERE checkout_request_id = {db.param}"
+    return f"SELECT seq FROM callback WHERE checkout_request_id = {_mark(db, 'checkout')}"
 
 
 def record_push_accepted(topup_id: str, *, checkout_request_id: str,
@@ -205,19 +240,24 @@ def record_push_accepted(topup_id: str, *, checkout_request_id: str,
     event = (topup_id, json.dumps({"checkout_request_id": checkout_request_id,
                                    "merchant_request_id": merchant_request_id}, default=str),
              utcnow())
-    sql = prepared.statement(_push_accepted_sql)
     if prepared.is_sqlite(database.obj):
-        update_sql, event_sql = sql.split(";")
+        update_sql, event_sql = prepared.statement(_push_accepted_sql).split(";")
         with write_transaction():
             database.execute_sql(update_sql, update)
             database.execute_sql(event_sql, event)
-    else:
-        with prepared.one_statement_transaction():
-            database.execute_sql(sql, update + event)
-    # Read after the commit, never in the same statement: a callback committed while that
-    # statement ran is not in its snapshot, and may have found no top-up.
-    return [row[0] for row in database.execute_sql(prepared.statement(_early_callbacks_sql),
-                                                   (checkout_request_id,)).fetchall()]
+        # Read after the commit, never in the same statement: a callback committed while
+        # that statement ran is not in its snapshot, and may have found no top-up.
+        return [row[0] for row in database.execute_sql(
+            prepared.statement(_early_callbacks_sql), (checkout_request_id,)).fetchall()]
+    params = dict(zip(("checkout", "merchant", "now", "now", "query_at", "topup"), update),
+                  detail=event[1], event_at=event[2])
+    with prepared.one_statement_transaction():
+        prepared.execute_prepared_outside_transaction(
+            "topup_push_accepted", _push_accepted_sql, _PUSH_ACCEPTED_TYPES, params)
+    # Read after the commit, as above.
+    return [row[0] for row in prepared.execute_prepared_outside_transaction(
+        "topup_early_callbacks", _early_callbacks_sql, {"checkout": "text"},
+        {"checkout": checkout_request_id}).fetchall()]
 
 
 def record_push_refused(topup_id: str, *, error_code: str | None,
