@@ -166,13 +166,15 @@ def push_state(topup_id: str) -> tuple[str, str, str] | None:
         "topup_push_state", _push_state_sql, {"topup": "text"}, {"topup": topup_id}).fetchone()
 
 
-def claim_push(topup_id: str) -> ClaimedPush | None:
+def claim_push(topup_id: str, *, now: dt.datetime | None = None) -> ClaimedPush | None:
     """Take the right to send this top-up's STK push, or None if it is not to be sent.
 
     Only a QUEUED push can be claimed, so a message delivered twice, or two workers on the
-    same message, send at most one prompt.
+    same message, send at most one prompt. ``now`` is written as the claim's
+    ``push_started_at``: the caller that keeps it can put back a claim whose answer it lost
+    (:func:`unclaim_push`).
     """
-    now = utcnow()
+    now = now or utcnow()
     # One conditional UPDATE, its own transaction, that hands back the claimed row: the row
     # comes with the commit, as the read inside the transaction did before (read after the
     # commit, a database lost in between left the push claimed, `sending`, with nothing sent,
@@ -189,6 +191,18 @@ def claim_push(topup_id: str) -> ClaimedPush | None:
         return None
     amount, phone, reference, attempts = rows[0]
     return ClaimedPush(topup_id, amount, phone, reference, attempts)
+
+
+def unclaim_push(topup_id: str, claimed_at: dt.datetime) -> bool:
+    """Put back the claim made at ``claimed_at`` if it is in: the claimer lost the claim's
+    answer (the database died as it committed) and so certainly sent nothing."""
+    with write_transaction():
+        undone = (TopUp.update(push_state=PUSH_QUEUED, updated_at=utcnow())
+                  .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_SENDING)
+                         & (TopUp.push_started_at == claimed_at)).execute())
+        if undone:
+            record_event(topup_id, "push_not_sent", reason="claim's answer lost")
+    return bool(undone)
 
 
 def release_push(topup_id: str, reason: str, **detail) -> None:

@@ -82,7 +82,16 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
         return "not_claimed", []
     if not lock_phone(redis, current[2], topup_id):
         raise PushNotSentYet("phone has a prompt open", retry_after_s=PHONE_BUSY_RETRY_S)
-    topup = topups.claim_push(topup_id)
+    claimed_at = utcnow()
+    try:
+        topup = topups.claim_push(topup_id, now=claimed_at)
+    except (peewee.OperationalError, peewee.InterfaceError):
+        # The claim may be committed with its answer lost (the server died as it answered).
+        # Nothing was sent: a claim left `sending` would never be claimed again and the sweep
+        # would call it ambiguous, to be settled only by giving up. Put ours back, if it is
+        # in, so that the message's retry sends.
+        _with_database_retries(lambda: topups.unclaim_push(topup_id, claimed_at))
+        raise
     if topup is None:
         return "not_claimed", []
     context = {"topup_id": topup_id, "phone": mask(topup.phone)}

@@ -97,3 +97,18 @@ def test_inside_a_callers_transaction_they_are_sent_as_text_and_roll_back_with_i
                 raise RuntimeError("the caller failed")
         assert server_prepared() == set()
         assert TopUp.select().count() == 0 and TopUpEvent.select().count() == 0
+
+
+def test_a_prepared_claim_whose_answer_was_lost_is_put_back_by_its_own_timestamp(ledger_pg):
+    # workers.tasks.push undoes a claim it did not hear, by the push_started_at it sent: the
+    # prepared claim must store that timestamp exactly for the undo to find it
+    from ledger.models import PUSH_QUEUED, utcnow
+    with db.connection():
+        topup, _ = topups.create_topup(ledger_pg, amount=100, phone="254712345678",
+                                       reference=None, metadata={})
+        claimed_at = utcnow()
+        assert topups.claim_push(topup.id, now=claimed_at) is not None
+        assert topups.unclaim_push(topup.id, claimed_at.replace(microsecond=1)) is False
+        assert topups.unclaim_push(topup.id, claimed_at) is True
+        assert TopUp.get(TopUp.id == topup.id).push_state == PUSH_QUEUED
+        assert topups.claim_push(topup.id) is not None   # the retry claims it again

@@ -2,6 +2,7 @@
 (put back and retried), or maybe sent (never sent again). Against the simulator over HTTP."""
 import datetime as dt
 
+import peewee
 import pytest
 
 from daraja import DarajaClient, MemoryTokenCache
@@ -127,3 +128,35 @@ def test_an_accepted_push_records_its_checkout_request_id_and_is_sent_once(
     assert (topup.push_state, topup.checkout_request_id) == (
         PUSH_SENT, transaction["checkout_request_id"])
     assert pushes_received(daraja_sim) == 1
+
+
+def test_a_claim_committed_with_its_answer_lost_is_put_back_and_the_retry_sends(
+        stk, account_id, daraja_sim, monkeypatch):
+    # The database dies as it commits the claim: the claim is in, the worker hears an error
+    # and sent nothing. Left `sending`, the push would never be claimed again and the sweep
+    # would call it ambiguous, settled by nothing but giving up (seen in test_recovery).
+    topup_id = new_topup(account_id, "254712345678")
+    claim = topups.claim_push
+
+    def claimed_but_answer_lost(*args, **kwargs):
+        assert claim(*args, **kwargs) is not None
+        raise peewee.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(topups, "claim_push", claimed_but_answer_lost)
+    with pytest.raises(peewee.OperationalError):
+        push(stk, topup_id)
+    monkeypatch.setattr(topups, "claim_push", claim)
+    assert row(topup_id).push_state == PUSH_QUEUED
+    assert pushes_received(daraja_sim) == 0
+    assert push(stk, topup_id)[0] == "sent"
+    assert pushes_received(daraja_sim) == 1
+
+
+def test_a_lost_claim_answer_never_puts_back_a_claim_that_is_not_its_own(stk, account_id):
+    # another worker's claim (a later push_started_at) stays: only ours may be undone
+    topup_id = new_topup(account_id, "254712345678")
+    with db.connection():
+        ours = dt.datetime(2026, 1, 1, 12, 0, 0, 123456)
+        assert topups.claim_push(topup_id) is not None
+        assert topups.unclaim_push(topup_id, ours) is False
+    assert row(topup_id).push_state != PUSH_QUEUED
