@@ -76,8 +76,10 @@ def explain(measurements: dict) -> list[str]:
                     for kinds in census["by_process"].values())
         begins = sum(kinds.get("BEGIN", 0) for kinds in census["by_process"].values())
         lines.append(
-            f"- **Round trips.** One top-up sends {census['total']} statements to PostgreSQL, "
-            f"{begins} of them `BEGIN` (Peewee opens every transaction with its own round trip)"
+            f"- **Round trips.** One top-up sends {census['total']} statements to PostgreSQL"
+            + (f", {begins} of them `BEGIN` (Peewee opens every transaction with its own round "
+               f"trip)" if begins else ", none of them `BEGIN`: each write is one statement, "
+               "its own transaction")
             + (f" and {pings} `SELECT 1` (the connection pool checking a connection each time a "
                f"request or message takes one)" if pings else "") + ".")
     return lines
