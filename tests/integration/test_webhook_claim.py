@@ -13,6 +13,7 @@ import pytest
 
 from ledger import accounts, db, events, migrate, prepared, topups, webhooks
 from ledger.models import Event, TopUp, WebhookDelivery, WebhookEndpoint
+from tests.integration.test_hot_paths_pg import at_once
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -48,26 +49,6 @@ def a_delivery(account_id: str, *, checkout_request_id: str | None = "ws_CO_") -
             webhooks.create_endpoint(account_id, "https://example.com/hooks", ["wallet.top_up"])
             events.publish(account_id, "wallet.top_up", {"amount": "1.00"}, topup_id=topup.id)
         return WebhookDelivery.select().order_by(WebhookDelivery.seq.desc()).get()
-
-
-def at_once(n: int, work) -> list:
-    """``work()`` in n threads released together, each on its own connection."""
-    results, start = [None] * n, threading.Barrier(n)
-
-    def run(i):
-        start.wait()
-        with db.connection():
-            try:
-                results[i] = work()
-            except Exception as exc:  # noqa: BLE001 - reported by the assertions
-                results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return results
 
 
 def row(delivery_id: str) -> WebhookDelivery:
