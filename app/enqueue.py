@@ -9,7 +9,8 @@ import threading
 from uuid import uuid4
 
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
+
+from workers.doorbell import add_enqueue
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +123,13 @@ def send_pipelined(batch: list[tuple]) -> None:
     pipeline. A message the pipeline could not send (the script flushed from Redis) goes by
     ``broker.enqueue`` on its own, which loads the script again."""
     broker = batch[0][0].broker
-    dispatch = broker.scripts["dispatch"]
     pipe = broker.client.pipeline(transaction=False)
     messages = []
     for actor, args, _ in batch:
         message = actor.message(*args).copy(options={"redis_message_id": str(uuid4())})
         broker.emit_before("enqueue", message, None)
-        pipe.evalsha(dispatch.sha, 1, broker.namespace,
-                     "enqueue", current_millis(), message.queue_name, broker.broker_id,
-                     broker.heartbeat_timeout, broker.dead_message_ttl,
-                     broker._should_do_maintenance("enqueue"), broker._max_unpack_size(),
-                     message.options["redis_message_id"], message.encode())
+        add_enqueue(broker, pipe, message.queue_name, message.options["redis_message_id"],
+                    message.encode())
         messages.append(message)
     results = pipe.execute(raise_on_error=False)
     for (actor, _, context), message, result in zip(batch, messages, results):

@@ -59,6 +59,17 @@ def bell_key(namespace: str, queue_name: str) -> str:
     return f"{namespace}-bells:{queue_name}"
 
 
+def add_enqueue(broker: RedisBroker, pipe, queue_name: str, *args) -> None:
+    """Dramatiq's enqueue of one message added to a pipeline: the ``EVALSHA`` of its
+    ``dispatch`` script with the arguments ``RedisBroker.do_enqueue`` gives it (``args``: the
+    message's redis id and its encoded body). The one copy of those arguments here, for this
+    broker and for ``app.enqueue``'s batches."""
+    pipe.evalsha(broker.scripts["dispatch"].sha, 1, broker.namespace, "enqueue",
+                 current_millis(), queue_name, broker.broker_id, broker.heartbeat_timeout,
+                 broker.dead_message_ttl, broker._should_do_maintenance("enqueue"),
+                 broker._max_unpack_size(), *args)
+
+
 class DoorbellBroker(RedisBroker):
     """A :class:`RedisBroker` whose enqueues ring the queue's doorbell and whose consumers
     wait on it. Same keys, same scripts, same messages: stock brokers and workers can share
@@ -104,11 +115,8 @@ class DoorbellBroker(RedisBroker):
 
     def do_enqueue(self, queue_name, *args):
         """Dramatiq's enqueue (``dispatch.lua``), then a ring, in one round trip."""
-        dispatch = self.scripts["dispatch"]
         pipe = self.client.pipeline(transaction=False)
-        pipe.evalsha(dispatch.sha, 1, self.namespace, "enqueue", current_millis(), queue_name,
-                     self.broker_id, self.heartbeat_timeout, self.dead_message_ttl,
-                     self._should_do_maintenance("enqueue"), self._max_unpack_size(), *args)
+        add_enqueue(self, pipe, queue_name, *args)
         self.add_ring(pipe, queue_name)
         enqueued, *rang = pipe.execute(raise_on_error=False)
         if isinstance(enqueued, redis.exceptions.NoScriptError):
