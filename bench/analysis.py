@@ -22,7 +22,9 @@ def explain(measurements: dict) -> list[str]:
             + _top(ack.get("profile")))
     cred = measurements.get("crediting", {})
     if cred.get("rows"):
-        r = cred["rows"][-1]
+        # the goal's configuration (the last row in reports made before the rounds)
+        head = cred.get("headline", {}).get("concurrency")
+        r = next((row for row in cred["rows"] if row["concurrency"] == head), cred["rows"][-1])
         states = r["workers"]["connections"]
         pg = r["pgbench"]["connections"]
         lock = states.get("waiting for a row lock", 0)
@@ -37,7 +39,7 @@ def explain(measurements: dict) -> list[str]:
             f"answering in microseconds, sat idle in transaction {pg_idle_tx:.1f} "
             f"on average. A worker spends {sum(r['workers']['cpu_ms_per_credit'].values()):.1f} ms "
             f"of CPU per credit across processes ({_roles(r['workers']['cpu_ms_per_credit'])})."
-            + _top(cred.get("profile")))
+            + _pgbench_cpu(r) + _top(cred.get("profile")) + _spread(r))
     e2e = measurements.get("end_to_end", {})
     if e2e.get("rows"):
         best = max(e2e["rows"], key=lambda row: row["burst"]["topups_per_s"] or 0)
@@ -103,6 +105,29 @@ def _gateway_share(cpu_by_role: dict) -> str:
 def _roles(by_role: dict) -> str:
     items = sorted(by_role.items(), key=lambda kv: -kv[1])
     return ", ".join(f"{role} {ms:.2f}" for role, ms in items[:5])
+
+
+def _pgbench_cpu(row: dict) -> str:
+    ours = sum(row["workers"]["cpu_ms_per_credit"].values())
+    theirs = sum(row["pgbench"].get("cpu_ms_per_transaction", {}).values())
+    if not ours or not theirs:
+        return ""
+    return (f" pgbench's side spends {theirs:.1f} ms per transaction "
+            f"({_roles(row['pgbench']['cpu_ms_per_transaction'])}): per credit, the workers' "
+            f"side takes {ours / theirs:.1f} × its CPU.")
+
+
+def _spread(row: dict) -> str:
+    ratios = [rnd["ratio"] for rnd in row.get("rounds", []) if rnd["ratio"] is not None]
+    if len(ratios) < 2:
+        return ""
+    tps = [rnd["pgbench"]["tps"] for rnd in row["rounds"] if rnd["pgbench"]["tps"]]
+    rates = [rnd["workers"]["credits_per_s"] for rnd in row["rounds"]
+             if rnd["workers"]["credits_per_s"]]
+    return (f" Over {len(ratios)} alternating rounds the ratio ran from {min(ratios):.3f} to "
+            f"{max(ratios):.3f} (median {row['ratio']:.3f}); pgbench alone from "
+            f"{min(tps):,.0f} to {max(tps):,.0f} tps and the workers from {min(rates):,.0f} to "
+            f"{max(rates):,.0f} credits/s.")
 
 
 def _top(profile: dict | None) -> str:

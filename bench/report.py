@@ -174,27 +174,7 @@ def markdown(results: dict, plots: dict) -> str:
         out += _profile(a.get("profile"), "the API's gunicorn workers under the callback load")
 
     if "crediting" in m and "rows" in m["crediting"]:
-        c = m["crediting"]
-        out += ["## 2. Crediting one hot wallet", "",
-                "Paid callbacks stored for pushed top-ups, one `apply_callback` message each, "
-                "applied by `dramatiq workers` into one wallet; pgbench runs the credit "
-                "transaction (conditional top-up UPDATE, wallet UPDATE, ledger INSERT) on the "
-                "same tables and another hot wallet with as many clients as the workers have "
-                "threads.", "",
-                "| workers | credits/s | pgbench tps | ratio | worker CPU ms per credit "
-                "(by process) | connections: avg number in each state (workers / pgbench) |",
-                "|---|---|---|---|---|---|"]
-        for r in c["rows"]:
-            states = _states(r["workers"]["connections"], r["pgbench"]["connections"])
-            out.append(f"| {r['processes']} × {r['threads']} | "
-                       f"{_f(r['workers']['credits_per_s'])} | {_f(r['pgbench']['tps'])} | "
-                       f"{_f(r['ratio'], 3)} | {_cpu(r['workers']['cpu_ms_per_credit'])} | "
-                       f"{states} |")
-        ok = c["correctness"]
-        out += ["", f"Every credit once: balance {ok['balance_cents']:,} cents = sum of "
-                f"{ok['entries']:,} entries, one per succeeded top-up: "
-                f"{'yes' if ok['ok'] else '**NO**'}.", ""]
-        out += _profile(c.get("profile"), "the worker processes while they credit")
+        out += _crediting(m["crediting"])
 
     if "end_to_end" in m and "rows" in m["end_to_end"]:
         e = m["end_to_end"]
@@ -326,6 +306,74 @@ def markdown(results: dict, plots: dict) -> str:
     if results.get("changes"):
         out += ["## Changes made to our code from these figures", ""] + results["changes"] + [""]
     return "\n".join(out) + "\n"
+
+
+def _crediting(c: dict) -> list[str]:
+    rounds = any(r.get("rounds") for r in c["rows"])
+    out = ["## 2. Crediting one hot wallet", "",
+           "Paid callbacks stored for pushed top-ups, one `apply_callback` message each, "
+           "applied by `dramatiq workers` into one wallet; pgbench runs the credit "
+           "transaction (conditional top-up UPDATE, wallet UPDATE, ledger INSERT) on the "
+           "same tables and another hot wallet with as many clients as the workers have "
+           "threads. The workers' rate is taken from the first credit to the last.", ""]
+    if rounds:
+        settings = c["settings"]
+        warm, seconds = settings["warm_up"], settings["pgbench_seconds"]
+        out += ["Side by side in one run, configuration by configuration: first a warm-up on "
+                f"each side that is not counted ({warm['workers_credits']:,} credits by the "
+                f"workers, then pgbench for {warm['pgbench_seconds']} s: the first pass after "
+                "the database's creation pays for cold caches and plans), then alternating "
+                f"rounds of a workers pass and a pgbench run (`-T {seconds}`), "
+                "each pass on fresh rows of its own. A workers pass is sized from the workers' "
+                f"rate so far to last about {seconds} s too, so that both sides "
+                "face the shared machine for the same stretch of time. Before every pass, "
+                "warm-up included, the tables are vacuumed and analysed and a CHECKPOINT "
+                "taken, so each pass starts from the same state. **The ratio is the median of "
+                "the rounds' ratios** (a workers pass against the pgbench run right after it), "
+                "not the best round; the table's other figures are medians over the rounds, "
+                "figure by figure. pgbench's tps leaves out its connections' set-up, as the "
+                "workers' rate leaves out their start.", ""]
+    pg_cpu = any(r["pgbench"].get("cpu_ms_per_transaction") for r in c["rows"])
+    out += ["| workers | credits/s | pgbench tps | ratio | worker CPU ms per credit "
+            "(by process) |" + (" pgbench CPU ms per transaction (by process) |" if pg_cpu
+                                else "")
+            + " connections: avg number in each state (workers / pgbench) |",
+            "|---|---|---|---|---|" + ("---|" if pg_cpu else "") + "---|"]
+    for r in c["rows"]:
+        states = _states(r["workers"]["connections"], r["pgbench"]["connections"])
+        spread = (f" ({_f(r['ratio_range'][0], 3)}–{_f(r['ratio_range'][1], 3)} over "
+                  f"{len(r['rounds'])} rounds)" if r.get("ratio_range") else "")
+        out.append(f"| {r['processes']} × {r['threads']} | "
+                   f"{_f(r['workers']['credits_per_s'])} | {_f(r['pgbench']['tps'])} | "
+                   f"**{_f(r['ratio'], 3)}**{spread} | {_cpu(r['workers']['cpu_ms_per_credit'])} | "
+                   + (f"{_cpu(r['pgbench'].get('cpu_ms_per_transaction', {}))} | " if pg_cpu
+                      else "") + f"{states} |")
+    if rounds:
+        out += ["", "Every round, in the order run (others' CPU: the share of the machine that "
+                "other people's processes took during the pass, workers / pgbench):", "",
+                "| workers | round | workers pass | credits/s | pgbench tps "
+                "| ratio | others' CPU |", "|---|---|---|---|---|---|---|"]
+        for r in c["rows"]:
+            passes = [("warm-up, not counted", {**r["warm_up"], "ratio": None})]
+            passes += [(str(i), rnd) for i, rnd in enumerate(r["rounds"], 1)]
+            for label, rnd in passes:
+                w, p = rnd["workers"], rnd["pgbench"]
+                out.append(
+                    f"| {r['processes']} × {r['threads']} | {label} | "
+                    f"{_f(w['credited'])} credits in {_f(w['span_s'], 2)} s | "
+                    f"{_f(w['credits_per_s'])} | {_f(p['tps'])} | {_f(rnd['ratio'], 3)} | "
+                    f"{_share(w.get('machine'))} / {_share(p.get('machine'))} |")
+    ok = c["correctness"]
+    out += ["", f"Every credit once: balance {ok['balance_cents']:,} cents = sum of "
+            f"{ok['entries']:,} entries, one per succeeded top-up: "
+            f"{'yes' if ok['ok'] else '**NO**'}.", ""]
+    out += _profile(c.get("profile"), "the worker processes while they credit")
+    return out
+
+
+def _share(machine: dict | None) -> str:
+    share = (machine or {}).get("cpu_foreign_share")
+    return "–" if share is None else f"{share:.0%}"
 
 
 def _states(workers: dict, pgbench: dict) -> str:
