@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 
 import peewee
 
@@ -26,11 +27,6 @@ PHONE_BUSY_RETRY_S = 15
 # How long the sweeper leaves a live query chain alone before re-driving it.
 QUERY_RECHECK_S = 900
 
-_RELEASE_LOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-
 
 class PushNotSentYet(Exception):
     """The push certainly did not reach Daraja; try again later."""
@@ -45,6 +41,42 @@ class AskAgainLater(Exception):
 
 
 # --- one prompt per phone ----------------------------------------------------------------------
+#
+# The lock is a Redis key per phone whose value names the top-up holding it, set when its push
+# is about to go and kept at most PHONE_LOCK_S. It is released where that is rare and cheap (a
+# push that did not go out, a query or a give-up that settled the top-up) but not when a
+# callback settles it: that is every credit, and one Redis round trip each. A later push for
+# the phone that finds the lock held by another top-up asks the database instead: a holder no
+# longer pending (or unknown to this database) has no prompt open, and the lock is taken over
+# in one compare-and-set, so of two pushes doing so at once one wins.
+
+# Release only our own lock: the value still names this top-up.
+_RELEASE_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+# Take over the lock from the settled top-up ARGV[1] (or from nobody: it has just expired).
+_TAKE_OVER_LOCK = """
+local holder = redis.call('get', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('set', KEYS[1], ARGV[2], 'px', ARGV[3])
+  return 1
+end
+return 0
+"""
+_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # client -> {text: Script}
+
+
+def _script(redis, text: str):
+    """``text`` registered on this client: EVALSHA, loaded again if Redis forgot it."""
+    scripts = _scripts.get(redis)
+    if scripts is None:
+        scripts = _scripts.setdefault(redis, {})
+    script = scripts.get(text)
+    if script is None:
+        script = scripts[text] = redis.register_script(text)
+    return script
+
 
 def _phone_key(phone: str) -> str:
     return f"topup:phone-lock:{phone}"
@@ -53,24 +85,49 @@ def _phone_key(phone: str) -> str:
 def lock_phone(redis, phone: str, topup_id: str) -> bool:
     if redis is None:
         return True
+    key = _phone_key(phone)
     try:
-        if redis.set(_phone_key(phone), topup_id, nx=True, px=PHONE_LOCK_S * 1000):
+        if redis.set(key, topup_id, nx=True, px=PHONE_LOCK_S * 1000):
             return True
-        return (redis.get(_phone_key(phone)) or b"").decode() == topup_id
+        holder = (redis.get(key) or b"").decode()
     except Exception:
-        # Without Redis the rule cannot be kept; Daraja itself refuses a second prompt
-        # ("Unable to lock subscriber"), which is retried like any "busy" answer.
-        log.warning("phone lock unavailable", extra={"phone": mask(phone)})
+        return _lock_unavailable(phone)
+    if holder == topup_id:
         return True
+    if holder and _prompt_may_be_open(holder):
+        return False
+    try:
+        return bool(_script(redis, _TAKE_OVER_LOCK)(
+            keys=[key], args=[holder, topup_id, PHONE_LOCK_S * 1000]))
+    except Exception:
+        return _lock_unavailable(phone)
+
+
+def _prompt_may_be_open(holder: str) -> bool:
+    """Whether the top-up holding a phone's lock may still have its prompt open: it is
+    pending. One unknown to this database (another database on the same Redis) is not
+    waited for: if its prompt is open, Daraja refuses ours as busy and the push is retried."""
+    status = TopUp.select(TopUp.status).where(TopUp.id == holder).scalar()
+    if status is None:
+        log.warning("phone lock held by a top-up unknown to this database",
+                    extra={"holder": holder})
+    return status == PENDING
+
+
+def _lock_unavailable(phone: str) -> bool:
+    # Without Redis the rule cannot be kept; Daraja itself refuses a second prompt
+    # ("Unable to lock subscriber"), which is retried like any "busy" answer.
+    log.warning("phone lock unavailable", extra={"phone": mask(phone)})
+    return True
 
 
 def unlock_phone(redis, phone: str | None, topup_id: str) -> None:
     if redis is None or not phone:
         return
     try:
-        redis.eval(_RELEASE_LOCK, 1, _phone_key(phone), topup_id)
+        _script(redis, _RELEASE_LOCK)(keys=[_phone_key(phone)], args=[topup_id])
     except Exception:
-        pass  # it expires by itself
+        pass  # it expires by itself, or the next push for the phone takes it over
 
 
 # --- the push ----------------------------------------------------------------------------------
@@ -200,16 +257,15 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
                                    "checkout_request_id": cb.checkout_request_id})
                 return outcome
     outcome, credited = topups.apply_callback_settling(callback_seq, row=row)
+    # The phone's lock is left to the next push for the phone, which takes it over from a
+    # settled top-up (lock_phone): not released here, on every credit.
     if credited is not None:
-        # credited in one statement, which told us what the phone lock and the metric need
-        unlock_phone(redis, credited.phone, credited.topup_id)
+        # credited in one statement, which told us what the metric needs
         metrics.credited(credited.pushed_at, credited.completed_at, source="callback")
-    elif outcome in ("credited", "failed"):
+    elif outcome == "credited":
         topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
         if topup is not None:
-            unlock_phone(redis, topup.phone, topup.id)
-            if outcome == "credited":
-                metrics.credited(topup.pushed_at, topup.completed_at, source="callback")
+            metrics.credited(topup.pushed_at, topup.completed_at, source="callback")
     log.info("callback applied", extra={"callback": callback_seq, "outcome": outcome,
                                         "checkout_request_id": row.checkout_request_id})
     return outcome

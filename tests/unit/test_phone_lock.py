@@ -1,6 +1,10 @@
 """One prompt in flight per phone: a second top-up for a phone waits, unclaimed, until the
-first one settles; the lock expires by itself, and without Redis Daraja's own lock holds."""
+first one settles; the lock expires by itself, and without Redis Daraja's own lock holds.
+
+A callback that settles a top-up leaves its lock in Redis (no round trip per credit): the next
+push for the phone finds the holder settled in the database and takes the lock over."""
 import datetime as dt
+import json
 
 import pytest
 
@@ -81,3 +85,87 @@ def test_without_redis_daraja_refuses_the_second_prompt_and_it_is_retried_later(
     assert waiting.value.retry_after_s >= 60
     assert (row(second).status, row(second).push_state) == (PENDING, PUSH_QUEUED)
     assert len(sim(daraja_sim, "GET", "/__sim/transactions")["data"]) == 1
+
+
+def failed_callback(checkout_request_id: str) -> bytes:
+    return json.dumps({"Body": {"stkCallback": {
+        "MerchantRequestID": "m-1", "CheckoutRequestID": checkout_request_id,
+        "ResultCode": 1032, "ResultDesc": "Request cancelled by user"}}}).encode()
+
+
+def settle_by_callback(stk, topup_id, body_for):
+    with db.connection():
+        stored, _ = topups.store_callback(body_for(row(topup_id).checkout_request_id), None)
+    with db.connection():
+        return tasks.apply_callback(stored.seq, redis=stk.redis)
+
+
+def lock_holder(stk, phone=PHONE):
+    return (stk.redis.get(f"topup:phone-lock:{phone}") or b"").decode() or None
+
+
+@pytest.mark.parametrize("body_for, outcome", [(success_callback, "credited"),
+                                               (failed_callback, "failed")])
+def test_the_next_topup_for_the_phone_takes_over_the_lock_of_one_a_callback_settled(
+        stk, account_id, daraja_sim, body_for, outcome):
+    first, second = new_topup(account_id, PHONE), new_topup(account_id, PHONE)
+    assert push(stk, first)[0] == "sent"
+    assert settle_by_callback(stk, first, body_for) == outcome
+    assert push(stk, second)[0] == "sent"
+    assert lock_holder(stk) == second
+    assert pushes_received(daraja_sim) == 2
+
+
+def test_a_third_topup_waits_for_the_second_that_took_the_lock_over(
+        stk, account_id, daraja_sim):
+    first, second, third = (new_topup(account_id, PHONE) for _ in range(3))
+    push(stk, first)
+    settle_by_callback(stk, first, success_callback)
+    push(stk, second)
+    with pytest.raises(tasks.PushNotSentYet, match="prompt open"):
+        push(stk, third)
+    assert (row(third).push_state, lock_holder(stk)) == (PUSH_QUEUED, second)
+    assert pushes_received(daraja_sim) == 2
+
+
+def test_of_two_pushes_taking_over_a_settled_lock_at_once_one_wins(stk, account_id):
+    first, second, third = (new_topup(account_id, PHONE) for _ in range(3))
+    push(stk, first)
+    settle_by_callback(stk, first, success_callback)
+    # both found the settled first holding the lock; the second's compare-and-set came first
+    with db.connection():
+        assert tasks.lock_phone(stk.redis, PHONE, second)
+    take_over = tasks._script(stk.redis, tasks._TAKE_OVER_LOCK)
+    assert take_over(keys=[f"topup:phone-lock:{PHONE}"], args=[first, third, 1000]) == 0
+    assert lock_holder(stk) == second
+
+
+def test_a_lock_held_by_a_topup_unknown_to_this_database_is_taken_over(
+        stk, account_id, daraja_sim):
+    stk.redis.set(f"topup:phone-lock:{PHONE}", "tu_from_another_database", px=60_000)
+    topup_id = new_topup(account_id, PHONE)
+    assert push(stk, topup_id)[0] == "sent"
+    assert lock_holder(stk) == topup_id
+
+
+class TakeOverFails:
+    """Redis that answers the lock's SET and GET but fails its scripts."""
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    def __getattr__(self, name):
+        return getattr(self.redis, name)
+
+    def register_script(self, text):
+        def fail(*args, **kwargs):
+            raise ConnectionError("Redis went away")
+        return fail
+
+
+def test_a_takeover_that_redis_fails_falls_back_on_darajas_own_lock(stk, account_id, daraja_sim):
+    first, second = new_topup(account_id, PHONE), new_topup(account_id, PHONE)
+    push(stk, first)
+    settle_by_callback(stk, first, success_callback)
+    assert push(stk, second, redis=TakeOverFails(stk.redis))[0] == "sent"
+    assert pushes_received(daraja_sim) == 2
