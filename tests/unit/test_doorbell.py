@@ -5,6 +5,9 @@ Lua, so Dramatiq's dispatch.lua runs as it is).
 
 Consumers here wait up to a minute between fetches: whatever wakes them is a ring, a due
 message or an ack, never the poll interval.
+
+The ack and the fetch are Dramatiq's dispatch script packed by the broker itself: the same
+command on the wire, the same effect, and Dramatiq's own call when Redis lost the script.
 """
 from __future__ import annotations
 
@@ -13,9 +16,16 @@ import threading
 import dramatiq
 import fakeredis
 import pytest
+import redis
+from dramatiq.brokers import redis as dramatiq_redis
+from dramatiq.errors import ConnectionClosed
+from redis.backoff import NoBackoff
+from redis.connection import PythonRespSerializer
+from redis.retry import Retry
 
 from telemetry.queues import Queues
 from tests.waiting import wait_until
+from workers import doorbell
 from workers.doorbell import RINGS_KEPT, DoorbellBroker, DoorbellConsumer, bell_key
 
 A_MINUTE_MS = 60_000
@@ -185,3 +195,104 @@ def test_a_worker_runs_a_message_retried_with_a_short_delay(broker):
         worker.stop(timeout=100)
         for name in broker.get_declared_queues() | broker.get_declared_delay_queues():
             broker.ring(name)
+
+
+# --- the ack and the fetch, packed by the broker ---------------------------------------------
+
+@pytest.mark.parametrize("command, args", [("ack", ("9f1c-redis-message-id",)),
+                                           ("nack", ("9f1c-redis-message-id",)),
+                                           ("fetch", (7,))])
+def test_the_ack_and_the_fetch_go_out_as_dramatiqs_own_dispatch_call(
+        broker, monkeypatch, command, args):
+    for module in (doorbell, dramatiq_redis):
+        monkeypatch.setattr(module, "current_millis", lambda: 1_764_400_000_123)
+    monkeypatch.setattr(broker, "_should_do_maintenance", lambda command: 0)
+    stock = PythonRespSerializer(6000, broker.client.get_encoder().encode).pack(
+        "EVALSHA", broker.scripts["dispatch"].sha, 1, broker.namespace, command,
+        1_764_400_000_123, "topups", broker.broker_id, broker.heartbeat_timeout,
+        broker.dead_message_ttl, 0, broker._max_unpack_size(), *args)
+    assert broker.pack_dispatch(command, "topups", args) == b"".join(stock)
+
+
+def test_an_acked_message_is_gone_from_redis(broker, redis_client):
+    broker.enqueue(message(n=1))
+    consumer = broker.consume("topups", prefetch=2, timeout=A_MINUTE_MS)
+    taken = next(consumer)
+    assert taken.args == ("tu_1",)
+    assert redis_client.hlen("dramatiq:topups.msgs") == 1
+    consumer.ack(taken)
+    assert redis_client.hlen("dramatiq:topups.msgs") == 0
+    assert redis_client.smembers(f"dramatiq:__acks__.{broker.broker_id}.topups") == set()
+
+
+def test_a_redis_that_lost_its_scripts_still_hands_out_and_acks_messages(broker, redis_client):
+    broker.enqueue(message(n=1))
+    consumer = broker.consume("topups", prefetch=2, timeout=A_MINUTE_MS)
+    redis_client.script_flush()
+    taken = next(consumer)
+    assert taken.args == ("tu_1",)
+    redis_client.script_flush()
+    consumer.ack(taken)
+    assert redis_client.hlen("dramatiq:topups.msgs") == 0
+
+
+def test_an_ack_redis_cannot_take_is_retried_by_dramatiq_and_lands_later():
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeRedis(server=server, retry=Retry(NoBackoff(), 1))
+    broker = DoorbellBroker(client=client)
+    broker.declare_queue("topups")
+    try:
+        broker.enqueue(message(n=1))
+        consumer = broker.consume("topups", prefetch=2, timeout=A_MINUTE_MS)
+        taken = next(consumer)
+        server.connected = False
+        # ConnectionClosed: Dramatiq's post_process_message tries the ack again
+        with pytest.raises(ConnectionClosed):
+            consumer.ack(taken)
+        server.connected = True
+        assert client.hlen("dramatiq:topups.msgs") == 1   # not acked: still Dramatiq's
+        consumer.ack(taken)
+        assert client.hlen("dramatiq:topups.msgs") == 0
+    finally:
+        broker.close()
+
+
+def test_a_client_pinned_to_one_connection_acks_through_redis_py(redis_client):
+    pinned = DoorbellBroker(client=redis.Redis(connection_pool=redis_client.connection_pool,
+                                               single_connection_client=True))
+    pinned.declare_queue("topups")
+    try:
+        pinned.enqueue(message(n=1))
+        consumer = pinned.consume("topups", prefetch=2, timeout=A_MINUTE_MS)
+        consumer.ack(next(consumer))
+        assert redis_client.hlen("dramatiq:topups.msgs") == 0
+    finally:
+        pinned.close()
+
+
+# --- fetching in batches ------------------------------------------------------------------------
+
+def test_a_busy_consumer_fetches_once_a_quarter_of_its_prefetch_is_free(broker):
+    for n in range(20):
+        broker.enqueue(message(n=n))
+    consumer = broker.consume("topups", prefetch=8, timeout=50)
+    handed_out = [next(consumer) for _ in range(8)]
+    assert [m.args for m in handed_out] == [(f"tu_{n}",) for n in range(8)]
+    consumer.ack(handed_out[0])
+    assert next(consumer) is None   # one free of eight: it waits for another ack
+    consumer.ack(handed_out[1])
+    assert next(consumer).args == ("tu_8",)
+    assert len(consumer.message_cache) == 1   # both free places filled in one fetch
+
+
+def test_a_consumer_with_less_than_four_to_prefetch_fetches_on_every_ack(broker):
+    for n in range(3):
+        broker.enqueue(message(n=n))
+    consumer = broker.consume("topups", prefetch=2, timeout=50)
+    first, _ = next(consumer), next(consumer)
+    consumer.ack(first)
+    assert next(consumer).args == ("tu_2",)
+
+
+def test_the_fetch_batch_is_a_quarter_of_the_prefetch_within_bounds():
+    assert [doorbell.fetch_batch(p) for p in (1, 3, 4, 8, 16, 64, 4000)] == [1, 1, 1, 2, 4, 16, 16]
