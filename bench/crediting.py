@@ -88,7 +88,17 @@ def run(bench: Bench) -> dict:
             rate, tps = worker["credits_per_s"], pgbench["tps"]
             timed.append({"workers": worker, "pgbench": pgbench,
                           "ratio": round(rate / tps, 3) if rate and tps else None})
-        rows.append(_row(processes, threads, timed, warm_workers, warm_pgbench))
+        row = _row(processes, threads, timed, warm_workers, warm_pgbench)
+        if not rows and not bench.quick:
+            # for reference, not the goal's baseline: pgbench with its statements prepared
+            # on the server, as the workers' are (its default mode parses and plans each one)
+            prepared = _pgbench(bench, url, pg_wallet, concurrency, seconds, mode="prepared")
+            rate = row["workers"]["credits_per_s"]
+            row["pgbench_prepared"] = {
+                "tps": prepared["tps"], "cpu_ms_per_transaction":
+                    prepared["cpu_ms_per_transaction"],
+                "ratio": round(rate / prepared["tps"], 3) if rate and prepared["tps"] else None}
+        rows.append(row)
     profile = None
     if bench.profile_enabled:
         # a pass of its own, so that the profiler does not weigh on the figures above
@@ -250,7 +260,8 @@ def _workers_pass(bench: Bench, url: str, account_id: str, processes: int, threa
             }, profile
 
 
-def _pgbench(bench: Bench, url: str, wallet_id: int, clients: int, seconds: int) -> dict:
+def _pgbench(bench: Bench, url: str, wallet_id: int, clients: int, seconds: int, *,
+             mode: str = "simple") -> dict:
     stack = bench.stack
     database = url.rsplit("/", 1)[1]
     conn = stack.pg(url)
@@ -274,7 +285,7 @@ def _pgbench(bench: Bench, url: str, wallet_id: int, clients: int, seconds: int)
     _settle(stack, url)
     script = bench.out / "pgbench-credit.sql"
     script.write_text(PGBENCH_SCRIPT.replace("{wallet}", str(wallet_id)))
-    argv = [str(stack.postgres.bindir / "pgbench"), "-n", "-c", str(clients),
+    argv = [str(stack.postgres.bindir / "pgbench"), "-n", "-M", mode, "-c", str(clients),
             "-j", str(min(clients, 2)), "-T", str(seconds), "-f", str(script),
             "-h", stack.postgres.host, "-p", str(stack.postgres.port), "-U", "topup", database]
     with bench.meter() as meter, PgActivity(lambda: stack.pg(url), database) as activity:

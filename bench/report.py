@@ -363,6 +363,14 @@ def _crediting(c: dict) -> list[str]:
                     f"{_f(w['credited'])} credits in {_f(w['span_s'], 2)} s | "
                     f"{_f(w['credits_per_s'])} | {_f(p['tps'])} | {_f(rnd['ratio'], 3)} | "
                     f"{_share(w.get('machine'))} / {_share(p.get('machine'))} |")
+    for r in c["rows"]:
+        prepared = r.get("pgbench_prepared")
+        if prepared and prepared.get("tps"):
+            out += ["", f"For reference, not the goal's baseline: at {r['processes']} × "
+                    f"{r['threads']}, pgbench with its statements prepared on the server "
+                    f"(`-M prepared`, as the workers' statements are; its default mode parses "
+                    f"and plans each one) ran {_f(prepared['tps'])} tps, one run after the "
+                    f"rounds: the workers' median rate is {_f(prepared['ratio'], 3)} of that."]
     ok = c["correctness"]
     out += ["", f"Every credit once: balance {ok['balance_cents']:,} cents = sum of "
             f"{ok['entries']:,} entries, one per succeeded top-up: "
