@@ -69,7 +69,9 @@ class _Handler(BaseHTTPRequestHandler):
     # --- plumbing -------------------------------------------------------------------------
 
     def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
-        log.debug("simulator: %s %s", self.address_string(), format % args)
+        # called for every answer: its line is formatted only when someone reads DEBUG
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("simulator: %s %s", self.address_string(), format % args)
 
     def _read_body(self) -> bytes | None:
         length = self.headers.get("Content-Length")
@@ -96,9 +98,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(reply.body)))
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
+        # the head and the body in one write (end_headers, then the body, were two sends and,
+        # with Nagle off, two packets for the client to read)
+        self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
-            self.wfile.write(reply.body)
+            self._headers_buffer.append(reply.body)
+        self.flush_headers()
 
     def _dispatch(self, method: str) -> None:
         path, _, query = self.path.partition("?")
