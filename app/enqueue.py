@@ -10,7 +10,7 @@ from uuid import uuid4
 
 from dramatiq.brokers.redis import RedisBroker
 
-from workers.doorbell import add_enqueue
+from workers.doorbell import DoorbellBroker, add_enqueue
 
 log = logging.getLogger(__name__)
 
@@ -121,17 +121,33 @@ def send_pipelined(batch: list[tuple]) -> None:
     RedisBroker), in one round trip: what ``RedisBroker.enqueue`` does for one message,
     EVALSHA of its ``dispatch`` script with the same arguments, for all of them in one
     pipeline. A message the pipeline could not send (the script flushed from Redis) goes by
-    ``broker.enqueue`` on its own, which loads the script again."""
+    ``broker.enqueue`` on its own, which loads the script again.
+
+    On a :class:`~workers.doorbell.DoorbellBroker` the rings of the batch's queues (one per
+    message, as ``do_enqueue`` rings) go in the same pipeline, after the messages, instead
+    of a round trip of their own from the broker's ``after_enqueue`` hook: the broker's own
+    hooks, which only count the rings owed, are passed over for Dramatiq's."""
     broker = batch[0][0].broker
+    doorbell = isinstance(broker, DoorbellBroker)
+    hooks = super(DoorbellBroker, broker) if doorbell else broker
     pipe = broker.client.pipeline(transaction=False)
     messages = []
+    rings: dict[str, int] = {}
     for actor, args, _ in batch:
         message = actor.message(*args).copy(options={"redis_message_id": str(uuid4())})
-        broker.emit_before("enqueue", message, None)
+        hooks.emit_before("enqueue", message, None)
         add_enqueue(broker, pipe, message.queue_name, message.options["redis_message_id"],
                     message.encode())
         messages.append(message)
+        rings[message.queue_name] = rings.get(message.queue_name, 0) + 1
+    if doorbell:
+        for queue_name, times in rings.items():
+            broker.add_ring(pipe, queue_name, times)
     results = pipe.execute(raise_on_error=False)
+    rang = results[len(messages):]
+    if any(isinstance(answer, Exception) for answer in rang):
+        log.warning("could not ring the doorbells of %s: %s", ", ".join(rings),
+                    next(a for a in rang if isinstance(a, Exception)))
     for (actor, _, context), message, result in zip(batch, messages, results):
         if isinstance(result, Exception):
             try:
@@ -139,7 +155,7 @@ def send_pipelined(batch: list[tuple]) -> None:
             except Exception as exc:
                 _lost(actor, exc, context)
             continue
-        broker.emit_after("enqueue", message, None)
+        hooks.emit_after("enqueue", message, None)
 
 
 sender = BatchingSender()

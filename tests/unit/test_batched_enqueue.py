@@ -117,3 +117,30 @@ def test_what_is_submitted_after_close_is_sent_at_once(redis_broker):
     sender.close()
     sender.submit(actor, 2)
     assert queued(redis_broker) == [("apply_callback", (1,)), ("apply_callback", (2,))]
+
+
+def test_a_batch_on_a_doorbell_broker_rings_its_queues_in_the_same_round_trip(monkeypatch):
+    from workers.doorbell import DoorbellBroker, bell_key
+    broker = DoorbellBroker(client=fakeredis.FakeRedis())
+    broker.client.script_load(broker.scripts["dispatch"].script)
+    callbacks = an_actor(broker)
+    pushes = dramatiq.actor(lambda topup_id: None, actor_name="push_topup", queue_name="topups",
+                            broker=broker)
+    round_trips = []
+    pipeline = broker.client.pipeline
+
+    def counted(*args, **kwargs):
+        pipe = pipeline(*args, **kwargs)
+        execute = pipe.execute
+        pipe.execute = lambda *a, **k: round_trips.append(len(pipe.command_stack)) or execute(
+            *a, **k)
+        return pipe
+    monkeypatch.setattr(broker.client, "pipeline", counted)
+    send_pipelined([(callbacks, (1,), {}), (pushes, ("tu_1",), {}), (callbacks, (2,), {})])
+    monkeypatch.undo()
+    assert round_trips == [3 + 2 + 2]   # three messages, then LPUSH and LTRIM per queue
+    assert broker.client.llen(bell_key("dramatiq", "callbacks")) == 2
+    assert broker.client.llen(bell_key("dramatiq", "topups")) == 1
+    assert queued(broker) == [("apply_callback", (1,)), ("apply_callback", (2,))]
+    assert queued(broker, "topups") == [("push_topup", ("tu_1",))]
+    broker.close()
