@@ -58,15 +58,28 @@ def revoke_api_key(key_id: str) -> bool:
 _ACCOUNT_FIELDS = (Account.id, Account.name, Account.created_at)
 
 
-def _active_key_sql(db: pw.Database) -> str:
+def _active_key_sql(db: pw.Database, mark: str | None = None) -> str:
     """The account behind an unrevoked key hash, and the hash (every /v1 request runs it)."""
     columns = ", ".join(f'"a"."{f.column_name}"' for f in _ACCOUNT_FIELDS)
     return (f'SELECT {columns}, "k"."{ApiKey.key_hash.column_name}"'
             f' FROM "{ApiKey._meta.table_name}" AS "k"'
             f' JOIN "{Account._meta.table_name}" AS "a"'
             f' ON "a"."{Account.id.column_name}" = "k"."{ApiKey.account.column_name}"'
-            f' WHERE "k"."{ApiKey.key_hash.column_name}" = {db.param}'
+            f' WHERE "k"."{ApiKey.key_hash.column_name}" = {mark or db.param}'
             f' AND "k"."{ApiKey.revoked_at.column_name}" IS NULL LIMIT 1')
+
+
+def _active_key_sql_named(db: pw.Database) -> str:
+    return _active_key_sql(db, "%(key_hash)s")
+
+
+def _active_key_row(digest: str):
+    if prepared.is_sqlite(database.obj):
+        return database.execute_sql(prepared.statement(_active_key_sql), (digest,)).fetchone()
+    # PostgreSQL: PREPAREd once per connection (ledger.prepared), an EXECUTE per request
+    return prepared.execute_prepared_outside_transaction(
+        "api_key_account", _active_key_sql_named, {"key_hash": "text"},
+        {"key_hash": digest}).fetchone()
 
 
 def authenticate(plaintext: str) -> Account | None:
@@ -74,7 +87,7 @@ def authenticate(plaintext: str) -> Account | None:
     if not plaintext or not plaintext.startswith("sk_") or len(plaintext) > 100:
         return None
     digest = hash_key(plaintext)
-    row = database.execute_sql(prepared.statement(_active_key_sql), (digest,)).fetchone()
+    row = _active_key_row(digest)
     # The lookup is by a hash of the key, so timing reveals nothing about the key itself;
     # compare once more in constant time all the same.
     if row is None or not hmac.compare_digest(row[-1], digest):
