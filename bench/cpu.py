@@ -1,6 +1,14 @@
 """CPU per unit of work, measured in this process one unit at a time: the Python that the
 API runs for a callback acknowledgement and a top-up request, and that a worker runs for a
-credit, with a CPU-time profile (cProfile on ``time.process_time``) of where it goes.
+push, a credit and a webhook delivery, with a CPU-time profile (cProfile on
+``time.process_time``) of where it goes.
+
+A worker unit is a message handled as a Dramatiq worker thread handles it
+(``dramatiq.worker.WorkerThread.process_message``): the broker's middleware before it (ours
+and Dramatiq's: the database connection, the log context, metrics), the actor, the
+middleware after it, and the actor's log lines written as a worker writes them (JSON, at
+INFO). What it leaves out is Dramatiq's fetch and ack (measured alone by the end-to-end
+section's no-op runs).
 
 Process CPU time counts this process only, so other people's load on the machine hardly
 moves these figures: they are the steadiest in the report. What they leave out is the
@@ -9,7 +17,10 @@ CPU-by-process columns of the other sections.
 """
 from __future__ import annotations
 
+import contextlib
 import cProfile
+import logging
+import os
 import pstats
 import time
 from collections import Counter
@@ -28,6 +39,8 @@ GROUPS = [
     ("metrics", ("prometheus_client",)),
     ("logging", ("/logging/", "pythonjsonlogger")),
     ("json", ("/json/", "_json")),
+    ("our middleware", (f"{ROOT}/workers/observability.py", f"{ROOT}/workers/middleware.py")),
+    ("our log lines", (f"{ROOT}/telemetry/logs.py", f"{ROOT}/telemetry/redact.py")),
     ("our code", (f"{ROOT}/",)),
 ]
 
@@ -36,9 +49,14 @@ def _group(filename: str, name: str) -> str:
     where = f"{filename} {name}"
     library = "/site-packages/" in where
     for label, needles in GROUPS:
-        if any(n in where for n in needles) and not (label == "our code" and library):
+        if any(n in where for n in needles) and not (label.startswith("our ") and library):
             return label
     return "other (stdlib, builtins)"
+
+
+def _used(k: int) -> int:
+    """How many units ``_measure(fn, k)`` runs: warm-up, measured, profiled."""
+    return k + (k - 10) // 2
 
 
 def _measure(fn, k: int) -> dict:
@@ -75,7 +93,7 @@ def run(bench: Bench) -> dict:
     from bench.stack import find_free_port, wait_until
     from bench.trivial_app import create_app as create_trivial_app
     from ledger import db, webhooks as ledger_webhooks
-    from ledger.models import TopUp, WebhookDelivery
+    from ledger.models import Callback, TopUp, WebhookDelivery
 
     stack = bench.stack
     url = stack.new_database("cpu")
@@ -105,19 +123,21 @@ def run(bench: Bench) -> dict:
     units["POST /v1/topups (API)"] = _measure(post_topup, 2 * k)
 
     import workers  # noqa: F401  (what a worker process has: settings, broker, runtime)
-    from workers import runtime, tasks, webhooks as worker_webhooks
-    rt = runtime.configure(settings)   # this database, the simulator, a Redis client
+    from workers import actors, runtime, webhooks as worker_webhooks
+    runtime.configure(settings)   # this database, the simulator, a Redis client
     with db.connection():
         queued = [t.id for t in TopUp.select(TopUp.id).where(TopUp.push_state == "queued")
                   .order_by(TopUp.seq)]
     stack.reset_simulator(lock_subscriber=False)
-
-    def push(i):
-        with db.connection():
-            outcome, _ = tasks.push(queued[i], rt.daraja, query_after_s=60, redis=rt.redis)
-        if outcome != "sent":
-            raise RuntimeError(f"push {queued[i]}: {outcome}")
-    units["push (worker task)"] = _measure(push, min(k, len(queued) * 2 // 3))
+    push = as_message(actors.push_topup)
+    n_push = min(k, len(queued) * 2 // 3)
+    with worker_log_lines():
+        units["push (worker message)"] = _measure(lambda i: push(queued[i]), n_push)
+    with db.connection():
+        sent = TopUp.select().where(TopUp.id.in_(queued[:_used(n_push)])
+                                    & (TopUp.push_state == "sent")).count()
+    if sent < _used(n_push):
+        raise RuntimeError(f"push: {sent} of {_used(n_push)} top-ups sent")
 
     port = find_free_port()
     stack.spawn("cpu-receiver", [stack_python(), "-m", "bench.receiver", str(port)],
@@ -130,30 +150,76 @@ def run(bench: Bench) -> dict:
                                             ["wallet.top_up"])
         seqs = bench.pending_topups_with_callbacks(url, account_id, 2 * k, "cpu")
         db.bind(url)
-
-        def credit(i):
-            with db.connection():
-                outcome = tasks.apply_callback(seqs[i], redis=rt.redis)
-            if outcome != "credited":
-                raise RuntimeError(f"credit {seqs[i]}: {outcome}")
-        units["credit (worker task)"] = _measure(credit, k)
-
+        credit = as_message(actors.apply_callback)
+        with worker_log_lines():
+            units["credit (worker message)"] = _measure(lambda i: credit(seqs[i]), k)
         with db.connection():
+            credited = Callback.select().where(Callback.seq.in_(seqs[:_used(k)])
+                                               & (Callback.outcome == "credited")).count()
             deliveries = [d.id for d in WebhookDelivery.select(WebhookDelivery.id)
                           .where(WebhookDelivery.status == "pending").order_by(WebhookDelivery.seq)]
+        if credited < _used(k):
+            raise RuntimeError(f"credit: {credited} of {_used(k)} callbacks credited")
 
-        def deliver(i):
-            with db.connection():
-                status, _ = worker_webhooks.attempt(deliveries[i], allow_private=True)
-            if status != "delivered":
-                raise RuntimeError(f"webhook {deliveries[i]}: {status}")
-        units["webhook delivery (worker task)"] = _measure(deliver,
-                                                           min(k, len(deliveries) * 2 // 3))
+        deliver = as_message(worker_webhooks.deliver_webhook)
+        n_deliver = min(k, len(deliveries) * 2 // 3)
+        with worker_log_lines():
+            units["webhook delivery (worker message)"] = _measure(
+                lambda i: deliver(deliveries[i]), n_deliver)
+        with db.connection():
+            delivered = WebhookDelivery.select().where(
+                WebhookDelivery.id.in_(deliveries[:_used(n_deliver)])
+                & (WebhookDelivery.status == "delivered")).count()
+        if delivered < _used(n_deliver):
+            raise RuntimeError(f"webhooks: {delivered} of {_used(n_deliver)} delivered")
     finally:
         stack.stop("cpu-receiver")
         stack.flush_redis()
         stack.reset_simulator()
     return {"title": "CPU per unit of work", "units": units, "repetitions": k}
+
+
+def as_message(actor):
+    """A function handling one message for ``actor`` as a Dramatiq worker thread does
+    (``WorkerThread.process_message``, less the fetch and the ack): the broker's middleware
+    before, the actor, the middleware after; an exception is stuffed into the message and
+    handed to the middleware as well, then raised."""
+    from dramatiq.broker import MessageProxy
+    broker = actor.broker
+
+    def handle(*args):
+        message = MessageProxy(actor.message(*args))
+        broker.emit_before("process_message", message)
+        try:
+            result = actor(*message.args, **message.kwargs)
+        except BaseException as exc:
+            message.stuff_exception(exc)
+            broker.emit_after("process_message", message, exception=exc)
+            message.clear_exception()
+            raise
+        broker.emit_after("process_message", message, result=result)
+        return result
+    return handle
+
+
+@contextlib.contextmanager
+def worker_log_lines():
+    """Log lines written as a worker process writes them: JSON (the production formatter)
+    at INFO, one ``write`` each, here to the null device."""
+    from telemetry import logs
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    sink = open(os.devnull, "w", buffering=1, encoding="utf-8")
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(logs.GatewayJsonFormatter("workers"))
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        sink.close()
 
 
 def _ok(response):
