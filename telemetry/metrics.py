@@ -163,10 +163,20 @@ def credited(pushed_at: dt.datetime | None, credited_at: dt.datetime | None, sou
     CREDIT_SECONDS.labels(source).observe(max((credited_at - pushed_at).total_seconds(), 0.0))
 
 
+# Every message a worker finishes is counted: its label children are looked up once per
+# (queue, actor, outcome), not through labels() each time (its checks and lock, ~2.5 us).
+_FINISHED: dict[tuple[str, str, str], tuple] = {}
+
+
 def message_finished(queue: str, actor: str, outcome: str, seconds: float | None) -> None:
-    WORKER_MESSAGES.labels(queue, actor, outcome).inc()
+    children = _FINISHED.get((queue, actor, outcome))
+    if children is None:
+        children = _FINISHED[(queue, actor, outcome)] = (
+            WORKER_MESSAGES.labels(queue, actor, outcome),
+            WORKER_MESSAGE_SECONDS.labels(queue, actor))
+    children[0].inc()
     if seconds is not None:
-        WORKER_MESSAGE_SECONDS.labels(queue, actor).observe(max(seconds, 0.0))
+        children[1].observe(max(seconds, 0.0))
 
 
 def dead_lettered(queue: str, actor: str) -> None:

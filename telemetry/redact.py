@@ -39,6 +39,17 @@ _ANY = re.compile(
     r"|(?<![\d])(?:\+?254[ -]?|0)(?P<p1>[17]\d{2})[ -]?(?P<p2>\d{2})(?P<p3>\d)[ -]?(?P<p4>\d)"
     r"(?P<p5>\d{2})(?![\d])")
 _SHORTEST = 8
+# What any match of _ANY holds, found far quicker than _ANY finds it (its credential branches
+# cost ~12 us on a 200-character line: a case-insensitive word boundary tried at every
+# position). A text none of these find has nothing _ANY would change:
+# - the sk_ and whsec_ branches hold those exact characters;
+# - the bearer/basic branch, read case-insensitively as _ANY reads it ("b" has no other case
+#   than "B"): this pattern;
+# - the phone branch: this pattern, the same one started at its first character.
+_CREDENTIAL_WORD = re.compile(r"[bB](?i:earer|asic)")
+_PHONE_AT_ITS_START = re.compile(
+    r"[+02](?<=(?<![\d])[+02])(?:(?<=\+)254[ -]?|(?<=2)54[ -]?|(?<=0))"
+    r"[17]\d{2}[ -]?\d{3}[ -]?\d{3}(?![\d])")
 _PHONE_MIN = 10 ** 11  # a phone as a number has 12 digits (254XXXXXXXXX): none is smaller
 
 
@@ -96,6 +107,43 @@ class Redactor:
                 self._keys.clear()
             self._keys[key] = found
         return found
+
+    def fields(self, fields: dict) -> dict:
+        """A log line's fields redacted exactly as :meth:`value` redacts them, in one scan
+        when, as in nearly every line, nothing needs hiding.
+
+        The strings are joined with NULs and scanned once for a secret, a credential or a
+        phone; only a line where that finds something has its strings redacted one by one.
+        No pattern here can match across a NUL (none of them admits one, and a NUL stands
+        where each string begins and ends as the string's own start and end do), so a
+        string with something to hide always makes the joined text show it.
+        """
+        redacted, texts, known = {}, {}, self._keys
+        for key, value in fields.items():
+            written, secret = known.get(key) or self.key(key)
+            kind = type(value)
+            if secret and value not in (None, "", 0, False):
+                redacted[written] = REDACTED
+            elif kind is str:
+                redacted[written] = texts[written] = value
+            elif value is None or kind is bool or (kind is int
+                                                   and -_PHONE_MIN < value < _PHONE_MIN):
+                redacted[written] = value
+            else:
+                redacted[written] = self._value(value)
+        if texts and self._something_in("\0".join(texts.values())):
+            for written, value in texts.items():
+                if redacted.get(written) is value:   # not since overwritten by another key
+                    redacted[written] = self.text(value)
+        return redacted
+
+    def _something_in(self, text: str) -> bool:
+        """Whether :meth:`text` could change anything in ``text`` (a secret, a credential or
+        a phone in it); never false when it would."""
+        return (any(secret in text for secret in self._secrets)
+                or "sk_" in text or "whsec_" in text
+                or _CREDENTIAL_WORD.search(text) is not None
+                or _PHONE_AT_ITS_START.search(text) is not None)
 
     def value(self, value, key: str | None = None):
         """A structure with every string redacted (keys too), secret-named keys emptied, and

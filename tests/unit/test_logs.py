@@ -183,3 +183,37 @@ def test_phones_in_nested_keys_floats_and_unusual_objects_are_masked_too(lines):
     assert "2547****5678" in line["object"] and "[redacted]" in line["object"]
     for leaked in ("712345678", "712 345 678", SECRET):
         assert leaked not in text
+
+
+def test_a_phone_or_a_secret_in_any_one_of_many_fields_is_masked(lines):
+    logger, written = lines
+    clean = {f"field_{i}": f"ws_CO_29112026{i:012d}" for i in range(12)}
+    for hidden in ("0712 345 678", f"token={SECRET}", "Bearer abcdefghijkl", "sk_" + "c" * 20):
+        logger.info("many fields", extra={**clean, "note": f"see {hidden} here"})
+    for line in written():
+        assert {k: line[k] for k in clean} == clean   # ids with long digit runs are kept
+        assert "[redacted]" in line["note"] or "2547****5678" in line["note"]
+        for leaked in ("712 345 678", SECRET, "abcdefghijkl", "c" * 20):
+            assert leaked not in json.dumps(line)
+
+
+def test_the_quick_look_at_a_line_never_misses_what_redaction_would_change():
+    # A line is redacted field by field only when one scan of all its strings finds
+    # something; that scan must find everything the full patterns would change.
+    import random
+
+    redactor = Redactor([SECRET])
+    alphabet = list("0123456789 -+_[]x\n\0") + list("bBeEaArRsSiIcCkKwWhH") + ["ſ", "ı", "K"]
+    samples = ["0712345678", "254 712 345 678", "+254-712-345678", "sk_" + "a" * 16,
+               "whsec_" + "Z" * 16, "Bearer abcdefgh", "basıc abcdefgh", "BaſIC xxxxxxxx", SECRET]
+    rng = random.Random(7)
+    found = 0
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
+        if rng.random() < 0.4:
+            sample = rng.choice(samples)
+            text += "".join(c if rng.random() > 0.1 else rng.choice(alphabet) for c in sample)
+        if redactor.text(text) != text:
+            found += 1
+            assert redactor._something_in(text), repr(text)
+    assert found > 1000   # the samples did exercise every kind
