@@ -239,7 +239,8 @@ def _stored_callback(callback_seq: int):
 def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = False,
                    redis=None) -> str:
     """Apply a stored callback. With ``confirm_by_query`` a success credits only after STK
-    Query confirms ResultCode 0 for its CheckoutRequestID (callbacks are not signed)."""
+    Query confirms ResultCode 0 for its CheckoutRequestID (callbacks are not signed).
+    ``redis`` is not used: the phone's lock is taken over by the next push (``lock_phone``)."""
     row = _stored_callback(callback_seq)
     if row is None:
         return "missing"
