@@ -34,8 +34,10 @@ class BatchingSender:
 
     The callback acknowledgement's hot path (make bench, "Callback acknowledgement"): one
     ``actor.send`` per request cost the API's request thread as much CPU as storing the
-    callback. :meth:`submit` only appends to a list; a thread of this process sends what
-    gathered in one pipeline of Dramatiq's own ``dispatch`` script, the command each send
+    callback. ``POST /v1/topups`` sends its push here too, so that under load the pushes and
+    the callbacks' messages share round trips (make bench, "End to end"). :meth:`submit`
+    only appends to a list; a thread of this process sends what gathered in one pipeline of
+    Dramatiq's own ``dispatch`` script, the command each send
     would have run, with the same middleware hooks around it. What it cannot send is logged
     and left to the sweep, as before. At exit (a gunicorn worker's graceful stop) whatever
     is still waiting is sent before the process ends, so no callback waits for the sweep;

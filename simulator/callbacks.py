@@ -104,10 +104,13 @@ def _dropped(conn: http.client.HTTPConnection) -> bool:
     if sock is None:
         return True
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        if not hasattr(select, "poll"):   # Windows
+            return bool(select.select([sock], [], [], 0)[0])
+        poller = select.poll()   # not select(): a descriptor above FD_SETSIZE is fine
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 def _post_with_requests(url: str, body: bytes, timeout_s: float) -> tuple[bool, str]:
