@@ -31,14 +31,6 @@ after every message.
 ``BLPOP`` blocks a connection of the broker's pool, so waits stay well below the pool's
 socket timeout; Redis times out blocked clients on its cron tick (``hz`` 10: 100 ms), so a
 wait that must end on time blocks until a tick before its end and sleeps the rest.
-
-The ack and the fetch, once per message and the consumers' every loop, are Dramatiq's own
-``EVALSHA`` of ``dispatch.lua`` with its own arguments, but packed here: the arguments that
-never change for a command and queue (the script's sha, the namespace, the worker id, the
-timeouts) are encoded once, and the command goes out on a connection of the client's pool with
-the client's retry policy, without redis-py's per-command packing, argument checks and
-observability hooks (about half an ack's CPU in the client, measured). A Redis that lost the
-script gets Dramatiq's own call, which loads it again.
 """
 from __future__ import annotations
 
@@ -66,10 +58,6 @@ LONGEST_WAIT_S = 5.0
 FALLBACK_POLL_S = 0.1
 
 
-#: Dramatiq's dispatch commands run through :meth:`DoorbellBroker._dispatch_packed`.
-PACKED_COMMANDS = frozenset({"ack", "nack", "fetch"})
-
-
 #: The most a busy consumer waits for before it fetches (see :func:`fetch_batch`).
 FETCH_BATCH_MAX = 16
 
@@ -85,11 +73,6 @@ def fetch_batch(prefetch: int) -> int:
     more than the running ones, so it has room enough to fetch. Capped for the delay queues,
     whose prefetch is a thousand per thread."""
     return max(1, min(prefetch // 4, FETCH_BATCH_MAX))
-
-
-def _bulk(value: bytes) -> bytes:
-    """One RESP bulk string."""
-    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 def bell_key(namespace: str, queue_name: str) -> str:
@@ -119,11 +102,6 @@ class DoorbellBroker(RedisBroker):
         socket_timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
         # half the socket timeout: a blocked BLPOP never trips it
         self.longest_wait_s = socket_timeout / 2 if socket_timeout else LONGEST_WAIT_S
-        # (command, queue, sha) -> the packed arguments before and after the timestamp
-        self._packed: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
-        self._encode = self.client.get_encoder().encode
-        # a client pinned to one connection (and its lock) goes through redis-py as it is
-        self._can_pack = getattr(self.client, "connection", None) is None
 
     @property
     def consumer_class(self):
@@ -131,68 +109,6 @@ class DoorbellBroker(RedisBroker):
 
     def bell(self, queue_name: str) -> str:
         return bell_key(self.namespace, queue_name)
-
-    # --- Dramatiq's dispatch script, packed here ----------------------------------------------
-    def _dispatch(self, command):
-        if command not in PACKED_COMMANDS or not self._can_pack:
-            return super()._dispatch(command)
-
-        def do_dispatch(queue_name, *args):
-            return self._dispatch_packed(command, queue_name, args)
-
-        return do_dispatch
-
-    def _dispatch_packed(self, command: str, queue_name: str, args: tuple):
-        """``RedisBroker._dispatch(command)(queue_name, *args)``: the same ``EVALSHA``, the
-        same arguments in the same order, the same answer and errors."""
-        try:
-            return self._execute_packed(self.pack_dispatch(command, queue_name, args))
-        except redis.exceptions.NoScriptError:
-            # a Redis that lost its scripts: Dramatiq's own call loads it and runs it
-            return super()._dispatch(command)(queue_name, *args)
-
-    def pack_dispatch(self, command: str, queue_name: str, args: tuple) -> bytes:
-        """The ``EVALSHA`` of Dramatiq's dispatch script as ``RedisBroker._dispatch`` sends
-        it, in RESP: ``sha 1 namespace command timestamp queue worker_id heartbeat_timeout
-        dead_message_ttl do_maintenance max_unpack_size *args``."""
-        sha = self.scripts["dispatch"].sha
-        packed = self._packed.get((command, queue_name, sha))
-        if packed is None:
-            encode = self._encode
-            packed = self._packed[(command, queue_name, sha)] = (
-                b"".join(_bulk(encode(a)) for a in ("EVALSHA", sha, 1, self.namespace, command)),
-                b"".join(_bulk(encode(a)) for a in (queue_name, self.broker_id,
-                                                    self.heartbeat_timeout,
-                                                    self.dead_message_ttl)))
-        head, middle = packed
-        encode = self._encode
-        return b"".join((
-            b"*%d\r\n" % (12 + len(args)), head,
-            _bulk(b"%d" % current_millis()), middle,
-            _bulk(b"%d" % self._should_do_maintenance(command)),
-            _bulk(b"%d" % self._max_unpack_size()),
-            *[_bulk(encode(arg)) for arg in args]))
-
-    def _execute_packed(self, command_bytes: bytes):
-        """Send one packed command and read its answer, as redis-py's ``execute_command``
-        does: a connection of the pool, the client's retry policy on connection errors and
-        timeouts (the connection closed before each retry), the connection given back."""
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-
-        def once():
-            conn.send_packed_command((command_bytes,))
-            return conn.read_response()
-
-        try:
-            return conn.retry.call_with_retry(once, lambda error: conn.disconnect())
-        finally:
-            try:
-                if conn.should_reconnect():   # asked to by the server (maintenance notices)
-                    conn.disconnect()
-                    conn.connect()
-            finally:
-                pool.release(conn)
 
     # --- ringing --------------------------------------------------------------------------
     def _unrung(self) -> dict[str, int]:

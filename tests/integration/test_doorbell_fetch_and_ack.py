@@ -1,4 +1,4 @@
-"""The broker's packed ack and fetch (workers/doorbell.py) on a real redis-server: a worker
+"""The doorbell broker's ack and batched fetch (workers/doorbell.py) on a real redis-server: a worker
 drains a burst with Dramatiq's bookkeeping left clean, and an ack or a fetch still lands on a
 Redis that forgot the dispatch script or closed the connection under it.
 """

@@ -5,9 +5,6 @@ Lua, so Dramatiq's dispatch.lua runs as it is).
 
 Consumers here wait up to a minute between fetches: whatever wakes them is a ring, a due
 message or an ack, never the poll interval.
-
-The ack and the fetch are Dramatiq's dispatch script packed by the broker itself: the same
-command on the wire, the same effect, and Dramatiq's own call when Redis lost the script.
 """
 from __future__ import annotations
 
@@ -16,17 +13,13 @@ import threading
 import dramatiq
 import fakeredis
 import pytest
-import redis
-from dramatiq.brokers import redis as dramatiq_redis
 from dramatiq.errors import ConnectionClosed
 from redis.backoff import NoBackoff
-from redis.connection import PythonRespSerializer
 from redis.retry import Retry
 
 from telemetry.queues import Queues
 from tests.waiting import wait_until
-from workers import doorbell
-from workers.doorbell import RINGS_KEPT, DoorbellBroker, DoorbellConsumer, bell_key
+from workers.doorbell import RINGS_KEPT, DoorbellBroker, DoorbellConsumer, bell_key, fetch_batch
 
 A_MINUTE_MS = 60_000
 
@@ -197,22 +190,7 @@ def test_a_worker_runs_a_message_retried_with_a_short_delay(broker):
             broker.ring(name)
 
 
-# --- the ack and the fetch, packed by the broker ---------------------------------------------
-
-@pytest.mark.parametrize("command, args", [("ack", ("9f1c-redis-message-id",)),
-                                           ("nack", ("9f1c-redis-message-id",)),
-                                           ("fetch", (7,))])
-def test_the_ack_and_the_fetch_go_out_as_dramatiqs_own_dispatch_call(
-        broker, monkeypatch, command, args):
-    for module in (doorbell, dramatiq_redis):
-        monkeypatch.setattr(module, "current_millis", lambda: 1_764_400_000_123)
-    monkeypatch.setattr(broker, "_should_do_maintenance", lambda command: 0)
-    stock = PythonRespSerializer(6000, broker.client.get_encoder().encode).pack(
-        "EVALSHA", broker.scripts["dispatch"].sha, 1, broker.namespace, command,
-        1_764_400_000_123, "topups", broker.broker_id, broker.heartbeat_timeout,
-        broker.dead_message_ttl, 0, broker._max_unpack_size(), *args)
-    assert broker.pack_dispatch(command, "topups", args) == b"".join(stock)
-
+# --- the ack and the fetch --------------------------------------------------------------------
 
 def test_an_acked_message_is_gone_from_redis(broker, redis_client):
     broker.enqueue(message(n=1))
@@ -257,19 +235,6 @@ def test_an_ack_redis_cannot_take_is_retried_by_dramatiq_and_lands_later():
         broker.close()
 
 
-def test_a_client_pinned_to_one_connection_acks_through_redis_py(redis_client):
-    pinned = DoorbellBroker(client=redis.Redis(connection_pool=redis_client.connection_pool,
-                                               single_connection_client=True))
-    pinned.declare_queue("topups")
-    try:
-        pinned.enqueue(message(n=1))
-        consumer = pinned.consume("topups", prefetch=2, timeout=A_MINUTE_MS)
-        consumer.ack(next(consumer))
-        assert redis_client.hlen("dramatiq:topups.msgs") == 0
-    finally:
-        pinned.close()
-
-
 # --- fetching in batches ------------------------------------------------------------------------
 
 def test_a_busy_consumer_fetches_once_a_quarter_of_its_prefetch_is_free(broker):
@@ -295,4 +260,4 @@ def test_a_consumer_with_less_than_four_to_prefetch_fetches_on_every_ack(broker)
 
 
 def test_the_fetch_batch_is_a_quarter_of_the_prefetch_within_bounds():
-    assert [doorbell.fetch_batch(p) for p in (1, 3, 4, 8, 16, 64, 4000)] == [1, 1, 1, 2, 4, 16, 16]
+    assert [fetch_batch(p) for p in (1, 3, 4, 8, 16, 64, 4000)] == [1, 1, 1, 2, 4, 16, 16]
