@@ -9,9 +9,19 @@ from __future__ import annotations
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Retries, TimeLimit
 
 from workers.doorbell import DoorbellBroker
 from workers.middleware import DatabaseConnections
+
+
+def dramatiq_middleware():
+    """Dramatiq's own middleware that our actors use: retries with backoff (``max_retries``,
+    ``min_backoff``, ``retry_when``…) and ``time_limit``. Its other defaults (AgeLimit,
+    ShutdownNotifications, Callbacks, Pipelines) serve options no actor of ours sets, and
+    each still ran its hooks on every message (~17 µs a message, measured in one process).
+    An actor given one of their options is refused at declaration, so none is used unseen."""
+    return [TimeLimit(), Retries()]
 
 
 def our_middleware():
@@ -25,7 +35,7 @@ def build(redis_url: str) -> RedisBroker:
     # most half the socket timeout.
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5,
                                   health_check_interval=30)
-    broker = DoorbellBroker(client=client)
+    broker = DoorbellBroker(client=client, middleware=dramatiq_middleware())
     for middleware in our_middleware():
         broker.add_middleware(middleware)
     return broker

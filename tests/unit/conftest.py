@@ -36,7 +36,7 @@ def database(settings):
 
 @pytest.fixture
 def stub_broker():
-    broker = worker_broker.install(StubBroker())
+    broker = worker_broker.install(StubBroker(middleware=worker_broker.dramatiq_middleware()))
     broker.emit_after("process_boot")
     yield broker
     broker.flush_all()
