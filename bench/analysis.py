@@ -67,7 +67,7 @@ def explain(measurements: dict) -> list[str]:
             "peewee (SQL building, pool, rows)", 0) for name in flow)
         lines.append(
             "- **Python per top-up.** The gateway's own Python for one top-up, unit by unit "
-            "in one process: "
+            "in one process (the workers' units through their middleware, with their log lines): "
             + ", ".join(f"{name} {units[name]['cpu_ms']:.2f} ms" for name in flow)
             + f"; {total:.1f} ms in all, of which Peewee building statements and rows "
             f"{peewee:.1f} ms ({peewee / total:.0%}). The trivial Flask endpoint costs "

@@ -275,10 +275,12 @@ def markdown(results: dict, plots: dict) -> str:
         c = m["cpu"]
         out += ["## CPU per unit of work", "",
                 "Each unit run one at a time in the bench's own process (Flask's test client for "
-                "the API, the workers' task functions for the rest), against the same "
-                "PostgreSQL, Redis and simulator. CPU time is this process's only, so other "
-                "people's load hardly moves it; it leaves out gunicorn, Dramatiq's fetch and "
-                "ack, and the servers' own work. The profile is cProfile on CPU time.", "",
+                "the API; for the workers, each message handled as a Dramatiq worker thread "
+                "handles it: the broker's middleware, the actor and its JSON log lines), "
+                "against the same PostgreSQL, Redis and simulator. CPU time is this process's "
+                "only, so other people's load hardly moves it; it leaves out gunicorn, "
+                "Dramatiq's fetch and ack, and the servers' own work. The profile is cProfile "
+                "on CPU time.", "",
                 "| unit | CPU ms | wall ms | where the CPU goes |", "|---|---|---|---|"]
         for name, u in c["units"].items():
             groups = ", ".join(f"{g} {share:.0%}" for g, share in u["groups"][:5])
