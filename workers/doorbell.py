@@ -10,10 +10,12 @@ instead of sleeping, so a new message is fetched as soon as it is sent, and the 
 (``dramatiq_worker_timeout``) only bounds how long an idle consumer waits between fetches.
 
 A ring is only a hint. The fetch stays the source of truth: a lost ring delays the next fetch
-to the poll interval (what stock Dramatiq does), an extra ring costs one empty fetch. Messages
-that do not go through ``do_enqueue`` (``app.enqueue`` pipelines Dramatiq's script itself) are
-rung when their ``after_enqueue`` hook runs: one round trip per queue for all the messages
-whose ``before_enqueue`` came first, a ring each. What the wait also minds, because a
+to the poll interval (what stock Dramatiq does), an extra ring costs one empty fetch.
+``app.enqueue`` pipelines Dramatiq's script itself and adds the batch's rings to the same
+pipeline (:meth:`DoorbellBroker.add_ring`). Other messages that do not go through
+``do_enqueue`` are rung when their ``after_enqueue`` hook runs: one round trip per queue for
+all the messages whose ``before_enqueue`` came first, a ring each. What the wait also minds,
+because a
 ``ConsumerThread`` only acts between two calls of ``__next__``:
 
 - a delayed message held by the consumer thread is moved to its queue on the first loop after
