@@ -10,8 +10,6 @@ import os
 import threading
 import time
 
-import psutil
-
 NCPU = os.cpu_count() or 1
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -173,7 +171,10 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def process_tree(pid: int) -> list[psutil.Process]:
+def process_tree(pid: int) -> list:
+    """``pid`` and its descendants (psutil processes). psutil is imported here: it is a bench
+    dependency (``.[bench]``), and the unit tests import this module's neighbours without it."""
+    import psutil
     try:
         root = psutil.Process(pid)
         return [root, *root.children(recursive=True)]
