@@ -154,8 +154,7 @@ def _bulk_load(stack, url: str, account_id: str, wallet_id: int, n: int) -> list
 def _credit_latency(bench: Bench, dbs: dict) -> dict:
     import workers  # noqa: F401  (settings, broker, runtime: what a worker process has)
     from ledger import db
-    from workers import runtime, tasks
-    redis = runtime.get().redis
+    from workers import tasks
     databases = {label: db.open_database(info["url"]) for label, info in dbs.items()}
     timings = {label: [] for label in dbs}
     block = 25
@@ -166,7 +165,7 @@ def _credit_latency(bench: Bench, dbs: dict) -> dict:
             for seq in info["seqs"][start:start + block]:
                 began = time.perf_counter()
                 with db.connection():
-                    outcome = tasks.apply_callback(seq, redis=redis)
+                    outcome = tasks.apply_callback(seq)
                 timings[label].append((time.perf_counter() - began) * 1000)
                 if outcome != "credited":
                     raise RuntimeError(f"growth credit {seq} in {label}: {outcome}")

@@ -52,7 +52,7 @@ def _apply_early_callback(rt, callback_seq: int) -> None:
     # a confirming query that must wait) goes back to the message. If this process dies
     # here, the scheduler re-applies the stored callback, as for a lost send.
     try:
-        tasks.apply_callback(callback_seq, daraja=rt.daraja, redis=rt.redis,
+        tasks.apply_callback(callback_seq, daraja=rt.daraja,
                              confirm_by_query=rt.settings.daraja_confirm_by_query)
     except Exception as exc:
         log.info("early callback sent to its queue",
@@ -76,7 +76,7 @@ def _retry_callback(retries: int, exc: BaseException) -> bool:
                 max_backoff=120_000, retry_when=_retry_callback, time_limit=60_000)
 def apply_callback(callback_seq: int) -> None:
     rt = runtime.get()
-    tasks.apply_callback(callback_seq, daraja=rt.daraja, redis=rt.redis,
+    tasks.apply_callback(callback_seq, daraja=rt.daraja,
                          confirm_by_query=rt.settings.daraja_confirm_by_query)
 
 

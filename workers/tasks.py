@@ -236,11 +236,10 @@ def _stored_callback(callback_seq: int):
     return inbox.read_callback(callback_seq)
 
 
-def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = False,
-                   redis=None) -> str:
+def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = False) -> str:
     """Apply a stored callback. With ``confirm_by_query`` a success credits only after STK
-    Query confirms ResultCode 0 for its CheckoutRequestID (callbacks are not signed).
-    ``redis`` is not used: the phone's lock is taken over by the next push (``lock_phone``)."""
+    Query confirms ResultCode 0 for its CheckoutRequestID (callbacks are not signed). The
+    phone's lock is left to the next push for the phone, which takes it over (``lock_phone``)."""
     row = _stored_callback(callback_seq)
     if row is None:
         return "missing"

@@ -19,7 +19,7 @@ def deliver(stk, body: bytes) -> tuple[int, str]:
     with db.connection():
         stored, _ = topups.store_callback(body, "196.201.214.200")
         return stored.seq, tasks.apply_callback(stored.seq, daraja=stk.daraja,
-                                                confirm_by_query=True, redis=stk.redis)
+                                                confirm_by_query=True)
 
 
 def nothing_credited(account_id):

@@ -37,7 +37,7 @@ def test_a_second_topup_for_a_phone_waits_until_the_first_is_settled(stk, accoun
     with db.connection():
         stored, _ = topups.store_callback(success_callback(row(first).checkout_request_id), None)
     with db.connection():
-        assert tasks.apply_callback(stored.seq, redis=stk.redis) == "credited"
+        assert tasks.apply_callback(stored.seq) == "credited"
     assert push(stk, second)[0] == "sent"
     assert row(second).push_state == PUSH_SENT
     assert pushes_received(daraja_sim) == 2
@@ -97,7 +97,7 @@ def settle_by_callback(stk, topup_id, body_for):
     with db.connection():
         stored, _ = topups.store_callback(body_for(row(topup_id).checkout_request_id), None)
     with db.connection():
-        return tasks.apply_callback(stored.seq, redis=stk.redis)
+        return tasks.apply_callback(stored.seq)
 
 
 def lock_holder(stk, phone=PHONE):

@@ -30,7 +30,7 @@ def test_a_query_waits_while_the_callback_is_stored_but_not_yet_applied(
     assert queries_received(daraja_sim) == 0
 
     with db.connection():
-        assert tasks.apply_callback(stored.seq, redis=stk.redis) == "credited"
+        assert tasks.apply_callback(stored.seq) == "credited"
         assert tasks.query(topup_id, stk.daraja, give_up_after_s=3600,
                            redis=stk.redis) == "nothing_to_ask"
     assert queries_received(daraja_sim) == 0 and row(topup_id).status == SUCCEEDED
