@@ -7,12 +7,20 @@ Items are read as a name → value map, never by position (``Balance`` often com
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 
 class MalformedCallback(ValueError):
     pass
+
+
+# M-Pesa's largest single payment (KES 250,000), in cents: a callback claiming more is not
+# M-Pesa's, and would not fit every column that carries an amount.
+MAX_PAYMENT_CENTS = 250_000 * 100
+_RECEIPT = re.compile(r"[A-Za-z0-9]{1,32}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ def parse(body: bytes | str | dict) -> StkCallback:
         merchant_request_id=merchant if isinstance(merchant, str) else None,
         checkout_request_id=checkout.strip(),
         result_code=str(code).strip(),
-        result_desc=str(cb.get("ResultDesc") or "")[:255],
+        result_desc=_printable(str(cb.get("ResultDesc") or ""))[:255],
         amount_cents=_cents(items.get("Amount")),
         receipt=_text(items.get("MpesaReceiptNumber"), 32),
         phone=_text(items.get("PhoneNumber"), 12),
@@ -89,3 +97,22 @@ def _text(value, limit) -> str | None:
         value = int(value)
     text = str(value).strip()
     return text[:limit] if text else None
+
+
+def _printable(text: str) -> str:
+    return _CONTROL.sub(" ", text)
+
+
+def why_unappliable(cb: StkCallback) -> str | None:
+    """Why a paid callback cannot be credited as it stands, or None when it can.
+
+    Such a callback is kept with this reason for an operator (quarantined) rather than tried
+    again for ever: it parses, but it is not what M-Pesa sends, and the columns it would be
+    written to refuse it (an amount beyond any payment, a receipt with a NUL in it)."""
+    if cb.amount_cents is not None and cb.amount_cents > MAX_PAYMENT_CENTS:
+        return "amount above M-Pesa's largest payment"
+    if cb.receipt is not None and not _RECEIPT.fullmatch(cb.receipt):
+        return "receipt is not letters and digits"
+    if cb.phone is not None and _CONTROL.search(cb.phone):
+        return "phone has control characters"
+    return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from ledger import credit_pg, prepared
+from ledger import prepared
 from ledger.callbacks import MalformedCallback, StkCallback, parse
 from ledger.db import connection, database
 from ledger.models import Callback, utcnow
@@ -195,37 +195,36 @@ group_commit = GroupCommit()
 @dataclass(frozen=True)
 class StoredBody:
     """What applying a stored callback reads of it (its body never changes), with the id of
-    the top-up its CheckoutRequestID names and, on PostgreSQL, that top-up as the one-statement
-    credit needs it (``ledger.credit_pg.TOPUP_COLUMNS``): one round trip for both."""
+    the top-up its CheckoutRequestID names: one round trip for both."""
     seq: int
     body: str
     checkout_request_id: str | None
     applied_at: object  # a datetime, or None while it is not applied
+    received_at: object
     topup_id: str | None = None
-    topup: tuple | None = None
 
 
 def _read_sql(db: pw.Database) -> str:
     sqlite = prepared.is_sqlite(db)
-    columns = "t.id" if sqlite else credit_pg.TOPUP_COLUMNS
-    return (f"SELECT c.body, c.checkout_request_id, c.applied_at, {columns}"
+    return (f"SELECT c.body, c.checkout_request_id, c.applied_at, c.received_at, t.id"
             f" FROM {Callback._meta.table_name} c"
             f" LEFT JOIN top_up t ON t.checkout_request_id = c.checkout_request_id"
             f" WHERE c.seq = {db.param if sqlite else '%(seq)s'}")
 
 
 def read_callback(seq: int) -> StoredBody | None:
-    """The stored callback and its top-up, by one prepared SELECT (every credit starts here)."""
+    """The stored callback and its top-up's id, by one prepared SELECT."""
     if prepared.is_sqlite(database.obj):
         row = database.execute_sql(prepared.statement(_read_sql), (seq,)).fetchone()
         return None if row is None else StoredBody(
-            seq, row[0], row[1], _DATETIME.python_value(row[2]), topup_id=row[3])
+            seq, row[0], row[1], _DATETIME.python_value(row[2]), _DATETIME.python_value(row[3]),
+            topup_id=row[4])
     if database.in_transaction():
         cursor = database.execute_sql(prepared.statement(_read_sql), {"seq": seq})
     else:
-        cursor = prepared.execute_server_prepared("callback_read", _read_sql,
+        cursor = prepared.execute_server_prepared("callback_read_v2", _read_sql,
                                                   {"seq": "bigint"}, {"seq": seq})
     row = cursor.fetchone()
     if row is None:
         return None
-    return StoredBody(seq, row[0], row[1], row[2], topup_id=row[3], topup=row[3:])
+    return StoredBody(seq, row[0], row[1], row[2], row[3], topup_id=row[4])

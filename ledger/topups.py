@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from ledger import credit_pg, events, prepared, result_codes
-from ledger.callbacks import MalformedCallback, parse
+from ledger import events, orphan_matching, prepared, result_codes
+from ledger.callbacks import MalformedCallback, parse, why_unappliable
 from ledger.db import database, write_transaction
 from ledger.ids import new_id, short_reference
 from ledger.inbox import store_callback  # noqa: F401  (re-exported: callers say topups.)
@@ -213,65 +213,67 @@ def release_push(topup_id: str, reason: str, **detail) -> None:
         record_event(topup_id, "push_not_sent", reason=reason, **detail)
 
 
-_PUSH_ACCEPTED_TYPES = {"checkout": "text", "merchant": "text", "now": "timestamp",
-                        "query_at": "timestamp", "topup": "text", "detail": "text",
-                        "event_at": "timestamp"}
-
-
-def _push_accepted_sql(db) -> str:
-    def m(key):
-        return _mark(db, key)
-    update = (f"UPDATE top_up SET push_state = '{PUSH_SENT}',"
-              f" checkout_request_id = {m('checkout')}, merchant_request_id = {m('merchant')},"
-              f" pushed_at = {m('now')}, updated_at = {m('now')}, next_query_at = {m('query_at')}"
-              f" WHERE id = {m('topup')} AND checkout_request_id IS NULL")
-    event = (f"INSERT INTO topup_event (topup_id, kind, detail, created_at)"
-             f" VALUES ({m('topup')}, 'push_accepted', {m('detail')}, {m('event_at')})")
-    if prepared.is_sqlite(db):
-        return update + ";" + event  # two statements, run one by one in a transaction
-    # PostgreSQL: one statement, so one round trip and no BEGIN/COMMIT; a writable CTE runs
-    # whether or not it is read, and both commit together or not at all.
-    return f"WITH u AS ({update}) {event}"
-
-
-def _early_callbacks_sql(db) -> str:
-    return f"SELECT seq FROM callback WHERE checkout_request_id = {_mark(db, 'checkout')}"
-
-
 def record_push_accepted(topup_id: str, *, checkout_request_id: str,
                          merchant_request_id: str | None, query_after_s: int) -> list[int]:
     """Daraja accepted the push (not paid!). Returns the callbacks that arrived first.
 
     A callback can beat the push's answer; it was stored with its CheckoutRequestID and
     found no top-up. The caller re-applies the returned callbacks after this commit.
+
+    An answer whose CheckoutRequestID another top-up holds already (a payment matched to it
+    by phone and amount), or that comes after another payment was matched to this one, is
+    never dead-lettered: both top-ups are flagged for an operator (``_answer_conflicts``).
     """
     now = utcnow()
-    # Whatever happened meanwhile (a sweep that took the push for abandoned), Daraja's
-    # CheckoutRequestID is recorded (the UPDATE's only condition is that none is): without it
-    # the callback could only be an orphan. The history row is written either way.
-    update = (checkout_request_id, merchant_request_id, now, now,
-              now + dt.timedelta(seconds=query_after_s), topup_id)
-    event = (topup_id, json.dumps({"checkout_request_id": checkout_request_id,
-                                   "merchant_request_id": merchant_request_id}, default=str),
-             utcnow())
-    if prepared.is_sqlite(database.obj):
-        update_sql, event_sql = prepared.statement(_push_accepted_sql).split(";")
+    try:
+        # Whatever happened meanwhile (a sweep that took the push for abandoned), Daraja's
+        # CheckoutRequestID is recorded: without it the callback could only be an orphan.
         with write_transaction():
-            database.execute_sql(update_sql, update)
-            database.execute_sql(event_sql, event)
-        # Read after the commit, never in the same statement: a callback committed while
-        # that statement ran is not in its snapshot, and may have found no top-up.
-        return [row[0] for row in database.execute_sql(
-            prepared.statement(_early_callbacks_sql), (checkout_request_id,)).fetchall()]
-    params = dict(zip(("checkout", "merchant", "now", "now", "query_at", "topup"), update),
-                  detail=event[1], event_at=event[2])
-    with prepared.one_statement_transaction():
-        prepared.execute_prepared_outside_transaction(
-            "topup_push_accepted", _push_accepted_sql, _PUSH_ACCEPTED_TYPES, params)
-    # Read after the commit, as above.
-    return [row[0] for row in prepared.execute_prepared_outside_transaction(
-        "topup_early_callbacks", _early_callbacks_sql, {"checkout": "text"},
-        {"checkout": checkout_request_id}).fetchall()]
+            recorded = (TopUp.update(push_state=PUSH_SENT, checkout_request_id=checkout_request_id,
+                                     merchant_request_id=merchant_request_id, pushed_at=now,
+                                     updated_at=now,
+                                     next_query_at=now + dt.timedelta(seconds=query_after_s))
+                        .where((TopUp.id == topup_id) & TopUp.checkout_request_id.is_null())
+                        .execute())
+            record_event(topup_id, "push_accepted", checkout_request_id=checkout_request_id,
+                         merchant_request_id=merchant_request_id)
+    except pw.IntegrityError:   # the unique index: another top-up holds this CheckoutRequestID
+        recorded = 0
+    if not recorded:
+        holder = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
+        if holder is None or holder.id != topup_id:
+            _answer_conflicts(topup_id, checkout_request_id, holder)
+            return []
+    # Read after the commit, never in the same transaction: a callback committed meanwhile
+    # is not in its snapshot, and may have found no top-up.
+    return [row.seq for row in Callback.select(Callback.seq).where(
+        Callback.checkout_request_id == checkout_request_id)]
+
+
+def _answer_conflicts(topup_id: str, checkout_request_id: str, holder: TopUp | None) -> None:
+    """The push's own answer contradicts a match made by phone and amount: the payment went
+    to the wrong top-up, or this one was credited with a payment not its own. Money may have
+    to move between wallets, which only a person may decide: both are flagged, neither is
+    changed otherwise, and this push is never queried (its CheckoutRequestID cannot be kept)."""
+    if holder is not None:
+        reason = f"push answered {checkout_request_id}, which {holder.id} holds"
+    else:
+        reason = f"push answered {checkout_request_id} after another payment was matched to it"
+    now = utcnow()
+    with write_transaction():
+        (TopUp.update(push_state=PUSH_SENT, flagged=reason[:200], updated_at=now,
+                      next_query_at=None)
+         .where(TopUp.id == topup_id).execute())
+        record_event(topup_id, "push_answer_conflict", checkout_request_id=checkout_request_id,
+                     held_by=holder.id if holder else None)
+        if holder is not None:
+            (TopUp.update(flagged=f"its payment may be {topup_id}'s"[:200], updated_at=now)
+             .where(TopUp.id == holder.id).execute())
+            record_event(holder.id, "push_answer_conflict",
+                         checkout_request_id=checkout_request_id, answered_push_of=topup_id)
+    log.error("a push's answer contradicts a payment matched by phone and amount",
+              extra={"topup_id": topup_id, "checkout_request_id": checkout_request_id,
+                     "held_by": holder.id if holder else None})
 
 
 def record_push_refused(topup_id: str, *, error_code: str | None,
@@ -292,132 +294,62 @@ def record_push_refused(topup_id: str, *, error_code: str | None,
     return changed == 1
 
 
-def record_push_ambiguous(topup_id: str, reason: str) -> str | None:
+def record_push_ambiguous(topup_id: str, reason: str) -> None:
     """The push may have reached Daraja: never send it again; its callback settles it.
 
     Without the push's answer we never learnt its CheckoutRequestID, so its callback finds
-    no top-up and is kept as an orphan payment. If that orphan is already here (a callback
-    can beat a timed-out answer), it is matched now; one that comes later is matched when it
-    arrives (``_ambiguous_push_for``). Returns the outcome of crediting a matched orphan.
+    no top-up and is kept as an orphan payment: the payments from this phone that wait
+    unclaimed are tried against the matching rule again now (``ledger.orphan_matching``).
     """
     with write_transaction():
         changed = (TopUp.update(push_state=PUSH_AMBIGUOUS, updated_at=utcnow())
                    .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_SENDING))
                    .execute())
         record_event(topup_id, "push_ambiguous", reason=reason)
-    return _settle_matching_orphan(topup_id) if changed else None
+    if changed:
+        retry_orphans(TopUp.select(TopUp.phone).where(TopUp.id == topup_id).scalar())
 
 
-# An orphan payment is matched to a push whose answer was lost only when nothing else could
-# be meant: the same phone and amount, the payment after the push was started, within this
-# window, and exactly one candidate on each side. Anything less certain is left to
-# reconciliation against the M-Pesa statement (`topupctl reconcile`).
-ORPHAN_MATCH_WINDOW = dt.timedelta(hours=24)
-CLOCK_SKEW = dt.timedelta(minutes=1)
-
-
-def _ambiguous_push_for(checkout_request_id: str, amount_cents: int | None,
-                        phone: str | None) -> TopUp | None:
-    """The one top-up whose lost push this unclaimed payment answers, attached to it; or None."""
-    if not phone or amount_cents is None or amount_cents <= 0 or amount_cents % 100:
-        return None
-    now = utcnow()
-    candidates = list(TopUp.select(TopUp.id, TopUp.push_started_at).where(
-        (TopUp.push_state == PUSH_AMBIGUOUS) & TopUp.checkout_request_id.is_null()
-        & TopUp.status.in_(SETTLEABLE) & (TopUp.phone == phone)
-        & (TopUp.amount == amount_cents // 100)
-        & (TopUp.push_started_at >= now - ORPHAN_MATCH_WINDOW)).limit(2))
-    if len(candidates) != 1:
-        return None
-    topup_id = candidates[0].id
-    since = (candidates[0].push_started_at or now - ORPHAN_MATCH_WINDOW) - CLOCK_SKEW
-    others = (OrphanPayment.select(OrphanPayment.seq)
-              .join(TopUp, pw.JOIN.LEFT_OUTER,
-                    on=(TopUp.checkout_request_id == OrphanPayment.checkout_request_id))
-              .where(OrphanPayment.resolved_topup.is_null() & TopUp.id.is_null()
-                     & (OrphanPayment.phone == phone)
-                     & (OrphanPayment.amount_cents == amount_cents)
-                     & (OrphanPayment.checkout_request_id != checkout_request_id)
-                     & (OrphanPayment.created_at >= since)))
-    if others.exists():
-        return None  # two payments could answer this push: the statement decides
-    # Conditional, so two payments racing for one push attach at most one of them.
-    attached = (TopUp.update(checkout_request_id=checkout_request_id, updated_at=now)
-                .where((TopUp.id == topup_id) & TopUp.checkout_request_id.is_null()
-                       & (TopUp.push_state == PUSH_AMBIGUOUS))
-                .execute())
-    if not attached:
-        return None
-    record_event(topup_id, "orphan_matched", checkout_request_id=checkout_request_id,
-                 by="phone and amount")
-    return TopUp.get(TopUp.id == topup_id)
-
-
-def _settle_matching_orphan(topup_id: str) -> str | None:
-    """Credit the one orphan payment that answers this lost push, if exactly one does."""
-    topup = TopUp.get(TopUp.id == topup_id)
-    if topup.checkout_request_id is not None or topup.status not in SETTLEABLE:
-        return None
-    since = (topup.push_started_at or topup.created_at) - CLOCK_SKEW
-    orphans = list(OrphanPayment.select(OrphanPayment)
-                   .join(TopUp, pw.JOIN.LEFT_OUTER,
-                         on=(TopUp.checkout_request_id == OrphanPayment.checkout_request_id))
-                   .where(OrphanPayment.resolved_topup.is_null() & TopUp.id.is_null()
-                          & (OrphanPayment.phone == topup.phone)
-                          & (OrphanPayment.amount_cents == topup.amount * 100)
-                          & (OrphanPayment.created_at >= since))
-                   .limit(2))
-    if len(orphans) != 1:
-        return None
-    orphan = orphans[0]
-    return settle_success(orphan.checkout_request_id, amount_cents=orphan.amount_cents,
-                          receipt=orphan.mpesa_receipt, phone=orphan.phone, source="callback",
-                          callback_seq=orphan.callback_id)
+def retry_orphans(phone: str | None) -> None:
+    """Try the matching rule again for the unclaimed payments from this phone: a push to it
+    has turned ambiguous or been answered, which may leave one top-up they can answer."""
+    for orphan in orphan_matching.payments_to_retry(phone):
+        settle_success(orphan.checkout_request_id, amount_cents=orphan.amount_cents,
+                       receipt=orphan.mpesa_receipt, phone=orphan.phone, source="callback",
+                       callback_seq=orphan.callback_id, paid_at=orphan.created_at)
 
 
 # --- callbacks -------------------------------------------------------------------------------
 
-def apply_callback(callback_seq: int, *, confirmed_by_query: bool | None = None,
-                   row: Callback | None = None) -> str:
+def apply_callback(callback_seq: int, *, row=None, confirmed_by_query: bool = False) -> str:
     """Settle the top-up a stored callback speaks of. Safe to run any number of times.
 
     ``row``: the stored callback, when the caller has read it already (its body never
-    changes), saving a read per credit.
+    changes). ``confirmed_by_query``: STK Query answered ResultCode 0 for its
+    CheckoutRequestID; the credit is then what Daraja confirmed (``_settle_confirmed``).
 
     Returns what it did: ``credited``, ``duplicate``, ``receipt_filled``, ``failed``,
-    ``orphan``, ``unknown_code``, ``malformed`` …
+    ``orphan``, ``unknown_code``, ``malformed``, ``quarantined:…``, ``refuted:…`` …
     """
-    return apply_callback_settling(callback_seq, row=row)[0]
-
-
-def apply_callback_settling(callback_seq: int, *, row=None
-                            ) -> tuple[str, credit_pg.Credited | None]:
-    """:func:`apply_callback`, and what the worker needs of a top-up credited in one
-    statement (``ledger.credit_pg``); None for every other outcome and path."""
     if row is None or row.seq != callback_seq:
         row = Callback.get_or_none(Callback.seq == callback_seq)
     if row is None:
-        return "missing", None
+        return "missing"
     try:
         cb = parse(row.body)
     except MalformedCallback:
-        return _mark_applied(row, "malformed"), None
+        return _mark_applied(row.seq, "malformed")
     kind = result_codes.classify(cb.result_code)
     if kind == "paid":
-        if credit_pg.usable():
-            # the credit and the callback's applied_at in one statement, with the top-up as
-            # read along with the callback (inbox.read_callback) when it was
-            snapshot = getattr(row, "topup", None)
-            if row.checkout_request_id != cb.checkout_request_id:
-                snapshot = None
-            credited = credit_pg.credit(cb.checkout_request_id, cb.amount_cents, cb.receipt,
-                                        cb.phone, "callback", mark_applied=row.seq,
-                                        topup_row=snapshot)
-            if credited is not None:
-                return "credited", credited
-        outcome = settle_success(cb.checkout_request_id, amount_cents=cb.amount_cents,
-                                 receipt=cb.receipt, phone=cb.phone, source="callback",
-                                 callback_seq=row.seq, _tried_one_statement=True)
+        reason = why_unappliable(cb)
+        if reason is not None:
+            return quarantine_callback(row.seq, reason)
+        if confirmed_by_query:
+            outcome = _settle_confirmed(row, cb)
+        else:
+            outcome = settle_success(cb.checkout_request_id, amount_cents=cb.amount_cents,
+                                     receipt=cb.receipt, phone=cb.phone, source="callback",
+                                     callback_seq=row.seq, paid_at=row.received_at)
     elif kind == "failed":
         outcome = settle_failure(cb.checkout_request_id, cb.result_code, cb.result_desc,
                                  source="callback")
@@ -428,48 +360,98 @@ def apply_callback_settling(callback_seq: int, *, row=None
             with write_transaction():
                 record_event(topup.id, "callback_unknown_code", result_code=cb.result_code,
                              result_desc=cb.result_desc)
-    return _mark_applied(row, outcome), None
+    return _mark_applied(row.seq, outcome)
+
+
+def _settle_confirmed(row, cb) -> str:
+    """STK Query confirmed that this callback's push was paid. The query says nothing of the
+    amount or the receipt, and a forger can write anything there: the top-up is credited the
+    amount it asked for (what Daraja charged), and the callback's receipt is recorded only if
+    its amount is that one too. A callback that says otherwise credits nothing itself and is
+    kept with its reason; the credit is the query's, so the genuine callback, when it comes,
+    still brings the receipt."""
+    topup = TopUp.get_or_none(TopUp.checkout_request_id == cb.checkout_request_id)
+    if topup is None:   # a payment Daraja confirms for a push we never learnt: an orphan
+        return settle_success(cb.checkout_request_id, amount_cents=cb.amount_cents,
+                              receipt=cb.receipt, phone=cb.phone, source="callback",
+                              callback_seq=row.seq, paid_at=row.received_at)
+    asked_cents = topup.amount * 100
+    if cb.amount_cents == asked_cents:
+        return settle_success(cb.checkout_request_id, amount_cents=asked_cents,
+                              receipt=cb.receipt, phone=cb.phone, source="callback",
+                              callback_seq=row.seq)
+    with write_transaction():
+        record_event(topup.id, "callback_contradicted", callback=row.seq,
+                     reason="amount differs from the one asked", amount_cents=cb.amount_cents,
+                     receipt=cb.receipt)
+    settle_success(cb.checkout_request_id, amount_cents=None, receipt=None, phone=None,
+                   source="query")
+    return "refuted:amount differs from the one asked"
 
 
 def refute_callback(callback_seq: int, verdict: str) -> str:
     """STK Query contradicted a success callback: credit nothing, keep it for an operator.
     The top-up itself is settled by its own query chain, on Daraja's word."""
     row = Callback.get(Callback.seq == callback_seq)
-    outcome = f"refuted:{verdict}"[:64]
     topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
     if topup is not None:
         with write_transaction():
             record_event(topup.id, "callback_refuted_by_query", callback=callback_seq,
                          verdict=verdict)
-    return _mark_applied(row, outcome)
+    return _mark_applied(row.seq, f"refuted:{verdict}")
 
 
-def _mark_applied(row: Callback, outcome: str) -> str:
+def quarantine_callback(callback_seq: int, reason: str) -> str:
+    """A callback that cannot be applied is kept once, with its reason, for an operator
+    (``topupctl callbacks quarantined``, and the top-up's history): marked applied, so that
+    neither the sweep re-drives it nor its top-up's STK Query waits for it."""
+    row = Callback.get(Callback.seq == callback_seq)
+    topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
+    if topup is not None:
+        with write_transaction():
+            record_event(topup.id, "callback_quarantined", callback=callback_seq, reason=reason)
+    log.error("a callback cannot be applied; kept for an operator",
+              extra={"callback": callback_seq, "reason": reason,
+                     "checkout_request_id": row.checkout_request_id})
+    return _mark_applied(callback_seq, f"{QUARANTINED}{reason}")
+
+
+QUARANTINED = "quarantined:"
+
+
+def quarantined_callbacks(limit: int = 500) -> list[Callback]:
+    """The quarantined callbacks, oldest first."""
+    return list(Callback.select().where(Callback.outcome.startswith(QUARANTINED))
+                .order_by(Callback.seq).limit(limit))
+
+
+def _mark_applied(callback_seq: int, outcome: str) -> str:
+    outcome = outcome[:64]
     with write_transaction():
         Callback.update(applied_at=utcnow(), outcome=outcome).where(
-            Callback.seq == row.seq).execute()
+            Callback.seq == callback_seq).execute()
     return outcome
 
 
 def settle_success(checkout_request_id: str, *, amount_cents: int | None, receipt: str | None,
                    phone: str | None, source: str, callback_seq: int | None = None,
-                   _tried_one_statement: bool = False, _orphan_rechecked: bool = False) -> str:
-    """M-Pesa says the money moved: credit once, or keep it as an orphan payment."""
-    if not _tried_one_statement and credit_pg.usable():
-        if credit_pg.credit(checkout_request_id, amount_cents, receipt, phone, source):
-            return "credited"
+                   paid_at: dt.datetime | None = None, recheck_orphan: bool = True) -> str:
+    """M-Pesa says the money moved: credit once, or keep it as an orphan payment.
+
+    ``paid_at``: when the payment reached us (the callback's arrival), for the matching
+    rule's time window; now, by default."""
     try:
         # the wallet.top_up event is written with the credit, announced after the commit
         with events.publishing(), write_transaction():
             outcome = _settle_success(checkout_request_id, amount_cents, receipt, phone, source,
-                                      callback_seq)
+                                      callback_seq, paid_at or utcnow())
     except pw.IntegrityError as exc:
         # The receipt already credited something else (a replay under another
         # CheckoutRequestID, or a forgery): credit nothing, keep the evidence.
         log.warning("receipt conflict on credit", extra={"checkout_request_id": checkout_request_id,
                                                          "error": str(exc)[:200]})
         return "receipt_conflict"
-    if outcome != "orphan" or _orphan_rechecked:
+    if outcome != "orphan" or not recheck_orphan:
         return outcome
     # A push records its CheckoutRequestID, then applies the callbacks already stored for it
     # (workers.tasks.push), resolving any orphan kept for it. This callback's own message may
@@ -484,15 +466,21 @@ def settle_success(checkout_request_id: str, *, amount_cents: int | None, receip
         return outcome
     return settle_success(checkout_request_id, amount_cents=amount_cents, receipt=receipt,
                           phone=phone, source=source, callback_seq=callback_seq,
-                          _orphan_rechecked=True)
+                          paid_at=paid_at, recheck_orphan=False)
 
 
-def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, callback_seq):
+def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, callback_seq,
+                    paid_at):
     topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
     matched_by_phone_and_amount = False
     if topup is None:
-        topup = _ambiguous_push_for(checkout_request_id, amount_cents, phone)
-        matched_by_phone_and_amount = topup is not None
+        lost = orphan_matching.lost_push_for(checkout_request_id, phone=phone,
+                                             amount_cents=amount_cents, paid_at=paid_at)
+        if lost is not None and orphan_matching.attach(lost.id, checkout_request_id):
+            record_event(lost.id, "orphan_matched", checkout_request_id=checkout_request_id,
+                         by="phone and amount")
+            topup = TopUp.get(TopUp.id == lost.id)
+            matched_by_phone_and_amount = True
     if topup is None or topup.status == FAILED:
         # No top-up knows this CheckoutRequestID (or Daraja earlier said it failed):
         # the money moved all the same, so it is kept for reconciliation.
@@ -518,7 +506,6 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
                .execute())
     if not settled:
         return _already_settled(topup, receipt, source)
-
     # The wallet's row stays locked from its UPDATE to our COMMIT, and every other credit to
     # this wallet waits for it: on a busy merchant's wallet the statements in between set the
     # pace (make bench, "Crediting one hot wallet"). So what does not need the new balance is
@@ -554,13 +541,15 @@ def _already_settled(topup: TopUp, receipt: str | None, source: str) -> str:
                 & OrphanPayment.resolved_topup.is_null()).execute())
     if current.status == SUCCEEDED and receipt and current.mpesa_receipt is None:
         # Credited earlier from a query answer, which carries no receipt: the callback
-        # brings it now, and credits nothing more.
-        TopUp.update(mpesa_receipt=receipt, updated_at=utcnow()).where(
+        # brings it now, and credits nothing more. Of callbacks racing to do so, the one
+        # whose conditional UPDATE changed the row fills it; the others are duplicates.
+        filled = TopUp.update(mpesa_receipt=receipt, updated_at=utcnow()).where(
             (TopUp.id == topup.id) & TopUp.mpesa_receipt.is_null()).execute()
-        LedgerEntry.update(mpesa_receipt=receipt).where(
-            (LedgerEntry.topup == topup.id) & LedgerEntry.mpesa_receipt.is_null()).execute()
-        record_event(topup.id, "receipt_filled", receipt=receipt, source=source)
-        return "receipt_filled"
+        if filled:
+            LedgerEntry.update(mpesa_receipt=receipt).where(
+                (LedgerEntry.topup == topup.id) & LedgerEntry.mpesa_receipt.is_null()).execute()
+            record_event(topup.id, "receipt_filled", receipt=receipt, source=source)
+            return "receipt_filled"
     record_event(topup.id, "duplicate_success", receipt=receipt, source=source)
     return "duplicate"
 

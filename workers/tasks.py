@@ -1,6 +1,7 @@
 """What the actors do, as plain functions with their dependencies passed in."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -9,8 +10,8 @@ import weakref
 import peewee
 
 from daraja import errors as daraja_errors
-from ledger import db, inbox, result_codes, topups
-from ledger.callbacks import MalformedCallback, parse
+from ledger import db, inbox, orphan_matching, result_codes, topups
+from ledger.callbacks import MalformedCallback, parse, why_unappliable
 from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp, utcnow
 from ledger.phones import mask
 from telemetry import logs, metrics
@@ -26,6 +27,8 @@ PHONE_LOCK_S = 120
 PHONE_BUSY_RETRY_S = 15
 # How long the sweeper leaves a live query chain alone before re-driving it.
 QUERY_RECHECK_S = 900
+# A stored callback not applied after this long is not waited for by its top-up's query.
+CALLBACK_WAIT = dt.timedelta(minutes=10)
 
 
 class PushNotSentYet(Exception):
@@ -187,6 +190,8 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
         lambda: topups.record_push_accepted(
             topup_id, checkout_request_id=accepted.checkout_request_id,
             merchant_request_id=accepted.merchant_request_id, query_after_s=query_after_s))
+    # payments from this phone that wait unclaimed may answer an ambiguous push now
+    _with_database_retries(lambda: topups.retry_orphans(topup.phone))
     # the one line for Daraja's acceptance (the client's own is at DEBUG)
     log.info("push accepted",
              extra={**context, "checkout_request_id": accepted.checkout_request_id,
@@ -243,32 +248,55 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
     row = _stored_callback(callback_seq)
     if row is None:
         return "missing"
-    if confirm_by_query and row.applied_at is None:
-        try:
-            cb = parse(row.body)
-        except MalformedCallback:
-            cb = None
-        if cb is not None and cb.paid:
-            verdict = _confirm(cb.checkout_request_id, daraja)
-            if verdict != "paid":
-                outcome = topups.refute_callback(row.seq, verdict)
-                log.warning("success callback refuted by query",
-                            extra={"callback": callback_seq, "verdict": verdict,
-                                   "checkout_request_id": cb.checkout_request_id})
-                return outcome
-    outcome, credited = topups.apply_callback_settling(callback_seq, row=row)
+    try:
+        cb = parse(row.body)
+    except MalformedCallback:
+        cb = None
+    paid = cb is not None and cb.paid and row.applied_at is None
+    if paid and row.topup_id is None:
+        _wait_for_push_in_flight(cb.phone, row.received_at)
+    confirmed = False
+    if paid and confirm_by_query and why_unappliable(cb) is None:
+        verdict = _confirm(cb.checkout_request_id, daraja)
+        if verdict != "paid":
+            outcome = topups.refute_callback(row.seq, verdict)
+            log.warning("success callback refuted by query",
+                        extra={"callback": callback_seq, "verdict": verdict,
+                               "checkout_request_id": cb.checkout_request_id})
+            return outcome
+        confirmed = True
+    try:
+        outcome = topups.apply_callback(callback_seq, row=row, confirmed_by_query=confirmed)
+    except UNAPPLIABLE as exc:
+        # Not the database blinking (those are retried): this callback itself is refused by
+        # it. Kept once for an operator instead of failing on every retry and sweep.
+        outcome = topups.quarantine_callback(callback_seq, f"the database refused it: "
+                                                           f"{type(exc).__name__}")
     # The phone's lock is left to the next push for the phone, which takes it over from a
     # settled top-up (lock_phone): not released here, on every credit.
-    if credited is not None:
-        # credited in one statement, which told us what the metric needs
-        metrics.credited(credited.pushed_at, credited.completed_at, source="callback")
-    elif outcome == "credited":
+    if outcome == "credited":
         topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
         if topup is not None:
             metrics.credited(topup.pushed_at, topup.completed_at, source="callback")
     log.info("callback applied", extra={"callback": callback_seq, "outcome": outcome,
                                         "checkout_request_id": row.checkout_request_id})
     return outcome
+
+
+# What the database answers for a callback it can never store, however often it is tried.
+UNAPPLIABLE = (peewee.DataError, peewee.IntegrityError, ValueError, OverflowError)
+
+# A paid callback that no top-up knows, while a push to its phone awaits its answer, waits
+# for that answer at most this long (the answer may be its own CheckoutRequestID). It covers
+# a push's own timeouts and the sweep that calls a push abandoned mid-send ambiguous.
+PUSH_ANSWER_WAIT = dt.timedelta(minutes=5)
+
+
+def _wait_for_push_in_flight(phone: str | None, received_at) -> None:
+    if received_at is not None and received_at < utcnow() - PUSH_ANSWER_WAIT:
+        return  # waited long enough: kept as an orphan, matched when that push settles
+    if orphan_matching.push_in_flight(phone):
+        raise AskAgainLater("a push to this phone awaits its answer")
 
 
 def _confirm(checkout_request_id: str, daraja) -> str:
@@ -300,8 +328,11 @@ def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
     # STK_QUERY_AFTER_S): applying it settles the top-up, so Daraja, whose calls are metered
     # and throttled, is not asked meanwhile (make bench: with such a backlog, 7 top-ups in 10
     # were queried although every callback had arrived).
+    # Only while it can be applied: a quarantined one is marked applied, and one that has
+    # waited past CALLBACK_WAIT without being applied does not hold the query back.
     if Callback.select().where((Callback.checkout_request_id == checkout)
-                               & Callback.applied_at.is_null() & Callback.well_formed).exists():
+                               & Callback.applied_at.is_null() & Callback.well_formed
+                               & (Callback.received_at > utcnow() - CALLBACK_WAIT)).exists():
         raise AskAgainLater("its callback is stored and waits to be applied")
     context = {"topup_id": topup_id, "checkout_request_id": checkout}
     try:

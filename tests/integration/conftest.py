@@ -79,5 +79,24 @@ def ledger_pg(postgres_server):
     database.close_all()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request, tmp_path):
+    """A migrated ledger bound in this process, on SQLite and then on the session's
+    PostgreSQL, with one account ("acme"), opened on this thread: the account."""
+    from ledger import accounts, db, migrate
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/ledger.db"
+    else:
+        url = request.getfixturevalue("postgres_server").create_database(
+            f"ledger_{next(_ledgers)}")
+    database = db.bind(url)
+    with db.connection():
+        migrate.upgrade()
+        account, _ = accounts.create_account("acme")
+        yield account
+    if hasattr(database, "close_all"):
+        database.close_all()
+
+
 # The gateway's fixtures (real processes against the servers above), for every module here.
 from tests.integration.system import pg_system, simulator  # noqa: E402,F401

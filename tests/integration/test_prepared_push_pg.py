@@ -10,8 +10,7 @@ from ledger import db, prepared, topups
 from ledger.models import PUSH_SENDING, PUSH_SENT, TopUp, TopUpEvent
 from tests.unit.test_crediting import success_body
 
-HOT = {"topup_create", "topup_push_state", "topup_claim_push", "topup_push_accepted",
-       "topup_early_callbacks"}
+HOT = {"topup_create", "topup_push_state", "topup_claim_push"}
 
 
 def a_push(account_id: str, checkout: str, *, key: str | None = None) -> tuple[str, list[int]]:

@@ -1,0 +1,108 @@
+"""The one rule that gives an orphan payment to a top-up whose push answer was lost.
+
+A push whose answer never came back (a read timeout, ``500.003.1001``, an HTML page) may
+have reached Daraja: its CheckoutRequestID was never learnt, so its callback arrives as a
+payment no top-up knows (an *orphan*). The callback does not echo the AccountReference, so
+the only way to tie the two together before the statement arrives is by phone and amount,
+and that is done only when nothing else can be meant. The rule, in full (docs/design.md
+repeats it for readers):
+
+A paid callback with CheckoutRequestID X, phone P, amount A, stored at time R, is attached
+to top-up T only if all of these hold:
+
+1. No push to P is in flight (claimed, its answer not yet recorded). While one is, the
+   callback waits for that answer (``workers.tasks``, bounded by ``PUSH_ANSWER_WAIT``): the
+   answer may be X itself.
+2. The candidates are every top-up, of any account, whose push to P may have reached Daraja
+   without telling us its CheckoutRequestID: push in flight or ambiguous, no
+   CheckoutRequestID, still pending or unknown, its push started within ``MATCH_WINDOW``
+   before R (and not after R, give or take ``CLOCK_SKEW``). There is exactly one, T.
+3. T's push is ambiguous (not in flight) and asked for exactly A.
+4. No other payment from P that no top-up claims arrived since T's push started
+   (give or take ``CLOCK_SKEW``): two payments could answer one push.
+5. T still has no CheckoutRequestID and its push is still ambiguous when X is written on it
+   (one conditional UPDATE: of two payments racing for T, one is attached).
+
+Either order works: a payment that comes first is kept as an orphan and tried again when a
+push to its phone turns ambiguous or is answered (``payments_to_retry``); one that comes
+after T's push turned ambiguous is tried when it is applied. Anything less certain stays an
+orphan for reconciliation against the M-Pesa statement, which carries the AccountReference.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee as pw
+
+from ledger.models import (
+    PENDING, PUSH_AMBIGUOUS, PUSH_SENDING, UNKNOWN, OrphanPayment, TopUp, utcnow,
+)
+
+MATCH_WINDOW = dt.timedelta(hours=24)
+CLOCK_SKEW = dt.timedelta(minutes=1)
+SETTLEABLE = (PENDING, UNKNOWN)
+
+
+def push_in_flight(phone: str | None, *, now: dt.datetime | None = None) -> bool:
+    """A push to this phone is claimed and its answer is not recorded yet (rule 1)."""
+    if not phone:
+        return False
+    now = now or utcnow()
+    return (TopUp.select(TopUp.id)
+            .where((TopUp.phone == phone) & (TopUp.push_state == PUSH_SENDING)
+                   & (TopUp.status == PENDING)
+                   & (TopUp.push_started_at >= now - MATCH_WINDOW))
+            .exists())
+
+
+def lost_push_for(checkout_request_id: str, *, phone: str | None, amount_cents: int | None,
+                  paid_at: dt.datetime) -> TopUp | None:
+    """The one top-up whose lost push this payment answers (rules 2 to 4), or None."""
+    if not phone or amount_cents is None or amount_cents <= 0:
+        return None
+    candidates = list(TopUp.select(TopUp.id, TopUp.push_state, TopUp.amount,
+                                   TopUp.push_started_at)
+                      .where((TopUp.phone == phone) & TopUp.checkout_request_id.is_null()
+                             & TopUp.push_state.in_((PUSH_SENDING, PUSH_AMBIGUOUS))
+                             & TopUp.status.in_(SETTLEABLE)
+                             & (TopUp.push_started_at >= paid_at - MATCH_WINDOW)
+                             & (TopUp.push_started_at <= paid_at + CLOCK_SKEW))
+                      .limit(2))
+    if len(candidates) != 1:
+        return None
+    topup = candidates[0]
+    if topup.push_state != PUSH_AMBIGUOUS or topup.amount * 100 != amount_cents:
+        return None
+    others = (OrphanPayment.select(OrphanPayment.seq)
+              .join(TopUp, pw.JOIN.LEFT_OUTER,
+                    on=(TopUp.checkout_request_id == OrphanPayment.checkout_request_id))
+              .where(OrphanPayment.resolved_topup.is_null() & TopUp.id.is_null()
+                     & (OrphanPayment.phone == phone)
+                     & (OrphanPayment.checkout_request_id != checkout_request_id)
+                     & (OrphanPayment.created_at >= topup.push_started_at - CLOCK_SKEW)))
+    if others.exists():
+        return None
+    return topup
+
+
+def attach(topup_id: str, checkout_request_id: str) -> bool:
+    """Write the payment's CheckoutRequestID on the top-up (rule 5). Call inside the
+    transaction that credits it."""
+    return bool(TopUp.update(checkout_request_id=checkout_request_id, updated_at=utcnow())
+                .where((TopUp.id == topup_id) & TopUp.checkout_request_id.is_null()
+                       & (TopUp.push_state == PUSH_AMBIGUOUS))
+                .execute())
+
+
+def payments_to_retry(phone: str | None, *, limit: int = 10) -> list[OrphanPayment]:
+    """Unclaimed payments from this phone within the window: what to try the rule on again
+    once a push to the phone has turned ambiguous or been answered."""
+    if not phone:
+        return []
+    since = utcnow() - MATCH_WINDOW
+    return list(OrphanPayment.select(OrphanPayment)
+                .join(TopUp, pw.JOIN.LEFT_OUTER,
+                      on=(TopUp.checkout_request_id == OrphanPayment.checkout_request_id))
+                .where(OrphanPayment.resolved_topup.is_null() & TopUp.id.is_null()
+                       & (OrphanPayment.phone == phone) & (OrphanPayment.created_at >= since))
+                .order_by(OrphanPayment.seq).limit(limit))
