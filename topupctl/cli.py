@@ -60,6 +60,24 @@ def cmd_orphans(args):
               f"{row['checkout_request_id']}  {row['resolved_topup'] or 'unresolved'}")
 
 
+def cmd_callbacks_quarantined(args):
+    from ledger import topups
+    db = _bind()
+    with db.connection():
+        rows = [{"callback": c.seq, "received_at": c.received_at.isoformat() + "Z",
+                 "checkout_request_id": c.checkout_request_id,
+                 "reason": c.outcome[len(topups.QUARANTINED):]}
+                for c in topups.quarantined_callbacks()]
+    if args.json:
+        print(json.dumps({"object": "list", "data": rows}))
+        return
+    if not rows:
+        print("no quarantined callbacks")
+    for row in rows:
+        print(f"{row['received_at']}  callback {row['callback']:<8}  "
+              f"{row['checkout_request_id'] or '-'}  {row['reason']}")
+
+
 def cmd_simulator(args):
     from simulator.server import SimulatorConfig, serve
     config = SimulatorConfig()
@@ -103,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     orph.add_argument("--json", action="store_true")
     orph.add_argument("--all", action="store_true", help="include resolved ones")
     orph.set_defaults(func=cmd_orphans)
+
+    cbs = sub.add_parser("callbacks", help="stored Daraja callbacks").add_subparsers(
+        dest="callbacks_command", required=True)
+    quarantined = cbs.add_parser("quarantined", help="paid callbacks that cannot be applied, "
+                                 "kept with their reason for an operator")
+    quarantined.add_argument("--json", action="store_true")
+    quarantined.set_defaults(func=cmd_callbacks_quarantined)
 
     from topupctl import ops  # queues [dead], topups show
     ops.register(sub)
