@@ -1,56 +1,75 @@
-"""The actors: thin, idempotent, retry policy declared here. Messages carry ids only."""
+"""The actors: thin, idempotent, retry policy declared here. Messages carry ids and
+primitives only."""
 from __future__ import annotations
 
 import logging
 
 import dramatiq
-import peewee
 
 from workers import runtime, tasks
 
 log = logging.getLogger(__name__)
 
-# The database blinked (restart, failover, lost connection): worth retrying the message.
-DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
-
 TOPUPS_QUEUE = "topups"
 CALLBACKS_QUEUE = "callbacks"
 QUERIES_QUEUE = "queries"
 
-
-def _retry_push(retries: int, exc: BaseException) -> bool:
-    # The attempt count that really bounds a push lives in the database (MAX_PUSH_ATTEMPTS);
-    # this only bounds the messages. The sweeper re-drives a push whose messages ran out.
-    return (isinstance(exc, (tasks.PushNotSentYet, dramatiq.Retry, *DATABASE_ERRORS))
-            and retries < 20)
+# Waiting is a Retry: Dramatiq logs it at INFO ("Retrying message … in … ms") and backs off,
+# where any other exception is logged at ERROR with its traceback. The database blinking
+# (restart, failover, lost connection) is worth retrying too, and worth an ERROR line.
+DATABASE_ERRORS = tasks.DATABASE_ERRORS
 
 
+def _retryable(limit: int):
+    def retry_when(retries: int, exc: BaseException) -> bool:
+        return isinstance(exc, (dramatiq.Retry, *DATABASE_ERRORS)) and retries < limit
+    return retry_when
+
+
+# The attempt count that really bounds a push lives in the database (MAX_PUSH_ATTEMPTS);
+# this only bounds the messages. The sweeper re-drives a push whose messages ran out.
 @dramatiq.actor(queue_name=TOPUPS_QUEUE, max_retries=20, min_backoff=5_000,
-                max_backoff=300_000, retry_when=_retry_push, time_limit=120_000)
+                max_backoff=300_000, retry_when=_retryable(20), time_limit=120_000)
 def push_topup(topup_id: str) -> None:
     rt = runtime.get()
     try:
         outcome, early_callbacks = tasks.push(topup_id, rt.daraja, redis=rt.redis,
                                               query_after_s=rt.settings.stk_query_after_s)
     except tasks.PushNotSentYet as exc:
-        if exc.retry_after_s:
-            raise dramatiq.Retry(str(exc), delay=int(exc.retry_after_s * 1000)) from None
-        raise
+        delay = int(exc.retry_after_s * 1000) if exc.retry_after_s else None
+        raise dramatiq.Retry(str(exc), delay=delay) from None
+    except tasks.PushOutcomeNotRecorded as exc:
+        record_push_outcome.send(topup_id, exc.outcome)
+        return
     if outcome == "sent":
-        # first: once this is sent, the push is followed up whatever happens below
-        schedule_query(topup_id, delay_s=rt.settings.stk_query_after_s)
+        _followed_up(rt, topup_id, early_callbacks)
+
+
+@dramatiq.actor(queue_name=TOPUPS_QUEUE, max_retries=30, min_backoff=1_000,
+                max_backoff=60_000, retry_when=_retryable(30), time_limit=60_000)
+def record_push_outcome(topup_id: str, outcome: dict) -> None:
+    """What became of a push, when the database could not take it at once: retried here with
+    backoff until it is recorded (a database restart takes tens of seconds)."""
+    rt = runtime.get()
+    early_callbacks = tasks.record_push_outcome(topup_id, outcome)
+    if outcome["kind"] == "accepted":
+        _followed_up(rt, topup_id, early_callbacks)
+    elif outcome["kind"] == "claim_lost":
+        push_topup.send(topup_id)   # the claim is put back: send the push
+
+
+def _followed_up(rt, topup_id: str, early_callbacks: list[int]) -> None:
+    # first: once this is sent, the push is followed up whatever happens below
+    schedule_query(topup_id, delay_s=rt.settings.stk_query_after_s)
     for callback_seq in early_callbacks:
         _apply_early_callback(rt, callback_seq)
 
 
 def _apply_early_callback(rt, callback_seq: int) -> None:
     # A callback that arrived while the push was in flight could not be matched then; it is
-    # applied here, in this thread with its connection, rather than as a message of its own:
-    # a message costs its enqueue, fetch, middleware and ack (~1 ms of worker CPU measured,
-    # beside the task), and with a Daraja that calls back at once (the bench's simulator)
-    # 3 top-ups in 4 had one. Anything the message's retries would handle (a database blink,
-    # a confirming query that must wait) goes back to the message. If this process dies
-    # here, the scheduler re-applies the stored callback, as for a lost send.
+    # applied here, in this thread, rather than as a message of its own. Anything the
+    # message's retries would handle (a database blink, a wait) goes back to the message.
+    # If this process dies here, the scheduler re-applies the stored callback.
     try:
         tasks.apply_callback(callback_seq, daraja=rt.daraja,
                              confirm_by_query=rt.settings.daraja_confirm_by_query)
@@ -66,29 +85,28 @@ def schedule_query(topup_id: str, *, delay_s: float) -> None:
                                   min_backoff=backoff_ms)
 
 
-def _retry_callback(retries: int, exc: BaseException) -> bool:
-    # A stored callback is never lost (the scheduler re-applies unapplied ones); retries
-    # only make it quicker when the database blinks or a confirming query must wait.
-    return (isinstance(exc, (tasks.AskAgainLater, *DATABASE_ERRORS))) and retries < 20
-
-
+# A stored callback is never lost (the scheduler re-applies unapplied ones); retries only make
+# it quicker when the database blinks or a confirming query, or a push's answer, must be
+# waited for.
 @dramatiq.actor(queue_name=CALLBACKS_QUEUE, max_retries=20, min_backoff=1_000,
-                max_backoff=120_000, retry_when=_retry_callback, time_limit=60_000)
+                max_backoff=120_000, retry_when=_retryable(20), time_limit=60_000)
 def apply_callback(callback_seq: int) -> None:
     rt = runtime.get()
-    tasks.apply_callback(callback_seq, daraja=rt.daraja,
-                         confirm_by_query=rt.settings.daraja_confirm_by_query)
+    try:
+        tasks.apply_callback(callback_seq, daraja=rt.daraja,
+                             confirm_by_query=rt.settings.daraja_confirm_by_query)
+    except tasks.AskAgainLater as exc:
+        raise dramatiq.Retry(str(exc)) from None
 
 
-def _retry_query(retries: int, exc: BaseException) -> bool:
-    # Growing, jittered delays (min_backoff doubling up to max_backoff). When a chain runs
-    # out, the sweeper starts another until STK_GIVE_UP_AFTER_S makes the top-up unknown.
-    return isinstance(exc, (tasks.AskAgainLater, *DATABASE_ERRORS)) and retries < 25
-
-
+# Growing, jittered delays (min_backoff doubling up to max_backoff). When a chain runs out,
+# the sweeper starts another until STK_GIVE_UP_AFTER_S makes the top-up unknown.
 @dramatiq.actor(queue_name=QUERIES_QUEUE, max_retries=25, min_backoff=10_000,
-                max_backoff=600_000, retry_when=_retry_query, time_limit=60_000)
+                max_backoff=600_000, retry_when=_retryable(25), time_limit=60_000)
 def query_topup(topup_id: str) -> None:
     rt = runtime.get()
-    tasks.query(topup_id, rt.daraja, redis=rt.redis,
-                give_up_after_s=rt.settings.stk_give_up_after_s)
+    try:
+        tasks.query(topup_id, rt.daraja, redis=rt.redis,
+                    give_up_after_s=rt.settings.stk_give_up_after_s)
+    except tasks.AskAgainLater as exc:
+        raise dramatiq.Retry(str(exc)) from None

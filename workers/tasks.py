@@ -4,31 +4,28 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-import time
-import weakref
 
 import peewee
 
 from daraja import errors as daraja_errors
-from ledger import db, inbox, orphan_matching, result_codes, topups
+from ledger import inbox, orphan_matching, result_codes, topups
 from ledger.callbacks import MalformedCallback, parse, why_unappliable
 from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp, utcnow
 from ledger.phones import mask
 from telemetry import logs, metrics
+from workers import phone_lock
 
 log = logging.getLogger(__name__)
 
 # A push refused as "busy" or never sent is tried this many times in all (counted in the
 # database, so a worker killed mid-push also counts) before the top-up is failed.
 MAX_PUSH_ATTEMPTS = 6
-# Daraja allows one open prompt per phone; a prompt lives about a minute. A second top-up
-# for the same phone waits until the first settles, or this long at most.
-PHONE_LOCK_S = 120
-PHONE_BUSY_RETRY_S = 15
 # How long the sweeper leaves a live query chain alone before re-driving it.
 QUERY_RECHECK_S = 900
 # A stored callback not applied after this long is not waited for by its top-up's query.
 CALLBACK_WAIT = dt.timedelta(minutes=10)
+# The database blinked (restart, failover, lost connection): worth trying the same again.
+DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 
 
 class PushNotSentYet(Exception):
@@ -43,94 +40,15 @@ class AskAgainLater(Exception):
     """Daraja has no final word yet (still processing, busy, unreachable): query again."""
 
 
-# --- one prompt per phone ----------------------------------------------------------------------
-#
-# The lock is a Redis key per phone whose value names the top-up holding it, set when its push
-# is about to go and kept at most PHONE_LOCK_S. It is released where that is rare and cheap (a
-# push that did not go out, a query or a give-up that settled the top-up) but not when a
-# callback settles it: that is every credit, and one Redis round trip each. A later push for
-# the phone that finds the lock held by another top-up asks the database instead: a holder no
-# longer pending (or unknown to this database) has no prompt open, and the lock is taken over
-# in one compare-and-set, so of two pushes doing so at once one wins.
+class PushOutcomeNotRecorded(Exception):
+    """What became of a push is known here and nowhere else, and the database could not take
+    it. ``outcome`` (primitives only) goes to a message of its own, retried until it is
+    recorded (:func:`record_push_outcome`): Daraja's CheckoutRequestID must not be lost, and a
+    push left ``sending`` would never be sent again."""
 
-# Release only our own lock: the value still names this top-up.
-_RELEASE_LOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-# Take over the lock from the settled top-up ARGV[1] (or from nobody: it has just expired).
-_TAKE_OVER_LOCK = """
-local holder = redis.call('get', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('set', KEYS[1], ARGV[2], 'px', ARGV[3])
-  return 1
-end
-return 0
-"""
-_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # client -> {text: Script}
-
-
-def _script(redis, text: str):
-    """``text`` registered on this client: EVALSHA, loaded again if Redis forgot it."""
-    scripts = _scripts.get(redis)
-    if scripts is None:
-        scripts = _scripts.setdefault(redis, {})
-    script = scripts.get(text)
-    if script is None:
-        script = scripts[text] = redis.register_script(text)
-    return script
-
-
-def _phone_key(phone: str) -> str:
-    return f"topup:phone-lock:{phone}"
-
-
-def lock_phone(redis, phone: str, topup_id: str) -> bool:
-    if redis is None:
-        return True
-    key = _phone_key(phone)
-    try:
-        if redis.set(key, topup_id, nx=True, px=PHONE_LOCK_S * 1000):
-            return True
-        holder = (redis.get(key) or b"").decode()
-    except Exception:
-        return _lock_unavailable(phone)
-    if holder == topup_id:
-        return True
-    if holder and _prompt_may_be_open(holder):
-        return False
-    try:
-        return bool(_script(redis, _TAKE_OVER_LOCK)(
-            keys=[key], args=[holder, topup_id, PHONE_LOCK_S * 1000]))
-    except Exception:
-        return _lock_unavailable(phone)
-
-
-def _prompt_may_be_open(holder: str) -> bool:
-    """Whether the top-up holding a phone's lock may still have its prompt open: it is
-    pending. One unknown to this database (another database on the same Redis) is not
-    waited for: if its prompt is open, Daraja refuses ours as busy and the push is retried."""
-    status = TopUp.select(TopUp.status).where(TopUp.id == holder).scalar()
-    if status is None:
-        log.warning("phone lock held by a top-up unknown to this database",
-                    extra={"holder": holder})
-    return status == PENDING
-
-
-def _lock_unavailable(phone: str) -> bool:
-    # Without Redis the rule cannot be kept; Daraja itself refuses a second prompt
-    # ("Unable to lock subscriber"), which is retried like any "busy" answer.
-    log.warning("phone lock unavailable", extra={"phone": mask(phone)})
-    return True
-
-
-def unlock_phone(redis, phone: str | None, topup_id: str) -> None:
-    if redis is None or not phone:
-        return
-    try:
-        _script(redis, _RELEASE_LOCK)(keys=[_phone_key(phone)], args=[topup_id])
-    except Exception:
-        pass  # it expires by itself, or the next push for the phone takes it over
+    def __init__(self, outcome: dict):
+        super().__init__(outcome["kind"])
+        self.outcome = outcome
 
 
 # --- the push ----------------------------------------------------------------------------------
@@ -140,18 +58,18 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
     current = topups.push_state(topup_id)
     if current is None or current[0] != PENDING or current[1] != PUSH_QUEUED:
         return "not_claimed", []
-    if not lock_phone(redis, current[2], topup_id):
-        raise PushNotSentYet("phone has a prompt open", retry_after_s=PHONE_BUSY_RETRY_S)
+    if not phone_lock.lock(redis, current[2], topup_id):
+        raise PushNotSentYet("phone has a prompt open",
+                             retry_after_s=phone_lock.PHONE_BUSY_RETRY_S)
     claimed_at = utcnow()
     try:
         topup = topups.claim_push(topup_id, now=claimed_at)
-    except (peewee.OperationalError, peewee.InterfaceError):
+    except DATABASE_ERRORS:
         # The claim may be committed with its answer lost (the server died as it answered).
-        # Nothing was sent: a claim left `sending` would never be claimed again and the sweep
-        # would call it ambiguous, to be settled only by giving up. Put ours back, if it is
-        # in, so that the message's retry sends.
-        _with_database_retries(lambda: topups.unclaim_push(topup_id, claimed_at))
-        raise
+        # Nothing was sent: a claim left `sending` would never be claimed again, so ours is
+        # put back if it is in, and the push sent again.
+        raise PushOutcomeNotRecorded({"kind": "claim_lost",
+                                      "claimed_at": claimed_at.isoformat()}) from None
     if topup is None:
         return "not_claimed", []
     context = {"topup_id": topup_id, "phone": mask(topup.phone)}
@@ -159,39 +77,18 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
         accepted = daraja.stk_push(amount=topup.amount, phone=topup.phone,
                                    account_reference=topup.reference, description="Top-up")
     except daraja_errors.DarajaError as exc:
-        detail = {"error": type(exc).__name__, "error_code": exc.error_code}
-        if exc.may_have_been_processed:
-            # The prompt may be on the customer's phone: never send a second one.
-            log.warning("push outcome unknown", extra={**context, **detail})
-            topups.record_push_ambiguous(
-                topup_id, reason=f"{type(exc).__name__} {exc.error_code or ''}".strip())
-            return "ambiguous", []
-        unlock_phone(redis, topup.phone, topup_id)
-        if exc.retryable and topup.push_attempts < MAX_PUSH_ATTEMPTS:
-            log.info("push not sent, will retry", extra={**context, **detail})
-            reason, code, message = type(exc).__name__, exc.error_code, exc.error_message
-            _with_database_retries(lambda: topups.release_push(
-                topup_id, reason=reason, error_code=code, error_message=message))
-            raise PushNotSentYet(type(exc).__name__, getattr(exc, "retry_after", None)) from None
-        log.info("push refused", extra={**context, **detail})
-        code, message = exc.error_code or type(exc).__name__, exc.error_message or str(exc)
-        _with_database_retries(lambda: topups.record_push_refused(
-            topup_id, error_code=code, error_message=message))
-        return "refused", []
+        return _push_not_accepted(topup, exc, redis, context)
     except Exception:
         # Not a Daraja answer we understand (a bug, an unexpected library error): the
         # request may have left, so it is treated as possibly sent.
         log.exception("push failed unexpectedly", extra=context)
-        topups.record_push_ambiguous(topup_id, reason="unexpected error")
+        _record(topup_id, {"kind": "ambiguous", "reason": "unexpected error"})
         return "ambiguous", []
 
     logs.amend(checkout_request_id=accepted.checkout_request_id)
-    callbacks = _with_database_retries(
-        lambda: topups.record_push_accepted(
-            topup_id, checkout_request_id=accepted.checkout_request_id,
-            merchant_request_id=accepted.merchant_request_id, query_after_s=query_after_s))
-    # payments from this phone that wait unclaimed may answer an ambiguous push now
-    _with_database_retries(lambda: topups.retry_orphans(topup.phone))
+    callbacks = _record(topup_id, {
+        "kind": "accepted", "checkout_request_id": accepted.checkout_request_id,
+        "merchant_request_id": accepted.merchant_request_id, "query_after_s": query_after_s})
     # the one line for Daraja's acceptance (the client's own is at DEBUG)
     log.info("push accepted",
              extra={**context, "checkout_request_id": accepted.checkout_request_id,
@@ -200,21 +97,59 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
     return "sent", callbacks
 
 
-def _with_database_retries(fn, attempts: int = 12):
-    """Daraja answered a push: its answer is worth some forty seconds of retrying a database
-    that blinked or restarted. Without the CheckoutRequestID only reconciliation can find
-    the payment; and a push left `sending` is never claimed again (it ends ambiguous)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except (peewee.OperationalError, peewee.InterfaceError):
-            if attempt == attempts:
-                raise
-            # This thread's connection died with the server: without giving it back, every
-            # attempt failed at once on it ("connection already closed"), even once the
-            # database was up again. The pool closes a broken one; the next query reconnects.
-            db.discard_connection()
-            time.sleep(min(0.2 * 2 ** attempt, 5.0))
+def _push_not_accepted(topup, exc: daraja_errors.DarajaError, redis, context) -> tuple[str, list]:
+    detail = {"error": type(exc).__name__, "error_code": exc.error_code}
+    if exc.may_have_been_processed:
+        # The prompt may be on the customer's phone: never send a second one.
+        log.warning("push outcome unknown", extra={**context, **detail})
+        _record(topup.id, {"kind": "ambiguous",
+                           "reason": f"{type(exc).__name__} {exc.error_code or ''}".strip()})
+        return "ambiguous", []
+    phone_lock.unlock(redis, topup.phone, topup.id)
+    if exc.retryable and topup.push_attempts < MAX_PUSH_ATTEMPTS:
+        log.info("push not sent, will retry", extra={**context, **detail})
+        _record(topup.id, {"kind": "not_sent", "reason": type(exc).__name__,
+                           "error_code": exc.error_code, "error_message": exc.error_message})
+        raise PushNotSentYet(type(exc).__name__, getattr(exc, "retry_after", None))
+    log.info("push refused", extra={**context, **detail})
+    _record(topup.id, {"kind": "refused", "error_code": exc.error_code or type(exc).__name__,
+                       "error_message": exc.error_message or str(exc)})
+    return "refused", []
+
+
+def _record(topup_id: str, outcome: dict) -> list[int]:
+    try:
+        return record_push_outcome(topup_id, outcome)
+    except DATABASE_ERRORS:
+        raise PushOutcomeNotRecorded(outcome) from None
+
+
+def record_push_outcome(topup_id: str, outcome: dict) -> list[int]:
+    """Write down what became of a push. Safe to run again: every write is conditional.
+    Returns the callbacks that arrived before Daraja's acceptance."""
+    kind = outcome["kind"]
+    if kind == "accepted":
+        callbacks = topups.record_push_accepted(
+            topup_id, checkout_request_id=outcome["checkout_request_id"],
+            merchant_request_id=outcome["merchant_request_id"],
+            query_after_s=outcome["query_after_s"])
+        # payments from this phone that wait unclaimed may answer an ambiguous push now
+        topups.retry_orphans(TopUp.select(TopUp.phone).where(TopUp.id == topup_id).scalar())
+        return callbacks
+    if kind == "ambiguous":
+        topups.record_push_ambiguous(topup_id, reason=outcome["reason"])
+    elif kind == "not_sent":
+        topups.release_push(topup_id, reason=outcome["reason"],
+                            error_code=outcome["error_code"],
+                            error_message=outcome["error_message"])
+    elif kind == "refused":
+        topups.record_push_refused(topup_id, error_code=outcome["error_code"],
+                                   error_message=outcome["error_message"])
+    elif kind == "claim_lost":
+        topups.unclaim_push(topup_id, dt.datetime.fromisoformat(outcome["claimed_at"]))
+    else:
+        raise ValueError(f"no such push outcome: {kind}")
+    return []
 
 
 # --- callbacks ---------------------------------------------------------------------------------
@@ -244,7 +179,8 @@ def _stored_callback(callback_seq: int):
 def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = False) -> str:
     """Apply a stored callback. With ``confirm_by_query`` a success credits only after STK
     Query confirms ResultCode 0 for its CheckoutRequestID (callbacks are not signed). The
-    phone's lock is left to the next push for the phone, which takes it over (``lock_phone``)."""
+    phone's lock is left to the next push for the phone, which takes it over
+    (``phone_lock.lock``)."""
     row = _stored_callback(callback_seq)
     if row is None:
         return "missing"
@@ -273,7 +209,7 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
         outcome = topups.quarantine_callback(callback_seq, f"the database refused it: "
                                                            f"{type(exc).__name__}")
     # The phone's lock is left to the next push for the phone, which takes it over from a
-    # settled top-up (lock_phone): not released here, on every credit.
+    # settled top-up (phone_lock.lock): not released here, on every credit.
     if outcome == "credited":
         topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
         if topup is not None:
@@ -321,7 +257,7 @@ def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
         return "nothing_to_ask"
     logs.amend(checkout_request_id=topup.checkout_request_id)
     if topups.give_up(topup_id, give_up_after_s):
-        unlock_phone(redis, topup.phone, topup_id)
+        phone_lock.unlock(redis, topup.phone, topup_id)
         return "gave_up"
     checkout = topup.checkout_request_id
     # Its callback came and waits in the callbacks queue (a backlog longer than
@@ -361,6 +297,6 @@ def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
         # An undocumented code: not a failure. Ask again later; the give-up deadline makes
         # it `unknown` if nothing better comes.
         raise AskAgainLater(f"undocumented ResultCode {result.result_code}")
-    unlock_phone(redis, topup.phone, topup_id)
+    phone_lock.unlock(redis, topup.phone, topup_id)
     log.info("query settled the top-up", extra={**context, "outcome": outcome})
     return outcome

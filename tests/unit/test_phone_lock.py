@@ -11,7 +11,7 @@ import pytest
 from ledger import db, topups
 from ledger.models import PENDING, PUSH_QUEUED, PUSH_SENT, TopUp, utcnow
 from tests.unit.stk_support import new_topup, pushes_received, row, sim, success_callback
-from workers import tasks
+from workers import phone_lock, tasks
 
 PHONE = "254712345678"
 
@@ -28,7 +28,7 @@ def test_a_second_topup_for_a_phone_waits_until_the_first_is_settled(stk, accoun
     for _ in range(2):
         with pytest.raises(tasks.PushNotSentYet, match="prompt open") as waiting:
             push(stk, second)
-        assert waiting.value.retry_after_s == tasks.PHONE_BUSY_RETRY_S
+        assert waiting.value.retry_after_s == phone_lock.PHONE_BUSY_RETRY_S
     # not claimed, not counted as an attempt: it simply waits its turn
     assert (row(second).status, row(second).push_state, row(second).push_attempts) == (
         PENDING, PUSH_QUEUED, 0)
@@ -65,7 +65,7 @@ def test_the_lock_expires_by_itself(stk, account_id):
     first = new_topup(account_id, PHONE)
     push(stk, first)
     ttl = stk.redis.pttl(f"topup:phone-lock:{PHONE}")
-    assert 0 < ttl <= tasks.PHONE_LOCK_S * 1000
+    assert 0 < ttl <= phone_lock.PHONE_LOCK_S * 1000
 
 
 class RedisDown:
@@ -134,8 +134,8 @@ def test_of_two_pushes_taking_over_a_settled_lock_at_once_one_wins(stk, account_
     settle_by_callback(stk, first, success_callback)
     # both found the settled first holding the lock; the second's compare-and-set came first
     with db.connection():
-        assert tasks.lock_phone(stk.redis, PHONE, second)
-    take_over = tasks._script(stk.redis, tasks._TAKE_OVER_LOCK)
+        assert phone_lock.lock(stk.redis, PHONE, second)
+    take_over = stk.redis.register_script(phone_lock.TAKE_OVER_LOCK)
     assert take_over(keys=[f"topup:phone-lock:{PHONE}"], args=[first, third, 1000]) == 0
     assert lock_holder(stk) == second
 

@@ -1,6 +1,7 @@
 """An STK push's fate: refused outright (failed, with Daraja's errorCode), certainly not sent
 (put back and retried), or maybe sent (never sent again). Against the simulator over HTTP."""
 import datetime as dt
+import json
 
 import peewee
 import pytest
@@ -143,12 +144,41 @@ def test_a_claim_committed_with_its_answer_lost_is_put_back_and_the_retry_sends(
         raise peewee.OperationalError("server closed the connection unexpectedly")
 
     monkeypatch.setattr(topups, "claim_push", claimed_but_answer_lost)
-    with pytest.raises(peewee.OperationalError):
+    with pytest.raises(tasks.PushOutcomeNotRecorded) as lost:
         push(stk, topup_id)
     monkeypatch.setattr(topups, "claim_push", claim)
-    assert row(topup_id).push_state == PUSH_QUEUED
     assert pushes_received(daraja_sim) == 0
+    # the outcome's own message, once the database answers again
+    with db.connection():
+        assert tasks.record_push_outcome(topup_id, lost.value.outcome) == []
+    assert row(topup_id).push_state == PUSH_QUEUED
     assert push(stk, topup_id)[0] == "sent"
+    assert pushes_received(daraja_sim) == 1
+
+
+def test_an_accepted_push_whose_answer_the_database_refused_is_recorded_by_its_own_message(
+        stk, account_id, daraja_sim, monkeypatch):
+    # Daraja accepted the push while the database was down: the CheckoutRequestID is handed
+    # on, never lost, and never a second prompt.
+    topup_id = new_topup(account_id, "254712345678")
+
+    def database_down(*args, **kwargs):
+        raise peewee.OperationalError("could not connect to server")
+
+    recorded = topups.record_push_accepted
+    monkeypatch.setattr(topups, "record_push_accepted", database_down)
+    with pytest.raises(tasks.PushOutcomeNotRecorded) as lost:
+        push(stk, topup_id)
+    monkeypatch.setattr(topups, "record_push_accepted", recorded)
+    [transaction] = sim(daraja_sim, "GET", "/__sim/transactions")["data"]
+    assert lost.value.outcome["checkout_request_id"] == transaction["checkout_request_id"]
+
+    with db.connection():
+        tasks.record_push_outcome(topup_id, json.loads(json.dumps(lost.value.outcome)))
+        tasks.record_push_outcome(topup_id, lost.value.outcome)   # delivered twice
+    assert (row(topup_id).push_state, row(topup_id).checkout_request_id) == (
+        PUSH_SENT, transaction["checkout_request_id"])
+    assert push(stk, topup_id) == ("not_claimed", [])
     assert pushes_received(daraja_sim) == 1
 
 
