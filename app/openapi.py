@@ -195,7 +195,8 @@ RESPONSES = {
                              "content": _PROBLEM},
     "ValidationFailed": {"description": "validation_failed, with `errors` naming each field",
                          "content": _PROBLEM},
-    "RateLimited": {"description": "rate_limited: too many writes with this API key",
+    "RateLimited": {"description": "rate_limited: too many writes with this API key, or too "
+                                   "many failed authentications from this address",
                     "headers": {"Retry-After": {"required": True,
                                                 "schema": {"type": "string",
                                                            "pattern": "^[0-9]+$"}}},
@@ -238,7 +239,7 @@ def _path_id(name, description):
             "schema": {"type": "string"}}
 
 
-_READ_ERRORS = {"401": _r("Unauthorized"), "503": _r("Unavailable")}
+_READ_ERRORS = {"401": _r("Unauthorized"), "429": _r("RateLimited"), "503": _r("Unavailable")}
 _LIST_ERRORS = {**_READ_ERRORS, "404": _r("NotFound"), "422": _r("ValidationFailed")}
 _BODY_ERRORS = {"400": _r("InvalidJson"), "401": _r("Unauthorized"),
                 "413": _r("PayloadTooLarge"), "415": _r("UnsupportedMediaType"),
@@ -311,8 +312,7 @@ PATHS = {
                    "summary": "Stop sending events to an endpoint", "security": _SECURED,
                    "parameters": [_path_id("endpoint_id", "we_…")],
                    "responses": {"200": _json("WebhookEndpointDeleted", "deleted"),
-                                 "404": _r("NotFound"), "429": _r("RateLimited"),
-                                 **_READ_ERRORS}},
+                                 "404": _r("NotFound"), **_READ_ERRORS}},
     },
     "/v1/events": {
         "get": _list_op("listEvents", "List events", "EventList", [

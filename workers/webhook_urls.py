@@ -35,6 +35,10 @@ DNS_TIMEOUT_S = 3.0
 CONNECT_TIMEOUT_S = 3.05
 READ_TIMEOUT_S = 10.0
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# ::a.b.c.d, deprecated: the standard library does not see the IPv4 address in it (for
+# ::127.0.0.1 neither is_loopback nor ipv4_mapped), yet a host with an automatic tunnel
+# (Linux's sit) sends it to that IPv4 address.
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[Address]]
@@ -105,18 +109,25 @@ def resolve(host: str, port: int) -> list[Address]:
     return addresses
 
 
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 form carries: mapped, compatible, NAT64, 6to4, Teredo."""
+    embedded = []
+    if address.ipv4_mapped:
+        embedded.append(address.ipv4_mapped)
+    if address in _IPV4_COMPATIBLE or address in _NAT64:
+        embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.sixtofour:
+        embedded.append(address.sixtofour)
+    if address.teredo:
+        embedded.extend(address.teredo)
+    return embedded
+
+
 def is_public(address: Address) -> bool:
     """A global unicast address, also looking inside IPv6 forms that carry an IPv4 one."""
-    embedded = []
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped:
-            embedded.append(address.ipv4_mapped)
-        if address.sixtofour:
-            embedded.append(address.sixtofour)
-        if address.teredo:
-            embedded.extend(address.teredo)
-        if address in _NAT64:
-            embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.is_unspecified:  # :: and 0.0.0.0 reach this host
+        return False
+    embedded = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else []
     return all(a.is_global and not a.is_multicast for a in (address, *embedded))
 
 

@@ -142,6 +142,27 @@ def test_the_write_limit_is_counted_in_redis_across_api_processes(pg_system, red
     assert stored and not any(key.encode() in k for k in stored)  # counted by a hash of the key
 
 
+def test_failed_authentications_are_counted_in_redis_across_api_processes(pg_system, redis_server):
+    from settings import load
+    settings = load({"DATABASE_URL": pg_system.env["DATABASE_URL"],
+                     "REDIS_URL": redis_server.url,
+                     "DARAJA_CALLBACK_TOKEN": pg_system.env["DARAJA_CALLBACK_TOKEN"]})
+    apps = [create_app({"SETTINGS": settings, "BIND_DATABASE": False,
+                        "RATELIMIT_FAILED_AUTHENTICATIONS": "4 per minute"}).test_client()
+            for _ in range(2)]
+    _, key = pg_system.create_account()
+    wrong = {"Authorization": "Bearer sk_" + "0" * 32}
+    guesser = {"REMOTE_ADDR": "203.0.113.9"}
+
+    failures = [apps[i % 2].get("/v1/wallet", headers=wrong, environ_base=guesser).status_code
+                for i in range(4)]
+    right = [app.get("/v1/wallet", headers={"Authorization": f"Bearer {key}"},
+                     environ_base=guesser).status_code for app in apps]
+
+    assert failures == [401] * 4
+    assert right == [429, 429]
+
+
 def test_generated_requests_on_postgresql_get_no_5xx_and_no_answer_outside_the_document(
         pg_system, redis_server):
     """The unit suite fuzzes on SQLite; PostgreSQL refuses some text SQLite takes (NUL)."""

@@ -287,6 +287,45 @@ def test_only_global_unicast_addresses_count_as_public(address, public):
     assert webhook_urls.is_public(ipaddress.ip_address(address)) is public
 
 
+# Each IPv6 form that carries an IPv4 address, carrying a loopback, a private and a
+# link-local (cloud metadata) one.
+@pytest.mark.parametrize("address", [
+    # IPv4-mapped, ::ffff:a.b.c.d
+    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",
+    # IPv4-compatible (deprecated), ::a.b.c.d
+    "::127.0.0.1", "::10.0.0.1", "::169.254.169.254",
+    # NAT64, 64:ff9b::a.b.c.d
+    "64:ff9b::127.0.0.1", "64:ff9b::10.0.0.1", "64:ff9b::169.254.169.254",
+    # 6to4, 2002:AABB:CCDD::/48 for a.b.c.d
+    "2002:7f00:1::1", "2002:a00:1::1", "2002:a9fe:a9fe::1",
+    # Teredo, 2001:0:server:flags:port:client, the client's address with every bit flipped
+    "2001:0:4136:e378:8000:63bf:80ff:fffe", "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+    "2001:0:4136:e378:8000:63bf:5601:5601",
+])
+def test_an_ipv6_address_carrying_a_loopback_private_or_link_local_ipv4_is_not_public(address):
+    assert webhook_urls.is_public(ipaddress.ip_address(address)) is False
+
+
+@pytest.mark.parametrize("address", ["2606:4700:4700::1111", "2001:4860:4860::8888",
+                                     "2a00:1450:4001:80b::200e"])
+def test_a_native_public_ipv6_address_is_public(address):
+    assert webhook_urls.is_public(ipaddress.ip_address(address)) is True
+
+
+def test_an_ipv4_compatible_loopback_url_is_refused_at_delivery_before_any_connection(
+        dev_client, account, receiver):
+    port = receiver.url.split(":")[2].split("/")[0]
+    url = f"http://[::127.0.0.1]:{port}/in"
+    delivery = one_delivery(dev_client, account, url=url)  # allowed at creation (development)
+
+    with db.connection():  # production settings now
+        status, delay = worker_webhooks.attempt(delivery.id, allow_private=False)
+
+    assert (status, receiver.attempts) == ("pending", 0)
+    [attempt] = attempts_of(delivery.id)
+    assert attempt.status_code is None and attempt.error.startswith("refused")
+
+
 def test_sweep_resends_what_is_due_and_forgets_old_idempotency_keys(
         dev_client, account, stub_broker):
     from ledger.models import IdempotencyRecord

@@ -25,6 +25,7 @@ def prod_client(settings, database, stub_broker):
     names = {"hooks.example.com": ["93.184.216.34"], "rebind.example.com": ["10.0.0.7"],
              "mixed.example.com": ["93.184.216.34", "127.0.0.1"],
              "metadata.example.com": ["169.254.169.254"], "v6.example.com": ["::1"],
+             "v4-compatible.example.com": ["::127.0.0.1"],
              "localhost.": ["127.0.0.1"]}
 
     def resolver(host, port):
@@ -76,6 +77,8 @@ def test_every_endpoint_gets_its_own_secret(prod_client, account):
     "http://[fe80::1]/", "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/", "http://100.64.0.1/",
     "https://rebind.example.com/hook", "https://mixed.example.com/hook",
     "https://metadata.example.com/", "https://v6.example.com/",
+    "http://[::127.0.0.1]/", "http://[::10.0.0.1]/", "http://[::169.254.169.254]/",
+    "http://[::]/", "https://v4-compatible.example.com/",
 ])
 def test_a_url_that_reaches_a_loopback_private_or_link_local_address_is_refused_with_422(
         prod_client, account, url):
