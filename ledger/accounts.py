@@ -5,10 +5,7 @@ import hashlib
 import hmac
 import secrets
 
-import peewee as pw
-
-from ledger import prepared
-from ledger.db import database, write_transaction
+from ledger.db import write_transaction
 from ledger.ids import new_id
 from ledger.models import Account, ApiKey, Wallet, utcnow
 
@@ -55,41 +52,17 @@ def revoke_api_key(key_id: str) -> bool:
             (ApiKey.id == key_id) & ApiKey.revoked_at.is_null()).execute() == 1
 
 
-_ACCOUNT_FIELDS = (Account.id, Account.name, Account.created_at)
-
-
-def _active_key_sql(db: pw.Database, mark: str | None = None) -> str:
-    """The account behind an unrevoked key hash, and the hash (every /v1 request runs it)."""
-    columns = ", ".join(f'"a"."{f.column_name}"' for f in _ACCOUNT_FIELDS)
-    return (f'SELECT {columns}, "k"."{ApiKey.key_hash.column_name}"'
-            f' FROM "{ApiKey._meta.table_name}" AS "k"'
-            f' JOIN "{Account._meta.table_name}" AS "a"'
-            f' ON "a"."{Account.id.column_name}" = "k"."{ApiKey.account.column_name}"'
-            f' WHERE "k"."{ApiKey.key_hash.column_name}" = {mark or db.param}'
-            f' AND "k"."{ApiKey.revoked_at.column_name}" IS NULL LIMIT 1')
-
-
-def _active_key_sql_named(db: pw.Database) -> str:
-    return _active_key_sql(db, "%(key_hash)s")
-
-
-def _active_key_row(digest: str):
-    if prepared.is_sqlite(database.obj):
-        return database.execute_sql(prepared.statement(_active_key_sql), (digest,)).fetchone()
-    # PostgreSQL: PREPAREd once per connection (ledger.prepared), an EXECUTE per request
-    return prepared.execute_prepared_outside_transaction(
-        "api_key_account", _active_key_sql_named, {"key_hash": "text"},
-        {"key_hash": digest}).fetchone()
-
-
 def authenticate(plaintext: str) -> Account | None:
     """The account owning an active key, or None."""
     if not plaintext or not plaintext.startswith("sk_") or len(plaintext) > 100:
         return None
     digest = hash_key(plaintext)
-    row = _active_key_row(digest)
+    key = (ApiKey.select(ApiKey.key_hash, Account)
+           .join(Account)
+           .where((ApiKey.key_hash == digest) & ApiKey.revoked_at.is_null())
+           .first())
     # The lookup is by a hash of the key, so timing reveals nothing about the key itself;
     # compare once more in constant time all the same.
-    if row is None or not hmac.compare_digest(row[-1], digest):
+    if key is None or not hmac.compare_digest(key.key_hash, digest):
         return None
-    return Account(**{f.name: f.python_value(value) for f, value in zip(_ACCOUNT_FIELDS, row)})
+    return key.account

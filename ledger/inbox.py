@@ -19,7 +19,7 @@ import peewee as pw
 from ledger import prepared
 from ledger.callbacks import MalformedCallback, StkCallback, parse
 from ledger.db import connection, database
-from ledger.models import Callback, utcnow
+from ledger.models import Callback, TopUp, utcnow
 
 _COLUMNS = (Callback.received_at, Callback.remote_addr, Callback.body,
             Callback.checkout_request_id, Callback.result_code, Callback.well_formed,
@@ -204,27 +204,12 @@ class StoredBody:
     topup_id: str | None = None
 
 
-def _read_sql(db: pw.Database) -> str:
-    sqlite = prepared.is_sqlite(db)
-    return (f"SELECT c.body, c.checkout_request_id, c.applied_at, c.received_at, t.id"
-            f" FROM {Callback._meta.table_name} c"
-            f" LEFT JOIN top_up t ON t.checkout_request_id = c.checkout_request_id"
-            f" WHERE c.seq = {db.param if sqlite else '%(seq)s'}")
-
-
 def read_callback(seq: int) -> StoredBody | None:
-    """The stored callback and its top-up's id, by one prepared SELECT."""
-    if prepared.is_sqlite(database.obj):
-        row = database.execute_sql(prepared.statement(_read_sql), (seq,)).fetchone()
-        return None if row is None else StoredBody(
-            seq, row[0], row[1], _DATETIME.python_value(row[2]), _DATETIME.python_value(row[3]),
-            topup_id=row[4])
-    if database.in_transaction():
-        cursor = database.execute_sql(prepared.statement(_read_sql), {"seq": seq})
-    else:
-        cursor = prepared.execute_server_prepared("callback_read_v2", _read_sql,
-                                                  {"seq": "bigint"}, {"seq": seq})
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    return StoredBody(seq, row[0], row[1], row[2], row[3], topup_id=row[4])
+    """The stored callback and the id of the top-up its CheckoutRequestID names."""
+    row = (Callback.select(Callback.seq, Callback.body, Callback.checkout_request_id,
+                           Callback.applied_at, Callback.received_at,
+                           TopUp.id.alias("topup_id"))
+           .join(TopUp, pw.JOIN.LEFT_OUTER,
+                 on=(TopUp.checkout_request_id == Callback.checkout_request_id))
+           .where(Callback.seq == seq).dicts().first())
+    return None if row is None else StoredBody(**row)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from ledger import events, orphan_matching, prepared, result_codes
+from ledger import events, orphan_matching, result_codes
 from ledger.callbacks import MalformedCallback, parse, why_unappliable
 from ledger.db import database, write_transaction
 from ledger.ids import new_id, short_reference
@@ -46,39 +46,6 @@ def record_event(topup_id, kind: str, **detail) -> None:
 
 # --- the request ---------------------------------------------------------------------------
 
-# The request's two INSERTs, written once (ledger.prepared): built by Peewee they were the
-# biggest share of POST /v1/topups' CPU (make bench, "CPU per unit of work").
-_TOPUP_COLUMNS = ("id", "account_id", "provider", "status", "amount", "phone", "reference",
-                  "metadata", "idempotency_key", "request_fingerprint", "push_state",
-                  "push_attempts", "query_attempts", "created_at", "updated_at")
-
-
-_TOPUP_TYPES = {"id": "text", "account_id": "text", "provider": "text", "status": "text",
-                "amount": "integer", "phone": "text", "reference": "text", "metadata": "text",
-                "idempotency_key": "text", "request_fingerprint": "text", "push_state": "text",
-                "push_attempts": "integer", "query_attempts": "integer",
-                "created_at": "timestamp", "updated_at": "timestamp"}
-_CREATE_TYPES = dict(_TOPUP_TYPES, detail="text", event_at="timestamp")
-
-
-def _create_sql(db) -> str:
-    event = "INSERT INTO topup_event (topup_id, kind, detail, created_at)"
-    if prepared.is_sqlite(db):
-        # two statements, run one by one in a transaction; the seq is the lastrowid
-        p = db.param
-        insert = (f"INSERT INTO top_up ({', '.join(_TOPUP_COLUMNS)})"
-                  f" VALUES ({', '.join([p] * len(_TOPUP_COLUMNS))})")
-        return f"{insert};{event} VALUES ({p}, 'requested', {p}, {p})"
-    # PostgreSQL: one statement, so one round trip and no BEGIN/COMMIT; the history row is
-    # written only with the top-up, and a collision on the idempotency key writes neither.
-    # Server-side prepared outside a transaction (ledger.prepared): planned once per connection.
-    insert = (f"INSERT INTO top_up ({', '.join(_TOPUP_COLUMNS)})"
-              f" VALUES ({', '.join(f'%({c})s' for c in _TOPUP_COLUMNS)})")
-    return (f"WITH t AS ({insert} RETURNING seq, id)"
-            f" {event} SELECT id, 'requested', %(detail)s, %(event_at)s FROM t"
-            f" RETURNING (SELECT seq FROM t)")
-
-
 def create_topup(account_id: str, *, amount: int, phone: str, reference: str | None,
                  metadata: dict, idempotency_key: str | None = None,
                  request_fingerprint: str | None = None) -> tuple[TopUp, bool]:
@@ -88,28 +55,16 @@ def create_topup(account_id: str, *, amount: int, phone: str, reference: str | N
     (``created`` False); the same key with another body raises IdempotencyConflict.
     """
     topup_id = new_id("tu")
-    # the model fills in its defaults (statuses, timestamps) as TopUp.create did
-    topup = TopUp(id=topup_id, account=account_id, amount=amount, phone=phone,
-                  reference=reference or short_reference(topup_id),
-                  metadata=json.dumps(metadata, sort_keys=True),
-                  idempotency_key=idempotency_key, request_fingerprint=request_fingerprint)
-    values = (topup_id, account_id, topup.provider, topup.status, amount, phone,
-              topup.reference, topup.metadata, idempotency_key, request_fingerprint,
-              topup.push_state, topup.push_attempts, topup.query_attempts, topup.created_at,
-              topup.updated_at)
-    event = (json.dumps({"amount": amount, "phone": mask(phone), "reference": topup.reference},
-                        default=str), utcnow())
     try:
-        if prepared.is_sqlite(database.obj):
-            insert_sql, event_sql = prepared.statement(_create_sql).split(";")
-            with write_transaction():
-                topup.seq = database.execute_sql(insert_sql, values).lastrowid
-                database.execute_sql(event_sql, (topup_id,) + event)
-        else:
-            params = dict(zip(_TOPUP_COLUMNS, values), detail=event[0], event_at=event[1])
-            with prepared.one_statement_transaction():
-                topup.seq = prepared.execute_prepared_outside_transaction(
-                    "topup_create", _create_sql, _CREATE_TYPES, params).fetchone()[0]
+        # the unique index on (account, idempotency key) decides a race of two requests
+        with write_transaction():
+            topup = TopUp.create(id=topup_id, account=account_id, amount=amount, phone=phone,
+                                 reference=reference or short_reference(topup_id),
+                                 metadata=json.dumps(metadata, sort_keys=True),
+                                 idempotency_key=idempotency_key,
+                                 request_fingerprint=request_fingerprint)
+            record_event(topup_id, "requested", amount=amount, phone=mask(phone),
+                         reference=topup.reference)
         return topup, True
     except pw.IntegrityError:
         if idempotency_key is None:
@@ -137,33 +92,10 @@ class ClaimedPush:
     push_attempts: int
 
 
-# The push's own statements, written once (ledger.prepared): built by Peewee they were half
-# of the push task's CPU (make bench, "CPU per unit of work").
-# On PostgreSQL they are server-side prepared when no transaction is open (ledger.prepared),
-# so the server plans each once per connection, not on every call.
-def _mark(db, key: str) -> str:
-    """The parameter mark: SQLite's positional one, or a named one for PostgreSQL."""
-    return db.param if prepared.is_sqlite(db) else f"%({key})s"
-
-
-def _push_state_sql(db) -> str:
-    return f"SELECT status, push_state, phone FROM top_up WHERE id = {_mark(db, 'topup')}"
-
-
-def _claim_push_sql(db) -> str:
-    now = _mark(db, "now")
-    return (f"UPDATE top_up SET push_state = '{PUSH_SENDING}',"
-            f" push_attempts = push_attempts + 1, push_started_at = {now}, updated_at = {now}"
-            f" WHERE id = {_mark(db, 'topup')} AND push_state = '{PUSH_QUEUED}'"
-            f" AND status = '{PENDING}' RETURNING amount, phone, reference, push_attempts")
-
-
 def push_state(topup_id: str) -> tuple[str, str, str] | None:
     """``(status, push_state, phone)`` of a top-up, or None if there is no such top-up."""
-    if prepared.is_sqlite(database.obj):
-        return database.execute_sql(prepared.statement(_push_state_sql), (topup_id,)).fetchone()
-    return prepared.execute_prepared_outside_transaction(
-        "topup_push_state", _push_state_sql, {"topup": "text"}, {"topup": topup_id}).fetchone()
+    return (TopUp.select(TopUp.status, TopUp.push_state, TopUp.phone)
+            .where(TopUp.id == topup_id).tuples().first())
 
 
 def claim_push(topup_id: str, *, now: dt.datetime | None = None) -> ClaimedPush | None:
@@ -175,22 +107,20 @@ def claim_push(topup_id: str, *, now: dt.datetime | None = None) -> ClaimedPush 
     (:func:`unclaim_push`).
     """
     now = now or utcnow()
-    # One conditional UPDATE, its own transaction, that hands back the claimed row: the row
-    # comes with the commit, as the read inside the transaction did before (read after the
-    # commit, a database lost in between left the push claimed, `sending`, with nothing sent,
-    # never to be claimed again). fetchall: on SQLite the statement, and so its write
-    # transaction, ends only once its rows are read.
-    if prepared.is_sqlite(database.obj):
-        rows = database.execute_sql(prepared.statement(_claim_push_sql),
-                                    (now, now, topup_id)).fetchall()
-    else:
-        rows = prepared.execute_prepared_outside_transaction(
-            "topup_claim_push", _claim_push_sql, {"now": "timestamp", "topup": "text"},
-            {"now": now, "topup": topup_id}).fetchall()
+    # One conditional UPDATE that hands back the claimed row with its commit (read after
+    # the commit, a database lost in between would leave the push claimed, `sending`, with
+    # nothing sent).
+    with write_transaction():
+        rows = list(TopUp.update(push_state=PUSH_SENDING, push_attempts=TopUp.push_attempts + 1,
+                                 push_started_at=now, updated_at=now)
+                    .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_QUEUED)
+                           & (TopUp.status == PENDING))
+                    .returning(TopUp.amount, TopUp.phone, TopUp.reference, TopUp.push_attempts)
+                    .execute())
     if not rows:
         return None
-    amount, phone, reference, attempts = rows[0]
-    return ClaimedPush(topup_id, amount, phone, reference, attempts)
+    row = rows[0]
+    return ClaimedPush(topup_id, row.amount, row.phone, row.reference, row.push_attempts)
 
 
 def unclaim_push(topup_id: str, claimed_at: dt.datetime) -> bool:

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from ledger import accounts, db, events, migrate, prepared, topups, webhooks
+from ledger import accounts, db, events, migrate, topups, webhooks
 from ledger.models import Event, TopUp, WebhookDelivery, WebhookEndpoint
 from tests.integration.test_hot_paths_pg import at_once
 
@@ -178,16 +178,6 @@ def test_a_claim_waiting_on_an_endpoint_being_deleted_claims_nothing(ledger_pg):
     assert result == [None]
     after = row(delivery.id)
     assert (after.status, after.attempts, after.next_attempt_at) == ("cancelled", 0, None)
-
-
-def test_on_postgresql_a_claim_is_one_server_prepared_statement(ledger_pg):
-    delivery = a_delivery(ledger_pg)
-    with db.connection():
-        assert webhooks.claim(delivery.id, now=delivery.next_attempt_at).attempt == 1
-        cursor = db.database.execute_sql(
-            "SELECT statement FROM pg_prepared_statements WHERE name = 'webhook_claim'")
-        assert cursor.fetchone()[0].startswith("PREPARE webhook_claim")
-        assert "webhook_claim" in prepared._server_prepared[db.database.connection()]
 
 
 def test_on_postgresql_a_claim_inside_a_callers_transaction_rolls_back_with_it(ledger_pg):
