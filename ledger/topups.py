@@ -125,10 +125,15 @@ def claim_push(topup_id: str, *, now: dt.datetime | None = None) -> ClaimedPush 
 
 def unclaim_push(topup_id: str, claimed_at: dt.datetime) -> bool:
     """Put back the claim made at ``claimed_at`` if it is in: the claimer lost the claim's
-    answer (the database died as it committed) and so certainly sent nothing."""
+    answer (the database died as it committed) and so certainly sent nothing. The sweep may
+    have taken the claim for a push abandoned mid-send and called it ambiguous meanwhile;
+    it is put back all the same, since this claimer, the only one with that timestamp, never
+    sent it."""
     with write_transaction():
         undone = (TopUp.update(push_state=PUSH_QUEUED, updated_at=utcnow())
-                  .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_SENDING)
+                  .where((TopUp.id == topup_id) & (TopUp.status == PENDING)
+                         & TopUp.push_state.in_((PUSH_SENDING, PUSH_AMBIGUOUS))
+                         & TopUp.checkout_request_id.is_null()
                          & (TopUp.push_started_at == claimed_at)).execute())
         if undone:
             record_event(topup_id, "push_not_sent", reason="claim's answer lost")
@@ -429,13 +434,16 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
         flags.append(f"phone: paid from {mask(phone)}")
     if matched_by_phone_and_amount:
         flags.append("push answer lost: payment matched by phone and amount")
-    settled = (TopUp.update(status=SUCCEEDED, mpesa_receipt=receipt, credited_cents=credit_cents,
-                            flagged="; ".join(flags)[:200] or None, completed_at=now,
-                            updated_at=now, next_query_at=None)
-               .where((TopUp.id == topup.id) & TopUp.status.in_(SETTLEABLE))
-               .execute())
+    # The claim: only a pending or unknown top-up changes, and it comes back as it now is.
+    settled = list(TopUp.update(status=SUCCEEDED, mpesa_receipt=receipt,
+                                credited_cents=credit_cents,
+                                flagged="; ".join(flags)[:200] or None, completed_at=now,
+                                updated_at=now, next_query_at=None)
+                   .where((TopUp.id == topup.id) & TopUp.status.in_(SETTLEABLE))
+                   .returning(TopUp).execute())
     if not settled:
         return _already_settled(topup, receipt, source)
+    settled_topup = settled[0]
     # The wallet's row stays locked from its UPDATE to our COMMIT, and every other credit to
     # this wallet waits for it: on a busy merchant's wallet the statements in between set the
     # pace (make bench, "Crediting one hot wallet"). So what does not need the new balance is
@@ -443,7 +451,6 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
     (OrphanPayment.update(resolved_topup=topup.id, resolved_at=now)
      .where((OrphanPayment.checkout_request_id == checkout_request_id)
             & OrphanPayment.resolved_topup.is_null()).execute())
-    settled_topup = TopUp.get(TopUp.id == topup.id)
     credited = list(Wallet.update(balance_cents=Wallet.balance_cents + credit_cents,
                                   updated_at=now)
                     .where(Wallet.account == topup.account_id).returning(Wallet).execute())

@@ -182,6 +182,21 @@ def test_an_accepted_push_whose_answer_the_database_refused_is_recorded_by_its_o
     assert pushes_received(daraja_sim) == 1
 
 
+def test_a_lost_claim_taken_for_abandoned_by_the_sweep_is_still_put_back_and_sent(
+        stk, account_id, daraja_sim):
+    topup_id = new_topup(account_id, "254712345678")
+    claimed_at = dt.datetime(2026, 1, 1, 12, 0, 0, 654321)
+    with db.connection():
+        assert topups.claim_push(topup_id, now=claimed_at) is not None   # its answer lost
+        assert sweeps.abandoned_pushes(now=claimed_at + dt.timedelta(hours=1)) == [topup_id]
+        assert row(topup_id).push_state == PUSH_AMBIGUOUS
+        tasks.record_push_outcome(topup_id, {"kind": "claim_lost",
+                                             "claimed_at": claimed_at.isoformat()})
+    assert row(topup_id).push_state == PUSH_QUEUED
+    assert push(stk, topup_id)[0] == "sent"
+    assert pushes_received(daraja_sim) == 1
+
+
 def test_a_lost_claim_answer_never_puts_back_a_claim_that_is_not_its_own(stk, account_id):
     # another worker's claim (a later push_started_at) stays: only ours may be undone
     topup_id = new_topup(account_id, "254712345678")
