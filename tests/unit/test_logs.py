@@ -263,31 +263,3 @@ def test_a_dramatiq_child_writes_around_the_relay_unless_its_lines_go_to_a_log_f
             assert isinstance(handler.stream, logs.StderrLines) is direct
     finally:
         write_end.close()
-
-
-def test_the_one_pass_format_writes_what_python_json_loggers_own_format_writes():
-    """GatewayJsonFormatter.format folds python-json-logger's format() and our add_fields()
-    and process_log_record() into one pass: a python-json-logger that changes its output
-    must show up here, not as a quiet drift in the lines."""
-    from pythonjsonlogger.json import JsonFormatter
-
-    formatter = logs.GatewayJsonFormatter("workers", redact=Redactor([SECRET]))
-    try:
-        raise ValueError(f"refused for 254712345678 with {SECRET}")
-    except ValueError:
-        import sys
-        failure = sys.exc_info()
-    records = [
-        logging.LogRecord("tests.logs", logging.INFO, __file__, 1, "push accepted", None, None),
-        logging.LogRecord("tests.logs", logging.WARNING, __file__, 2, "for %s", ("0712 345 678",),
-                          None),
-        logging.LogRecord("tests.logs", logging.ERROR, __file__, 3, "failed", None, failure),
-        logging.LogRecord("tests.logs", logging.INFO, __file__, 4, {"event": "dict message",
-                                                                    "phone": 254712345678},
-                          None, None),
-    ]
-    records[0].__dict__.update(amount=10, topup_id="tu_extra", token=SECRET,
-                               nested={"msisdn": "254712345678", "n": [1.5, None]})
-    with logs.bound(topup_id="tu_bound", checkout_request_id="ws_CO_1", account="acc_1"):
-        for record in records:
-            assert formatter.format(record) == JsonFormatter.format(formatter, record)
