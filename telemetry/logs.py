@@ -16,7 +16,9 @@ Each entrypoint configures its process once:
   gunicorn's own loggers in the worker processes);
 - ``dramatiq workers``: Dramatiq sets up logging before it imports ``workers``, so importing
   ``workers`` calls :func:`configure` with ``add_handler=False``, which only reformats the
-  plain stream handlers Dramatiq installed on the root logger;
+  plain stream handlers Dramatiq installed on the root logger. A worker process's handler
+  writes into Dramatiq's pipe to the ``dramatiq`` parent, which writes each line whole to
+  its standard error (or its ``--log-file``), so lines of several processes never mix;
 - ``topupctl``: :func:`configure` in ``main()``.
 """
 from __future__ import annotations
@@ -24,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
-import select
 import sys
 from typing import Iterable
 
@@ -161,85 +161,12 @@ class GatewayJsonFormatter(JsonFormatter):
         return self.redactor.value(_ENCODER.default(value))
 
 
-# --- lines of `dramatiq workers` processes ----------------------------------------------------
-
-class StderrLines:
-    """The stream of a log handler in a process started by ``dramatiq`` (a worker or a fork),
-    writing each line straight to the standard error it shares with its parent.
-
-    Dramatiq hands its child processes a pipe instead: the parent reads every line from it
-    and writes it to its standard error (``dramatiq.cli.watch_logs``), about 0.1 ms of the
-    parent's CPU per line (~0.3 ms per top-up, ``make bench``), only so that lines from
-    several processes never mix. A line of at most ``PIPE_BUF`` bytes written in one
-    ``write`` cannot mix with another writer's either (POSIX, for pipes; appends to a file
-    are not split on Linux), so such lines go straight out. A longer one (a line with a
-    traceback) still goes through the parent, which may write it a moment after shorter
-    lines this process logged later; so does a line whose direct write fails.
-    """
-
-    def __init__(self, relay, fd: int = 2):
-        self.relay = relay
-        self.fd = fd
-        self.limit = select.PIPE_BUF
-
-    def write(self, text: str) -> None:
-        data = text.encode("utf-8", errors="replace")
-        if len(data) <= self.limit:
-            written = 0
-            try:
-                while written < len(data):   # once, but for a file that took only a part
-                    written += os.write(self.fd, data[written:])
-                return
-            except OSError:   # closed, or non-blocking and full: the line goes the old way
-                if written:
-                    return
-        self.relay.write(text)
-
-    def flush(self) -> None:
-        pass
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def isatty(self) -> bool:
-        return False
-
-
-def _dramatiq_relays_to_stderr() -> bool:
-    """Whether the ``dramatiq`` command this process belongs to writes the lines it relays to
-    its standard error (not to a ``--log-file``): read from the command line it was given."""
-    try:
-        from dramatiq.cli import make_argument_parser
-        parser = make_argument_parser()
-
-        def refuse(message):
-            raise ValueError(message)
-        parser.error = refuse   # never print a usage message or exit from here
-        args, _ = parser.parse_known_args(sys.argv[1:])
-    except Exception:
-        return False
-    return getattr(args, "log_file", None) is None
-
-
-def _write_around_dramatiqs_relay(handler: logging.Handler) -> None:
-    """Give a handler writing into Dramatiq's pipe to its parent a :class:`StderrLines`."""
-    if "dramatiq" not in sys.modules or not isinstance(handler, logging.StreamHandler):
-        return
-    try:
-        from dramatiq.compat import StreamablePipe
-    except ImportError:  # pragma: no cover (a Dramatiq without it relays no lines)
-        return
-    if isinstance(handler.stream, StreamablePipe) and _dramatiq_relays_to_stderr():
-        handler.setStream(StderrLines(relay=handler.stream))
-
-
-def _reformat(handler: logging.Handler, formatter: logging.Formatter, keep: bool) -> bool:
+def _reformat(handler: logging.Handler, formatter: logging.Formatter, keep: bool) -> None:
     if type(handler) not in _PLAIN_HANDLERS:
-        return False
+        return
     if keep and isinstance(handler.formatter, GatewayJsonFormatter):
-        return True  # the entrypoint configured it already: its service name stays
+        return  # the entrypoint configured it already: its service name stays
     handler.setFormatter(formatter)
-    return True
 
 
 def configure(service: str, *, secrets: Iterable[str | None] = (), level: int | str | None = None,
@@ -256,8 +183,7 @@ def configure(service: str, *, secrets: Iterable[str | None] = (), level: int | 
     formatter = GatewayJsonFormatter(service)
     root = logging.getLogger()
     for handler in root.handlers:
-        if _reformat(handler, formatter, keep=not add_handler):
-            _write_around_dramatiqs_relay(handler)
+        _reformat(handler, formatter, keep=not add_handler)
     for name in SERVER_LOGGERS:
         for handler in logging.getLogger(name).handlers:
             _reformat(handler, formatter, keep=not add_handler)
