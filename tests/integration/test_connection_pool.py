@@ -83,7 +83,7 @@ def test_a_connection_that_broke_in_use_is_not_given_out_again(postgres_server):
     database.close_all()
 
 
-def test_a_discarded_connection_is_closed_and_the_next_query_connects_afresh(postgres_server):
+def test_a_discarded_connection_is_not_pooled_and_the_next_query_connects_afresh(postgres_server):
     bound_before = db.database.obj
     database = db.open_database(postgres_server.url)
     db.database.initialize(database)
