@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import http.cookiejar
 import inspect
 import logging
-import os
 import re
 import time
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import requests
+import requests.auth
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
 
 from daraja import answers, errors
 from daraja.answers import StkPushAccepted, StkQueryResult
@@ -45,79 +44,30 @@ _PHONE = re.compile(r"254\d{9}")
 OnCall = Callable[[str, str, float], None]
 
 
-class EnvironmentOnceSession(requests.Session):
-    """A session that reads the environment's proxy and CA settings (``HTTPS_PROXY``,
-    ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``)
-    once per scheme and host, as requests itself would read them, instead of on every call.
+class BearerToken(requests.auth.AuthBase):
+    """The ``Authorization: Bearer`` header of a call made with an access token."""
 
-    requests reads them on every call: decoding and scanning the whole of ``os.environ``
-    was 80% of a push's CPU in the worker (make bench, "CPU per unit of work"). A change to
-    the environment after the first call to a host is not seen; nor is ``~/.netrc``, whose
-    credentials would replace the client's own Authorization header.
+    def __init__(self, token: str):
+        self.token = token
 
-    The client's own calls (a JSON body, its headers, no redirects) are prepared and sent
-    without requests' per-call merging of the session's settings, which was most of what
-    was left of a push's CPU; cookies are neither kept nor sent (the client needs none).
-    Any other call goes through requests as usual.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.trust_env = False  # requests' per-call reading; done here once per host
-        self._environment: dict[tuple[str, str], tuple[dict, Any]] = {}
-
-    def environment_for(self, url: str) -> tuple[dict, Any]:
-        """``(proxies, verify)`` from the environment for ``url``'s scheme and host."""
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc)
-        found = self._environment.get(key)
-        if found is None:
-            proxies = requests.utils.get_environ_proxies(url, no_proxy=None)
-            verify = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-                      or True)
-            found = self._environment[key] = (dict(proxies), verify)
-        return found
-
-    def request(self, method, url, *args, **kwargs):
-        proxies, verify = self.environment_for(url)
-        if kwargs.get("proxies") is None:
-            kwargs["proxies"] = dict(proxies)
-        if kwargs.get("verify") in (None, True):
-            kwargs["verify"] = verify
-        if args or not kwargs.keys() <= _PLAIN_CALL or kwargs.get("allow_redirects", True) \
-                or self.auth or self.params or self.cert or self.cookies \
-                or any(self.hooks.values()):
-            return super().request(method, url, *args, **kwargs)
-        return self._plain_call(method, url, **kwargs)
-
-    def _plain_call(self, method: str, url: str, *, headers=None, json=None, timeout=None,
-                    proxies: dict, verify, allow_redirects: bool = False) -> requests.Response:
-        # What the client sends (a JSON body, its own headers, no redirects, no cookies, no
-        # hooks): prepared and sent as requests would, without its per-call merging of the
-        # session's settings (was 40% of a push's CPU after the environment's share).
-        merged = CaseInsensitiveDict(self.headers)
-        for name, value in (headers or {}).items():
-            if value is None:
-                merged.pop(name, None)
-            else:
-                merged[name] = value
-        prepared = requests.PreparedRequest()
-        prepared.prepare_method(method)
-        prepared.prepare_url(url, None)
-        prepared.prepare_headers(merged)
-        prepared.prepare_body(None, None, json)
-        response = self.get_adapter(url).send(prepared, stream=False, timeout=timeout,
-                                              verify=verify, cert=None, proxies=proxies)
-        response.content  # noqa: B018  (read whole, as requests does without stream=True)
-        return response
-
-
-_PLAIN_CALL = frozenset({"headers", "json", "timeout", "allow_redirects", "proxies", "verify"})
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        return request
 
 
 def new_session(pool_maxsize: int = 16) -> requests.Session:
-    """A session that never retries by itself (urllib3 would happily re-send a POST)."""
-    session = EnvironmentOnceSession()
+    """The client's session: requests' own, with three choices made through its public knobs.
+
+    - It never retries by itself (urllib3 would happily re-send a POST): ``max_retries=0``.
+    - It keeps no cookies: the client needs none, and a cookie one answer set would go out
+      with every later call of the process. A cookie policy that accepts none.
+    - ``trust_env`` stays on, so each call takes its proxy (``HTTPS_PROXY``, ``NO_PROXY``…)
+      and CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) from the environment as
+      requests does. The one thing ``trust_env`` would also bring, credentials from
+      ``~/.netrc`` replacing the client's own, never happens: every call passes its ``auth=``.
+    """
+    session = requests.Session()
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_maxsize, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
@@ -146,9 +96,11 @@ class DarajaClient:
         self._clock = clock
         self._on_call = on_call
         self._timeout = (config.connect_timeout, config.read_timeout)
+        self._basic_auth = requests.auth.HTTPBasicAuth(config.consumer_key.encode("utf-8"),
+                                                       config.consumer_secret.encode("utf-8"))
+        # What that Authorization header carries, never to be shown if an answer echoes it.
         basic = base64.b64encode(
             f"{config.consumer_key}:{config.consumer_secret}".encode("utf-8")).decode("ascii")
-        self._basic_auth = f"Basic {basic}"
         self._scrub = Scrubber(config.consumer_secret, config.passkey, basic)
         # A duck-typed cache may implement only get(fetch, now) / invalidate(token).
         self._cache_kwargs = _accepts(self._cache.get, "margin_s", "scope")
@@ -238,7 +190,7 @@ class DarajaClient:
         for attempt in (1, 2):
             try:
                 return self._call(endpoint, "POST", path, read, json_body=body,
-                                  headers={"Authorization": f"Bearer {token}"},
+                                  auth=BearerToken(token),
                                   secrets=secrets + (token,), context=context)
             except answers.TokenRefused as refused:
                 self._invalidate(token)
@@ -269,22 +221,20 @@ class DarajaClient:
     def _fetch_token(self) -> tuple[str, float]:
         """The OAuth call itself (called by the cache, under its refresh lock)."""
         token, expires_in = self._call("oauth", "GET", OAUTH_PATH, answers.read_oauth,
-                                       headers={"Authorization": self._basic_auth},
+                                       auth=self._basic_auth,
                                        secrets=(), context={})
         log.info("daraja oauth: new access token, expires in %ss", int(expires_in))
         return token, expires_in
 
-    def _call(self, endpoint: str, method: str, path: str, read, *, headers: dict,
+    def _call(self, endpoint: str, method: str, path: str, read, *, auth: requests.auth.AuthBase,
               json_body: dict | None = None, secrets: tuple, context: dict) -> Any:
         scrub = self._scrub.with_secrets(*secrets)
-        headers = {"Accept": "application/json", **headers}
-        if json_body is not None:
-            headers["Content-Type"] = "application/json"
         started = time.monotonic()
         try:
+            # requests sets Content-Type: application/json for a json= body
             response = self._session.request(
-                method, self.config.base_url + path, headers=headers, json=json_body,
-                timeout=self._timeout, allow_redirects=False)
+                method, self.config.base_url + path, headers={"Accept": "application/json"},
+                json=json_body, auth=auth, timeout=self._timeout, allow_redirects=False)
             text = response.content.decode("utf-8", errors="replace")
         except requests.RequestException as exc:
             error = _transport_error(endpoint, exc)

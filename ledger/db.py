@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from urllib.parse import urlsplit
 
 import peewee
-from playhouse.pool import PooledPostgresqlDatabase
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase
 
 database = peewee.DatabaseProxy()
 
@@ -29,40 +27,6 @@ SQLITE_PRAGMAS = {
 }
 
 
-class RecheckingPool(PooledPostgresqlDatabase):
-    """Peewee's pool, without a round trip for every connection it hands out.
-
-    Peewee checks each pooled connection it hands out with ``SELECT 1``. Connections go back
-    to the pool after every request and message, so that check cost a round trip per unit of
-    work: five per top-up (``make bench``, "Statements per top-up"), one in four of the
-    callback acknowledgement's. A connection given back less than ``RECHECK_IDLE_S`` ago,
-    outside any transaction, is handed out on its local state; one that sat in the pool
-    longer, long enough for a server restart to have gone unnoticed, is still checked.
-    """
-
-    RECHECK_IDLE_S = 1.0
-
-    def __init__(self, *args, **kwargs):
-        self._returned_at: dict[int, float] = {}
-        super().__init__(*args, **kwargs)
-
-    def _close(self, conn, close_conn=False):
-        self._returned_at[id(conn)] = time.monotonic()  # forgotten if the pool closes it
-        super()._close(conn, close_conn)
-
-    def _close_raw(self, conn):
-        self._returned_at.pop(id(conn), None)
-        super()._close_raw(conn)
-
-    def _is_closed(self, conn):
-        returned = self._returned_at.pop(id(conn), None)  # the pool is handing it out
-        if (returned is not None and not conn.closed
-                and time.monotonic() - returned < self.RECHECK_IDLE_S
-                and conn.get_transaction_status() == TRANSACTION_STATUS_IDLE):
-            return False
-        return super()._is_closed(conn)
-
-
 def open_database(url: str) -> peewee.Database:
     """A database object for ``sqlite:///path`` or ``postgresql://user@host:port/name``."""
     parts = urlsplit(url)
@@ -74,9 +38,11 @@ def open_database(url: str) -> peewee.Database:
         return peewee.SqliteDatabase(path or ":memory:", pragmas=SQLITE_PRAGMAS,
                                      timeout=30, check_same_thread=False)
     if parts.scheme in ("postgres", "postgresql"):
-        # A small pool per process: connecting costs more than a credit transaction, and a
-        # connection is returned (not closed) at the end of each request or message.
-        return RecheckingPool(
+        # Peewee's pool as shipped, a small one per process: connecting costs more than a
+        # credit transaction, and a connection is given back (not closed) at the end of each
+        # request or message. Handing one out, the pool checks it (SELECT 1) and drops it if
+        # the server hung up (a restart, a failover), so the process recovers by itself.
+        return PooledPostgresqlDatabase(
             parts.path.lstrip("/"),
             user=parts.username, password=parts.password,
             host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
@@ -110,17 +76,21 @@ def write_transaction():
 
 
 def discard_connection() -> None:
-    """Give back this thread's connection after a database error, before trying again.
+    """Close this thread's connection after a database error, before trying again.
 
     A connection that died with the server (restart, failover) stays this thread's until it
-    is closed, and every query on it fails at once; closed, the pool drops it (a broken
-    connection is never reused) and the next query connects afresh.
+    is closed, and every query on it fails at once. Closed for good here (not given back to
+    the pool, :meth:`~playhouse.pool.PooledDatabase.manual_close`), it is never handed out
+    again, and the next query connects afresh.
     """
     if database.obj is None or database.is_closed():
         return
     try:
-        database.close()
-    except Exception:  # noqa: BLE001 - already broken; the pool has forgotten it
+        if isinstance(database.obj, PooledDatabase):
+            database.obj.manual_close()
+        else:
+            database.close()
+    except Exception:  # noqa: BLE001 - already broken: there is nothing left to close
         pass
 
 

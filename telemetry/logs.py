@@ -16,18 +16,16 @@ Each entrypoint configures its process once:
   gunicorn's own loggers in the worker processes);
 - ``dramatiq workers``: Dramatiq sets up logging before it imports ``workers``, so importing
   ``workers`` calls :func:`configure` with ``add_handler=False``, which only reformats the
-  plain stream handlers Dramatiq installed on the root logger;
+  plain stream handlers Dramatiq installed on the root logger. A worker process's handler
+  writes into Dramatiq's pipe to the ``dramatiq`` parent, which writes each line whole to
+  its standard error (or its ``--log-file``), so lines of several processes never mix;
 - ``topupctl``: :func:`configure` in ``main()``.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import datetime as dt
-import json
 import logging
-import os
-import select
 import sys
 from typing import Iterable
 
@@ -114,74 +112,33 @@ def context() -> dict:
 # --- the formatter ---------------------------------------------------------------------------
 
 _FIRST = ("time", "level", "logger", "message", "service", "topup_id", "checkout_request_id")
-_UTC = dt.timezone.utc
 
 
 class GatewayJsonFormatter(JsonFormatter):
-    """python-json-logger's formatter, plus the bound context, plus redaction.
+    """python-json-logger's formatter, configured through its public hooks.
 
-    :meth:`format` writes what python-json-logger's own ``format`` would, with this class's
-    fields, order and redaction, in one pass and with one scan of the line's strings for
-    anything to hide (:meth:`telemetry.redact.Redactor.fields`): ~30 -> ~18 us a line in a
-    tight loop, about 2.5 times that in a busy worker. Fields, in order: ``time``,
-    ``level``, ``logger``, ``message``, ``service``, ``topup_id``, ``checkout_request_id``,
-    then ``exc_info`` / ``stack_info``, the record's extras, the bound context, ``pid``. An
-    extra wins over the context of the same name; ``time`` is always the record's.
+    The library builds each line (``rename_fields`` for ``level`` and ``logger``,
+    ``static_fields`` for ``service``, ``timestamp`` for ``time``, the record's extras and
+    ``exc_info`` / ``stack_info``); :meth:`add_fields` adds the bound context and ``pid``;
+    :meth:`process_log_record` writes ``time`` as UTC ISO 8601 with milliseconds, puts the
+    fields people read first at the front and redacts the whole line; ``json_default`` turns
+    what JSON cannot hold into something redacted too. Fields, in order: ``time``, ``level``,
+    ``logger``, ``message``, ``service``, ``topup_id``, ``checkout_request_id``, then the rest
+    as the library added them. An extra wins over the context of the same name; ``time`` is
+    always the record's.
     """
 
     def __init__(self, service: str | None = None, redact: Redactor | None = None):
+        self.redactor = redact or _redactor
         super().__init__(
             "%(levelname)s %(name)s %(message)s",
             rename_fields={"levelname": "level", "name": "logger"},
             timestamp="time",
             static_fields={"service": service} if service else None,
             json_ensure_ascii=False,
-            json_default=self._default,
+            json_default=self.json_value,
         )
-        self.service = service
-        self._redact = redact or _redactor
-        self._encode = json.JSONEncoder(ensure_ascii=False, default=self._default).encode
 
-    def format(self, record: logging.LogRecord) -> str:
-        # python-json-logger's format(), add_fields() and ours, and process_log_record(),
-        # folded into one: same fields, same precedence (later wins), same order.
-        message_dict: dict = {}
-        if isinstance(record.msg, dict):
-            message_dict = record.msg.copy()
-            record.message = ""
-        else:
-            record.message = record.getMessage()
-        if record.exc_info and not message_dict.get("exc_info"):
-            message_dict["exc_info"] = self.formatException(record.exc_info)
-        if not message_dict.get("exc_info") and record.exc_text:
-            message_dict["exc_info"] = record.exc_text
-        if record.stack_info and not message_dict.get("stack_info"):
-            message_dict["stack_info"] = self.formatStack(record.stack_info)
-
-        rename = self.rename_fields
-        data = {"level": record.levelname, "logger": record.name, "message": record.message}
-        if self.static_fields:
-            data.update(self.static_fields)
-        for key, value in message_dict.items():
-            data[rename.get(key, key)] = value
-        skip = self._skip_fields
-        for key, value in [item for item in record.__dict__.items() if item[0] not in skip]:
-            if not (hasattr(key, "startswith") and key.startswith("_")):
-                data[rename.get(key, key)] = value
-        data["time"] = dt.datetime.fromtimestamp(record.created, tz=_UTC).isoformat(
-            timespec="milliseconds").replace("+00:00", "Z")
-        for key, value in _context.get().items():
-            data.setdefault(key, value)
-        data.setdefault("pid", record.process)
-
-        ordered = {key: data[key] for key in _FIRST if key in data}
-        if len(ordered) < len(data):
-            ordered.update((k, v) for k, v in data.items() if k not in ordered)
-        # Once, field by field (a second pass over the finished JSON text could not tell a
-        # phone number in a string from a number), in one scan when nothing needs hiding.
-        return self.prefix + self._encode(self._redact.fields(ordered))
-
-    # python-json-logger's steps, for a caller that still runs them one by one
     def add_fields(self, log_data, record, message_dict):
         super().add_fields(log_data, record, message_dict)
         for key, value in _context.get().items():
@@ -192,95 +149,24 @@ class GatewayJsonFormatter(JsonFormatter):
         time = log_data.get("time")
         if hasattr(time, "isoformat"):
             log_data["time"] = time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        ordered = {k: log_data[k] for k in _FIRST if k in log_data}
-        ordered.update((k, v) for k, v in log_data.items() if k not in ordered)
-        return self._redact.fields(ordered)
+        ordered = {key: log_data[key] for key in _FIRST if key in log_data}
+        ordered.update((key, value) for key, value in log_data.items() if key not in ordered)
+        # Field by field, before encoding: in the finished JSON text a phone number sent as a
+        # number could not be told from any other number.
+        return self.redactor.fields(ordered)
 
-    def _default(self, value):
-        # What JSON cannot hold as it is (an exception, an address, bytes, a dataclass)
-        # becomes a string or a structure here: redacted like the rest of the line.
-        return self._redact.value(_ENCODER.default(value))
-
-
-# --- lines of `dramatiq workers` processes ----------------------------------------------------
-
-class StderrLines:
-    """The stream of a log handler in a process started by ``dramatiq`` (a worker or a fork),
-    writing each line straight to the standard error it shares with its parent.
-
-    Dramatiq hands its child processes a pipe instead: the parent reads every line from it
-    and writes it to its standard error (``dramatiq.cli.watch_logs``), about 0.1 ms of the
-    parent's CPU per line (~0.3 ms per top-up, ``make bench``), only so that lines from
-    several processes never mix. A line of at most ``PIPE_BUF`` bytes written in one
-    ``write`` cannot mix with another writer's either (POSIX, for pipes; appends to a file
-    are not split on Linux), so such lines go straight out. A longer one (a line with a
-    traceback) still goes through the parent, which may write it a moment after shorter
-    lines this process logged later; so does a line whose direct write fails.
-    """
-
-    def __init__(self, relay, fd: int = 2):
-        self.relay = relay
-        self.fd = fd
-        self.limit = select.PIPE_BUF
-
-    def write(self, text: str) -> None:
-        data = text.encode("utf-8", errors="replace")
-        if len(data) <= self.limit:
-            written = 0
-            try:
-                while written < len(data):   # once, but for a file that took only a part
-                    written += os.write(self.fd, data[written:])
-                return
-            except OSError:   # closed, or non-blocking and full: the line goes the old way
-                if written:
-                    return
-        self.relay.write(text)
-
-    def flush(self) -> None:
-        pass
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def isatty(self) -> bool:
-        return False
+    def json_value(self, value):
+        """What JSON cannot hold as it is (an exception, an address, bytes, a dataclass) as
+        python-json-logger's encoder writes it, redacted like the rest of the line."""
+        return self.redactor.value(_ENCODER.default(value))
 
 
-def _dramatiq_relays_to_stderr() -> bool:
-    """Whether the ``dramatiq`` command this process belongs to writes the lines it relays to
-    its standard error (not to a ``--log-file``): read from the command line it was given."""
-    try:
-        from dramatiq.cli import make_argument_parser
-        parser = make_argument_parser()
-
-        def refuse(message):
-            raise ValueError(message)
-        parser.error = refuse   # never print a usage message or exit from here
-        args, _ = parser.parse_known_args(sys.argv[1:])
-    except Exception:
-        return False
-    return getattr(args, "log_file", None) is None
-
-
-def _write_around_dramatiqs_relay(handler: logging.Handler) -> None:
-    """Give a handler writing into Dramatiq's pipe to its parent a :class:`StderrLines`."""
-    if "dramatiq" not in sys.modules or not isinstance(handler, logging.StreamHandler):
-        return
-    try:
-        from dramatiq.compat import StreamablePipe
-    except ImportError:  # pragma: no cover (a Dramatiq without it relays no lines)
-        return
-    if isinstance(handler.stream, StreamablePipe) and _dramatiq_relays_to_stderr():
-        handler.setStream(StderrLines(relay=handler.stream))
-
-
-def _reformat(handler: logging.Handler, formatter: logging.Formatter, keep: bool) -> bool:
+def _reformat(handler: logging.Handler, formatter: logging.Formatter, keep: bool) -> None:
     if type(handler) not in _PLAIN_HANDLERS:
-        return False
+        return
     if keep and isinstance(handler.formatter, GatewayJsonFormatter):
-        return True  # the entrypoint configured it already: its service name stays
+        return  # the entrypoint configured it already: its service name stays
     handler.setFormatter(formatter)
-    return True
 
 
 def configure(service: str, *, secrets: Iterable[str | None] = (), level: int | str | None = None,
@@ -297,8 +183,7 @@ def configure(service: str, *, secrets: Iterable[str | None] = (), level: int | 
     formatter = GatewayJsonFormatter(service)
     root = logging.getLogger()
     for handler in root.handlers:
-        if _reformat(handler, formatter, keep=not add_handler):
-            _write_around_dramatiqs_relay(handler)
+        _reformat(handler, formatter, keep=not add_handler)
     for name in SERVER_LOGGERS:
         for handler in logging.getLogger(name).handlers:
             _reformat(handler, formatter, keep=not add_handler)

@@ -19,7 +19,8 @@ directory, a restart starts from zero, and directories of runs that ended are re
 Anywhere else (tests, ``topupctl``) the values live in the process.
 
 This module must be imported before anything else imports ``prometheus_client``: the
-library picks its storage when it is first imported.
+library picks its storage when it is first imported. In a server process that imported it
+first, importing this module fails and says so, rather than let the metrics go missing.
 """
 from __future__ import annotations
 
@@ -88,19 +89,25 @@ def choose_directory(kind: str | None, environ=None) -> str | None:
     return path
 
 
+# prometheus_client reads PROMETHEUS_MULTIPROC_DIR once, when it is first imported.
+_STORAGE_CHOSEN_IN_PROCESS = "prometheus_client" in sys.modules and not (
+    os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"))
 MULTIPROCESS_DIR = choose_directory(server_kind())
 if MULTIPROCESS_DIR:
+    if _STORAGE_CHOSEN_IN_PROCESS:
+        # Its values would stay in this process while a scrape reads the shared directory:
+        # the server's metrics would go missing without a word.
+        raise RuntimeError(
+            "prometheus_client was imported before telemetry.metrics in a server process, so "
+            "it keeps this process's metrics to itself: import telemetry.metrics first, or "
+            "set PROMETHEUS_MULTIPROC_DIR before the server starts")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = MULTIPROCESS_DIR
 
 import prometheus_client  # noqa: E402  (after the directory is chosen)
 from prometheus_client import (  # noqa: E402
-    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, values,
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest,
 )
 from prometheus_client import multiprocess  # noqa: E402
-
-if MULTIPROCESS_DIR and not getattr(values.ValueClass, "_multiprocess", False):
-    # prometheus_client was imported before us: switch it to shared files all the same.
-    values.ValueClass = values.get_value_class()
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

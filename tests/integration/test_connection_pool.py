@@ -1,52 +1,64 @@
-"""The PostgreSQL connection pool: no round trip for a connection given back a moment ago,
-a check for one that sat idle, and a broken one never handed out twice."""
-import time
-
+"""The PostgreSQL connection pool: a connection given back is used again, one the server
+dropped while it sat in the pool is replaced, and a broken one is never handed out twice."""
 import psycopg2
 
 from ledger import db
+from tests.waiting import wait_until
 
 
 def backend_pid(database):
     return database.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
 
 
-def terminate(postgres_server, pid):
+def admin_connection(postgres_server):
     conn = psycopg2.connect(host=postgres_server.host, port=postgres_server.port,
                             user="topup", dbname="topup")
     conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    conn.close()
+    return conn
 
 
-def test_a_connection_given_back_a_moment_ago_is_handed_out_without_a_round_trip(
-        postgres_server, monkeypatch):
+def wait_until_backend_ended(postgres_server, pid):
+    conn = admin_connection(postgres_server)
+    try:
+        with conn.cursor() as cur:
+            def ended():
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+                return cur.fetchone()[0] == 0
+
+            wait_until(ended, timeout=10, message=f"backend {pid} to end")
+    finally:
+        conn.close()
+
+
+def terminate(postgres_server, pid):
+    """End a backend, as a server restart would, and wait until the server has let it go."""
+    conn = admin_connection(postgres_server)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        conn.close()
+    wait_until_backend_ended(postgres_server, pid)
+
+
+def test_a_connection_given_back_is_used_again(postgres_server):
     database = db.open_database(postgres_server.url)
     database.connect()
     first = backend_pid(database)
     database.close()
-    pings = []
-    monkeypatch.setattr(type(database).__mro__[1], "_is_closed",
-                        lambda self, conn: pings.append(conn) or False)
 
     database.connect()
     assert backend_pid(database) == first
     database.close()
-
-    assert pings == []
     database.close_all()
 
 
-def test_a_connection_the_server_dropped_while_it_sat_idle_is_replaced(
-        postgres_server, monkeypatch):
-    monkeypatch.setattr(db.RecheckingPool, "RECHECK_IDLE_S", 0.05)
+def test_a_connection_the_server_dropped_while_it_sat_idle_is_replaced(postgres_server):
     database = db.open_database(postgres_server.url)
     database.connect()
     dropped = backend_pid(database)
     database.close()
     terminate(postgres_server, dropped)
-    time.sleep(0.2)
 
     database.connect()
     assert backend_pid(database) != dropped
@@ -69,3 +81,22 @@ def test_a_connection_that_broke_in_use_is_not_given_out_again(postgres_server):
     assert backend_pid(database) != broken
     database.close()
     database.close_all()
+
+
+def test_a_discarded_connection_is_not_pooled_and_the_next_query_connects_afresh(postgres_server):
+    bound_before = db.database.obj
+    database = db.open_database(postgres_server.url)
+    db.database.initialize(database)
+    try:
+        database.connect()
+        discarded = backend_pid(database)
+        db.discard_connection()
+        assert database.is_closed()
+        wait_until_backend_ended(postgres_server, discarded)   # closed, not kept in the pool
+
+        database.connect()
+        assert backend_pid(database) != discarded
+        database.close()
+    finally:
+        database.close_all()
+        db.database.initialize(bound_before)

@@ -83,6 +83,7 @@ class FakeDaraja:
         self.oauth_delay = 0.0
         self.query_reply = Reply(200, QUERY_FINAL)
         self.connections = 0
+        self.cookie: str | None = None   # a Set-Cookie header on every answer
         self._serial = itertools.count(1)
         self.url = ""
 
@@ -179,6 +180,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
             self.send_header("Content-Length", str(len(payload) + (50 if reply.truncate else 0)))
+            if self.server.fake.cookie:
+                self.send_header("Set-Cookie", self.server.fake.cookie)
             self.end_headers()
             self.wfile.write(payload)
             self.wfile.flush()
@@ -806,26 +809,65 @@ def test_a_failing_on_call_hook_does_not_break_the_call(make_client):
     assert push(make_client(on_call=broken)).checkout_request_id
 
 
-def test_the_session_honours_the_environments_proxy_no_proxy_and_ca_bundle(monkeypatch):
-    from daraja.client import new_session
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    monkeypatch.setenv("NO_PROXY", "sandbox.local")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/company-ca.pem")
-    session = new_session()
-    proxies, verify = session.environment_for("https://api.safaricom.co.ke/oauth/v1/generate")
-    assert proxies.get("https") == "http://proxy.internal:3128"
-    assert verify == "/etc/ssl/company-ca.pem"
-    assert session.environment_for("https://sandbox.local/x")[0] == {}
-
-
-def test_a_call_through_an_unreachable_proxy_from_the_environment_is_not_sent(monkeypatch):
-    # the proxy named by the environment is really used: nothing listens there
+def unused_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def no_proxy_in_the_environment(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+def test_each_call_takes_its_proxy_from_the_environment(make_client, fake,
+                                                        no_proxy_in_the_environment):
+    environment = no_proxy_in_the_environment
+    client = make_client()
+    push(client)
+
+    # the proxy named by the environment is really used: nothing listens there
+    environment.setenv("HTTP_PROXY", f"http://127.0.0.1:{unused_port()}")
+    with pytest.raises(errors.ConnectionFailed):
+        push(client)
+    assert len(fake.calls("stkpush")) == 1
+
+    environment.setenv("NO_PROXY", "127.0.0.1")
+    push(client)
+    assert len(fake.calls("stkpush")) == 2
+
+
+def test_the_ca_bundle_named_by_the_environment_is_the_one_used(no_proxy_in_the_environment):
     from daraja.client import new_session
-    with pytest.raises(requests.exceptions.ProxyError):
-        new_session().request("GET", "http://daraja.invalid/oauth", timeout=2)
+    no_proxy_in_the_environment.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/company-ca.pem")
+    with pytest.raises(OSError, match="/nonexistent/company-ca.pem"):
+        new_session().get(f"https://127.0.0.1:{unused_port()}/oauth", timeout=2)
+
+
+def test_credentials_in_a_netrc_file_never_replace_the_clients_own(
+        make_client, fake, tmp_path, monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone-else password their-password\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    client = make_client()
+    push(client)
+    client.stk_query("ws_CO_1")
+    (oauth,) = fake.calls("oauth")
+    assert oauth.headers["Authorization"] == "Basic " + base64.b64encode(
+        f"{CONSUMER_KEY}:{CONSUMER_SECRET}".encode()).decode()
+    for sent in fake.calls("stkpush") + fake.calls("stkquery"):
+        assert sent.headers["Authorization"].startswith("Bearer tok")
+
+
+def test_cookies_daraja_sets_are_never_sent_back(make_client, fake):
+    fake.cookie = "SERVERID=node-7; Path=/"
+    client = make_client()
+    push(client)
+    push(client)
+    client.stk_query("ws_CO_1")
+    assert len(fake.seen) == 4
+    assert all("Cookie" not in sent.headers for sent in fake.seen)

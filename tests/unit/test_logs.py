@@ -219,75 +219,31 @@ def test_the_quick_look_at_a_line_never_misses_what_redaction_would_change():
     assert found > 1000   # the samples did exercise every kind
 
 
-def test_a_worker_process_writes_short_lines_itself_and_long_ones_through_dramatiq():
-    import os
-    relayed = []
-
-    class Relay:
-        def write(self, text):
-            relayed.append(text)
-
-    read_end, write_end = os.pipe()
-    try:
-        stream = logs.StderrLines(Relay(), fd=write_end)
-        stream.write('{"message": "short"}\n')
-        stream.write('{"message": "' + "x" * 5000 + '"}\n')
-        os.close(write_end)
-        write_end = None
-        with os.fdopen(read_end, "rb") as pipe:
-            read_end = None
-            assert pipe.read() == b'{"message": "short"}\n'
-        assert len(relayed) == 1 and len(relayed[0]) > 5000
-    finally:
-        for fd in (read_end, write_end):
-            if fd is not None:
-                os.close(fd)
-
-
-def test_a_dramatiq_child_writes_around_the_relay_unless_its_lines_go_to_a_log_file(
-        root_handlers, monkeypatch):
+def test_a_dramatiq_child_logs_json_lines_into_the_pipe_its_parent_relays(root_handlers):
     import multiprocessing
-    import sys
 
     import dramatiq.cli  # noqa: F401  (what a `dramatiq` process has imported)
     from dramatiq.compat import StreamablePipe
-    _, write_end = multiprocessing.Pipe(duplex=False)
+    read_end, write_end = multiprocessing.Pipe(duplex=False)
     try:
-        for argv, direct in ((["dramatiq", "workers", "-p", "2"], True),
-                             (["dramatiq", "workers", "--log-file", "w.log"], False)):
-            monkeypatch.setattr(sys, "argv", argv)
-            handler = logging.StreamHandler(StreamablePipe(write_end))
-            root_handlers.handlers[:] = [handler]
-            logs.configure("workers", add_handler=False)
-            assert isinstance(handler.formatter, logs.GatewayJsonFormatter)
-            assert isinstance(handler.stream, logs.StderrLines) is direct
+        pipe = StreamablePipe(write_end)
+        handler = logging.StreamHandler(pipe)   # what Dramatiq's basicConfig installs
+        root_handlers.handlers[:] = [handler]
+        root_handlers.setLevel(logging.INFO)
+        logs.configure("workers", add_handler=False)
+        logging.getLogger("tests.logs.worker").info("short", extra={"phone": "0712345678"})
+        try:
+            raise ValueError("x" * 8000)   # longer than PIPE_BUF: still one whole line
+        except ValueError:
+            logging.getLogger("tests.logs.worker").exception("long")
+        relayed = ""
+        while read_end.poll(1) and relayed.count("\n") < 2:
+            relayed += read_end.recv_bytes().decode()
     finally:
+        read_end.close()
         write_end.close()
-
-
-def test_the_one_pass_format_writes_what_python_json_loggers_own_format_writes():
-    """GatewayJsonFormatter.format folds python-json-logger's format() and our add_fields()
-    and process_log_record() into one pass: a python-json-logger that changes its output
-    must show up here, not as a quiet drift in the lines."""
-    from pythonjsonlogger.json import JsonFormatter
-
-    formatter = logs.GatewayJsonFormatter("workers", redact=Redactor([SECRET]))
-    try:
-        raise ValueError(f"refused for 254712345678 with {SECRET}")
-    except ValueError:
-        import sys
-        failure = sys.exc_info()
-    records = [
-        logging.LogRecord("tests.logs", logging.INFO, __file__, 1, "push accepted", None, None),
-        logging.LogRecord("tests.logs", logging.WARNING, __file__, 2, "for %s", ("0712 345 678",),
-                          None),
-        logging.LogRecord("tests.logs", logging.ERROR, __file__, 3, "failed", None, failure),
-        logging.LogRecord("tests.logs", logging.INFO, __file__, 4, {"event": "dict message",
-                                                                    "phone": 254712345678},
-                          None, None),
-    ]
-    records[0].__dict__.update(amount=10, topup_id="tu_extra", token=SECRET,
-                               nested={"msisdn": "254712345678", "n": [1.5, None]})
-    with logs.bound(topup_id="tu_bound", checkout_request_id="ws_CO_1", account="acc_1"):
-        for record in records:
-            assert formatter.format(record) == JsonFormatter.format(formatter, record)
+    short, with_traceback = [json.loads(line) for line in relayed.splitlines()]
+    assert short["message"] == "short" and short["service"] == "workers"
+    assert short["phone"] == "2547****5678"
+    assert with_traceback["message"] == "long"
+    assert with_traceback["exc_info"].endswith("ValueError: " + "x" * 8000)
