@@ -24,18 +24,23 @@ to top-up T only if all of these hold:
    (one conditional UPDATE: of two payments racing for T, one is attached).
 
 Either order works: a payment that comes first is kept as an orphan and tried again when a
-push to its phone turns ambiguous or is answered (``payments_to_retry``); one that comes
-after T's push turned ambiguous is tried when it is applied. Anything less certain stays an
-orphan for reconciliation against the M-Pesa statement, which carries the AccountReference.
+push to its phone turns ambiguous or is answered (``payments_to_retry``), and by the
+scheduler's sweep; one that comes after T's push turned ambiguous is tried when it is
+applied. Matching, keeping an orphan and reading the orphans to try again take the phone's
+lock (``serialize``), so two payments from one phone are matched one after the other.
+Anything less certain stays an orphan for reconciliation against the M-Pesa statement,
+which carries the AccountReference.
 """
 from __future__ import annotations
 
 import datetime as dt
 
 import peewee as pw
+from peewee import fn
 
+from ledger.db import database
 from ledger.models import (
-    PENDING, PUSH_AMBIGUOUS, PUSH_SENDING, UNKNOWN, OrphanPayment, TopUp, utcnow,
+    PENDING, PUSH_AMBIGUOUS, PUSH_SENDING, UNKNOWN, Callback, OrphanPayment, TopUp, utcnow,
 )
 
 MATCH_WINDOW = dt.timedelta(hours=24)
@@ -94,15 +99,30 @@ def attach(topup_id: str, checkout_request_id: str) -> bool:
                 .execute())
 
 
-def payments_to_retry(phone: str | None, *, limit: int = 10) -> list[OrphanPayment]:
-    """Unclaimed payments from this phone within the window: what to try the rule on again
-    once a push to the phone has turned ambiguous or been answered."""
+def payments_to_retry(phone: str | None, *,
+                      limit: int = 10) -> list[tuple[OrphanPayment, dt.datetime]]:
+    """Unclaimed payments from this phone within the window, newest first (an older one
+    cannot answer a push that started after it), each with the time it reached us: what to
+    try the rule on again once a push to the phone has turned ambiguous or been answered."""
     if not phone:
         return []
     since = utcnow() - MATCH_WINDOW
-    return list(OrphanPayment.select(OrphanPayment)
-                .join(TopUp, pw.JOIN.LEFT_OUTER,
-                      on=(TopUp.checkout_request_id == OrphanPayment.checkout_request_id))
-                .where(OrphanPayment.resolved_topup.is_null() & TopUp.id.is_null()
-                       & (OrphanPayment.phone == phone) & (OrphanPayment.created_at >= since))
-                .order_by(OrphanPayment.seq).limit(limit))
+    rows = (OrphanPayment.select(OrphanPayment, Callback.received_at.alias("received_at"))
+            .join(TopUp, pw.JOIN.LEFT_OUTER,
+                  on=(TopUp.checkout_request_id == OrphanPayment.checkout_request_id))
+            .switch(OrphanPayment)
+            .join(Callback, pw.JOIN.LEFT_OUTER, on=(Callback.seq == OrphanPayment.callback))
+            .where(OrphanPayment.resolved_topup.is_null() & TopUp.id.is_null()
+                   & (OrphanPayment.phone == phone) & (OrphanPayment.created_at >= since))
+            .order_by(OrphanPayment.seq.desc()).limit(limit).objects())
+    return [(row, row.received_at or row.created_at) for row in rows]
+
+
+def serialize(phone: str | None) -> None:
+    """Hold this phone's matching lock until the current transaction ends, so that matching
+    a payment, keeping one as an orphan and reading the orphans to try again happen one at
+    a time per phone. PostgreSQL: a transaction-scoped advisory lock (Peewee has no word for
+    it, hence the function call by name). SQLite: its write transactions (BEGIN IMMEDIATE)
+    run one at a time already."""
+    if phone and isinstance(database.obj, pw.PostgresqlDatabase):
+        database.execute(pw.Select(columns=[fn.pg_advisory_xact_lock(fn.hashtext(phone))]))

@@ -17,7 +17,7 @@ import peewee as pw
 
 from ledger import events, orphan_matching, result_codes
 from ledger.callbacks import MalformedCallback, parse, why_unappliable
-from ledger.db import database, write_transaction
+from ledger.db import write_transaction
 from ledger.ids import new_id, short_reference
 from ledger.inbox import store_callback  # noqa: F401  (re-exported: callers say topups.)
 from ledger.models import (
@@ -123,28 +123,36 @@ def claim_push(topup_id: str, *, now: dt.datetime | None = None) -> ClaimedPush 
     return ClaimedPush(topup_id, row.amount, row.phone, row.reference, row.push_attempts)
 
 
+def _this_claim(topup_id: str, claimed_at: dt.datetime | None):
+    """The top-up while its push is still this claimer's to settle: ``sending``; or, for the
+    claimer that names its claim's timestamp, also ``ambiguous`` with no CheckoutRequestID,
+    since the sweep takes a claim held up by a long database outage for a push abandoned
+    mid-send, and this claimer knows what became of it."""
+    ours = TopUp.push_state == PUSH_SENDING
+    if claimed_at is not None:
+        ours |= ((TopUp.push_state == PUSH_AMBIGUOUS) & TopUp.checkout_request_id.is_null()
+                 & (TopUp.push_started_at == claimed_at))
+    return (TopUp.id == topup_id) & (TopUp.status == PENDING) & ours
+
+
 def unclaim_push(topup_id: str, claimed_at: dt.datetime) -> bool:
     """Put back the claim made at ``claimed_at`` if it is in: the claimer lost the claim's
-    answer (the database died as it committed) and so certainly sent nothing. The sweep may
-    have taken the claim for a push abandoned mid-send and called it ambiguous meanwhile;
-    it is put back all the same, since this claimer, the only one with that timestamp, never
-    sent it."""
+    answer (the database died as it committed) and so certainly sent nothing."""
     with write_transaction():
         undone = (TopUp.update(push_state=PUSH_QUEUED, updated_at=utcnow())
-                  .where((TopUp.id == topup_id) & (TopUp.status == PENDING)
-                         & TopUp.push_state.in_((PUSH_SENDING, PUSH_AMBIGUOUS))
-                         & TopUp.checkout_request_id.is_null()
+                  .where(_this_claim(topup_id, claimed_at)
                          & (TopUp.push_started_at == claimed_at)).execute())
         if undone:
             record_event(topup_id, "push_not_sent", reason="claim's answer lost")
     return bool(undone)
 
 
-def release_push(topup_id: str, reason: str, **detail) -> None:
+def release_push(topup_id: str, reason: str, *, claimed_at: dt.datetime | None = None,
+                 **detail) -> None:
     """The push certainly did not reach Daraja: put it back so a retry may claim it."""
     with write_transaction():
         (TopUp.update(push_state=PUSH_QUEUED, updated_at=utcnow())
-         .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_SENDING)).execute())
+         .where(_this_claim(topup_id, claimed_at)).execute())
         record_event(topup_id, "push_not_sent", reason=reason, **detail)
 
 
@@ -211,8 +219,8 @@ def _answer_conflicts(topup_id: str, checkout_request_id: str, holder: TopUp | N
                      "held_by": holder.id if holder else None})
 
 
-def record_push_refused(topup_id: str, *, error_code: str | None,
-                        error_message: str | None) -> bool:
+def record_push_refused(topup_id: str, *, error_code: str | None, error_message: str | None,
+                        claimed_at: dt.datetime | None = None) -> bool:
     """Daraja refused the push outright: nothing was sent, no money can move."""
     now = utcnow()
     with events.publishing(), write_transaction():
@@ -220,8 +228,7 @@ def record_push_refused(topup_id: str, *, error_code: str | None,
                                 failure_code=(error_code or "refused")[:32],
                                 failure_reason=(error_message or "")[:255],
                                 completed_at=now, updated_at=now)
-                   .where((TopUp.id == topup_id) & (TopUp.status == PENDING)
-                          & (TopUp.push_state == PUSH_SENDING))
+                   .where(_this_claim(topup_id, claimed_at))
                    .execute())
         record_event(topup_id, "push_refused", error_code=error_code, error_message=error_message)
         if changed:
@@ -240,18 +247,27 @@ def record_push_ambiguous(topup_id: str, reason: str) -> None:
         changed = (TopUp.update(push_state=PUSH_AMBIGUOUS, updated_at=utcnow())
                    .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_SENDING))
                    .execute())
-        record_event(topup_id, "push_ambiguous", reason=reason)
-    if changed:
-        retry_orphans(TopUp.select(TopUp.phone).where(TopUp.id == topup_id).scalar())
+        if changed:
+            record_event(topup_id, "push_ambiguous", reason=reason)
+    # every time, not only when this call changed the row: a first try that failed half-way
+    # is done again by the message's retry (it is idempotent)
+    retry_orphans(TopUp.select(TopUp.phone).where(TopUp.id == topup_id).scalar())
 
 
 def retry_orphans(phone: str | None) -> None:
     """Try the matching rule again for the unclaimed payments from this phone: a push to it
     has turned ambiguous or been answered, which may leave one top-up they can answer."""
-    for orphan in orphan_matching.payments_to_retry(phone):
+    if not phone:
+        return
+    with write_transaction():
+        # behind the phone's matching lock: a payment being kept as an orphan right now is
+        # committed before this reads, or reads this push's new state itself
+        orphan_matching.serialize(phone)
+        payments = orphan_matching.payments_to_retry(phone)
+    for orphan, paid_at in payments:
         settle_success(orphan.checkout_request_id, amount_cents=orphan.amount_cents,
                        receipt=orphan.mpesa_receipt, phone=orphan.phone, source="callback",
-                       callback_seq=orphan.callback_id, paid_at=orphan.created_at)
+                       callback_seq=orphan.callback_id, paid_at=paid_at)
 
 
 # --- callbacks -------------------------------------------------------------------------------
@@ -261,7 +277,7 @@ def apply_callback(callback_seq: int, *, row=None, confirmed_by_query: bool = Fa
 
     ``row``: the stored callback, when the caller has read it already (its body never
     changes). ``confirmed_by_query``: STK Query answered ResultCode 0 for its
-    CheckoutRequestID; the credit is then what Daraja confirmed (``_settle_confirmed``).
+    CheckoutRequestID; the credit is then what Daraja confirmed (``settle_success``).
 
     Returns what it did: ``credited``, ``duplicate``, ``receipt_filled``, ``failed``,
     ``orphan``, ``unknown_code``, ``malformed``, ``quarantined:…``, ``refuted:…`` …
@@ -279,12 +295,10 @@ def apply_callback(callback_seq: int, *, row=None, confirmed_by_query: bool = Fa
         reason = why_unappliable(cb)
         if reason is not None:
             return quarantine_callback(row.seq, reason)
-        if confirmed_by_query:
-            outcome = _settle_confirmed(row, cb)
-        else:
-            outcome = settle_success(cb.checkout_request_id, amount_cents=cb.amount_cents,
-                                     receipt=cb.receipt, phone=cb.phone, source="callback",
-                                     callback_seq=row.seq, paid_at=row.received_at)
+        outcome = settle_success(cb.checkout_request_id, amount_cents=cb.amount_cents,
+                                 receipt=cb.receipt, phone=cb.phone, source="callback",
+                                 callback_seq=row.seq, paid_at=row.received_at,
+                                 confirmed_by_query=confirmed_by_query)
     elif kind == "failed":
         outcome = settle_failure(cb.checkout_request_id, cb.result_code, cb.result_desc,
                                  source="callback")
@@ -296,32 +310,6 @@ def apply_callback(callback_seq: int, *, row=None, confirmed_by_query: bool = Fa
                 record_event(topup.id, "callback_unknown_code", result_code=cb.result_code,
                              result_desc=cb.result_desc)
     return _mark_applied(row.seq, outcome)
-
-
-def _settle_confirmed(row, cb) -> str:
-    """STK Query confirmed that this callback's push was paid. The query says nothing of the
-    amount or the receipt, and a forger can write anything there: the top-up is credited the
-    amount it asked for (what Daraja charged), and the callback's receipt is recorded only if
-    its amount is that one too. A callback that says otherwise credits nothing itself and is
-    kept with its reason; the credit is the query's, so the genuine callback, when it comes,
-    still brings the receipt."""
-    topup = TopUp.get_or_none(TopUp.checkout_request_id == cb.checkout_request_id)
-    if topup is None:   # a payment Daraja confirms for a push we never learnt: an orphan
-        return settle_success(cb.checkout_request_id, amount_cents=cb.amount_cents,
-                              receipt=cb.receipt, phone=cb.phone, source="callback",
-                              callback_seq=row.seq, paid_at=row.received_at)
-    asked_cents = topup.amount * 100
-    if cb.amount_cents == asked_cents:
-        return settle_success(cb.checkout_request_id, amount_cents=asked_cents,
-                              receipt=cb.receipt, phone=cb.phone, source="callback",
-                              callback_seq=row.seq)
-    with write_transaction():
-        record_event(topup.id, "callback_contradicted", callback=row.seq,
-                     reason="amount differs from the one asked", amount_cents=cb.amount_cents,
-                     receipt=cb.receipt)
-    settle_success(cb.checkout_request_id, amount_cents=None, receipt=None, phone=None,
-                   source="query")
-    return "refuted:amount differs from the one asked"
 
 
 def refute_callback(callback_seq: int, verdict: str) -> str:
@@ -354,6 +342,13 @@ def quarantine_callback(callback_seq: int, reason: str) -> str:
 QUARANTINED = "quarantined:"
 
 
+def is_final(outcome: str | None) -> bool:
+    """A callback applied with this outcome is never to be applied again: refuted by Daraja,
+    quarantined, or not a callback at all."""
+    return bool(outcome) and (outcome.startswith(("refuted:", QUARANTINED))
+                              or outcome == "malformed")
+
+
 def quarantined_callbacks(limit: int = 500) -> list[Callback]:
     """The quarantined callbacks, oldest first."""
     return list(Callback.select().where(Callback.outcome.startswith(QUARANTINED))
@@ -370,16 +365,20 @@ def _mark_applied(callback_seq: int, outcome: str) -> str:
 
 def settle_success(checkout_request_id: str, *, amount_cents: int | None, receipt: str | None,
                    phone: str | None, source: str, callback_seq: int | None = None,
-                   paid_at: dt.datetime | None = None, recheck_orphan: bool = True) -> str:
+                   paid_at: dt.datetime | None = None, confirmed_by_query: bool = False,
+                   recheck_orphan: bool = True) -> str:
     """M-Pesa says the money moved: credit once, or keep it as an orphan payment.
 
     ``paid_at``: when the payment reached us (the callback's arrival), for the matching
-    rule's time window; now, by default."""
+    rule's time window; now, by default. ``confirmed_by_query``: STK Query said ResultCode 0
+    for this CheckoutRequestID and nothing more, so a top-up is credited the amount it asked
+    for, and the callback's receipt is kept only if its amount is that one (docs/design.md).
+    """
     try:
         # the wallet.top_up event is written with the credit, announced after the commit
         with events.publishing(), write_transaction():
             outcome = _settle_success(checkout_request_id, amount_cents, receipt, phone, source,
-                                      callback_seq, paid_at or utcnow())
+                                      callback_seq, paid_at or utcnow(), confirmed_by_query)
     except pw.IntegrityError as exc:
         # The receipt already credited something else (a replay under another
         # CheckoutRequestID, or a forgery): credit nothing, keep the evidence.
@@ -401,14 +400,17 @@ def settle_success(checkout_request_id: str, *, amount_cents: int | None, receip
         return outcome
     return settle_success(checkout_request_id, amount_cents=amount_cents, receipt=receipt,
                           phone=phone, source=source, callback_seq=callback_seq,
-                          paid_at=paid_at, recheck_orphan=False)
+                          paid_at=paid_at, confirmed_by_query=confirmed_by_query,
+                          recheck_orphan=False)
 
 
 def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, callback_seq,
-                    paid_at):
+                    paid_at, confirmed_by_query):
     topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
     matched_by_phone_and_amount = False
     if topup is None:
+        # matching a payment and keeping it as an orphan, one at a time per phone
+        orphan_matching.serialize(phone)
         lost = orphan_matching.lost_push_for(checkout_request_id, phone=phone,
                                              amount_cents=amount_cents, paid_at=paid_at)
         if lost is not None and orphan_matching.attach(lost.id, checkout_request_id):
@@ -424,6 +426,20 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
             record_event(topup.id, "paid_after_failed", receipt=receipt, source=source)
         return "orphan"
 
+    contradicted = None
+    if confirmed_by_query and amount_cents != topup.amount * 100:
+        # Daraja confirmed the push, not this callback's amount: the credit is the query's
+        contradicted = "amount differs from the one asked"
+        record_event(topup.id, "callback_contradicted", callback=callback_seq,
+                     reason=contradicted, amount_cents=amount_cents, receipt=receipt)
+        amount_cents, receipt, phone, source = None, None, None, "query"
+    outcome = _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
+                      matched_by_phone_and_amount)
+    return f"refuted:{contradicted}" if contradicted else outcome
+
+
+def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
+            matched_by_phone_and_amount) -> str:
     now = utcnow()
     requested_cents = topup.amount * 100
     credit_cents = amount_cents if amount_cents is not None else requested_cents
@@ -470,6 +486,18 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
 
 def _already_settled(topup: TopUp, receipt: str | None, source: str) -> str:
     current = TopUp.get(TopUp.id == topup.id)
+    if current.status == SUCCEEDED and receipt and current.mpesa_receipt not in (None, receipt):
+        # Two receipts for one push: one of them is not M-Pesa's (a forgery, a replay). Which
+        # one only the statement tells: neither is dropped, the top-up is flagged for a person.
+        (TopUp.update(flagged=f"receipts disputed: {current.mpesa_receipt} and {receipt}",
+                      updated_at=utcnow())
+         .where(TopUp.id == topup.id).execute())
+        record_event(topup.id, "receipt_disputed", receipt=receipt,
+                     credited_receipt=current.mpesa_receipt, source=source)
+        log.error("two receipts for one top-up; the statement decides",
+                  extra={"topup_id": topup.id, "receipt": receipt,
+                         "credited_receipt": current.mpesa_receipt})
+        return "receipt_disputed"
     if current.status == SUCCEEDED and current.checkout_request_id is not None:
         # A payment kept as an orphan under this top-up's own CheckoutRequestID (see
         # settle_success) is this top-up's, and it is credited: not an orphan any more.
@@ -492,19 +520,15 @@ def _already_settled(topup: TopUp, receipt: str | None, source: str) -> str:
 
 
 def _keep_orphan(checkout_request_id, amount_cents, receipt, phone, callback_seq):
-    exists = OrphanPayment.select().where(
-        OrphanPayment.checkout_request_id == checkout_request_id).exists()
-    if exists:
-        return
     if receipt is not None and OrphanPayment.select().where(
-            OrphanPayment.mpesa_receipt == receipt).exists():
-        return
-    with database.atomic():  # a savepoint: a racing insert of the same orphan is harmless
-        try:
-            OrphanPayment.create(checkout_request_id=checkout_request_id, mpesa_receipt=receipt,
-                                 amount_cents=amount_cents, phone=phone, callback=callback_seq)
-        except pw.IntegrityError:
-            pass
+            (OrphanPayment.mpesa_receipt == receipt)
+            & (OrphanPayment.checkout_request_id != checkout_request_id)).exists():
+        return   # the same payment kept already under another CheckoutRequestID
+    # the unique indexes decide a race of two workers keeping the same orphan
+    (OrphanPayment.insert(checkout_request_id=checkout_request_id, mpesa_receipt=receipt,
+                          amount_cents=amount_cents, phone=phone, callback=callback_seq,
+                          created_at=utcnow())
+     .on_conflict_ignore().execute())
 
 
 def settle_failure(checkout_request_id: str, result_code: str, result_desc: str, *,

@@ -39,10 +39,22 @@ def push_topup(topup_id: str) -> None:
         delay = int(exc.retry_after_s * 1000) if exc.retry_after_s else None
         raise dramatiq.Retry(str(exc), delay=delay) from None
     except tasks.PushOutcomeNotRecorded as exc:
-        record_push_outcome.send(topup_id, exc.outcome)
+        _hand_on(topup_id, exc.outcome)
         return
     if outcome == "sent":
         _followed_up(rt, topup_id, early_callbacks)
+
+
+def _hand_on(topup_id: str, outcome: dict) -> None:
+    # the line names what happened (a CheckoutRequestID, say) before it lives only in Redis
+    log.warning("push outcome not recorded yet: handed to its own message",
+                extra={"topup_id": topup_id, "outcome": outcome})
+    try:
+        record_push_outcome.send(topup_id, outcome)
+    except Exception:
+        log.error("push outcome not recorded and not handed on: record it by hand",
+                  extra={"topup_id": topup_id, "outcome": outcome})
+        raise
 
 
 @dramatiq.actor(queue_name=TOPUPS_QUEUE, max_retries=30, min_backoff=1_000,

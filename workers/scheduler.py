@@ -5,7 +5,7 @@ import logging
 import signal
 import threading
 
-from ledger import db
+from ledger import db, topups
 from workers import actors, sweeps
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,11 @@ def sweep_once(give_up_after_s: int, redis_client=None,
         callbacks = sweeps.unapplied_callbacks(after=t.unapplied_callback_after)
         given_up = sweeps.overdue_for_giving_up(give_up_after_s)
         queries = sweeps.queries_due(grace=t.query_overdue_grace)
-    every_s = t.redrive_every.total_seconds()
+        every_s = t.redrive_every.total_seconds()
+        orphan_phones = [p for p in sweeps.phones_with_orphans_to_match()
+                         if _first_redrive(redis_client, "orphans", p, every_s)]
+        for phone in orphan_phones:
+            topups.retry_orphans(phone)
     unsent = [i for i in unsent if _first_redrive(redis_client, "push", i, every_s)]
     callbacks = [c for c in callbacks if _first_redrive(redis_client, "callback", c, every_s)]
     for topup_id in unsent:
@@ -48,7 +52,7 @@ def sweep_once(give_up_after_s: int, redis_client=None,
         actors.schedule_query(topup_id, delay_s=0)
     found = {"unsent_pushes": len(unsent), "abandoned_pushes": len(abandoned),
              "unapplied_callbacks": len(callbacks), "queries_due": len(queries),
-             "given_up": len(given_up)}
+             "given_up": len(given_up), "orphan_phones_retried": len(orphan_phones)}
     from workers import webhooks  # webhook deliveries due, idempotency keys past retention
     found.update(webhooks.sweep())
     if any(found.values()):

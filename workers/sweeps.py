@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from ledger import orphan_matching, topups
 from ledger.models import (
-    PENDING, PUSH_QUEUED, PUSH_SENDING, PUSH_SENT, Callback, TopUp, utcnow,
+    PENDING, PUSH_AMBIGUOUS, PUSH_QUEUED, PUSH_SENDING, PUSH_SENT, Callback, OrphanPayment,
+    TopUp, utcnow,
 )
-from ledger import topups
 
 # A push never attempted is re-enqueued after this long; one put back after a refusal
 # waits out the actor's longest backoff first.
@@ -57,6 +58,22 @@ def unapplied_callbacks(now: dt.datetime | None = None, *,
                     & (Callback.received_at < now - after))
              .order_by(Callback.seq).limit(BATCH))
     return [row.seq for row in query]
+
+
+def phones_with_orphans_to_match(now: dt.datetime | None = None) -> list[str]:
+    """Phones with both an unclaimed payment and a push whose answer was lost, within the
+    matching window: the rule is tried again for them (``topups.retry_orphans``), in case a
+    try after a push turned ambiguous was lost with its message or its process."""
+    since = (now or utcnow()) - orphan_matching.MATCH_WINDOW
+    query = (TopUp.select(TopUp.phone).distinct()
+             .join(OrphanPayment, on=(OrphanPayment.phone == TopUp.phone))
+             .where((TopUp.push_state == PUSH_AMBIGUOUS) & TopUp.checkout_request_id.is_null()
+                    & TopUp.status.in_(orphan_matching.SETTLEABLE)
+                    & (TopUp.push_started_at >= since)
+                    & OrphanPayment.resolved_topup.is_null()
+                    & (OrphanPayment.created_at >= since))
+             .limit(BATCH))
+    return [row.phone for row in query]
 
 
 # A query chain that is alive re-arms next_query_at on every attempt; the sweeper steps in

@@ -77,7 +77,7 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
         accepted = daraja.stk_push(amount=topup.amount, phone=topup.phone,
                                    account_reference=topup.reference, description="Top-up")
     except daraja_errors.DarajaError as exc:
-        return _push_not_accepted(topup, exc, redis, context)
+        return _push_not_accepted(topup, exc, redis, context, claimed_at)
     except Exception:
         # Not a Daraja answer we understand (a bug, an unexpected library error): the
         # request may have left, so it is treated as possibly sent.
@@ -97,7 +97,8 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
     return "sent", callbacks
 
 
-def _push_not_accepted(topup, exc: daraja_errors.DarajaError, redis, context) -> tuple[str, list]:
+def _push_not_accepted(topup, exc: daraja_errors.DarajaError, redis, context,
+                       claimed_at: dt.datetime) -> tuple[str, list]:
     detail = {"error": type(exc).__name__, "error_code": exc.error_code}
     if exc.may_have_been_processed:
         # The prompt may be on the customer's phone: never send a second one.
@@ -109,11 +110,13 @@ def _push_not_accepted(topup, exc: daraja_errors.DarajaError, redis, context) ->
     if exc.retryable and topup.push_attempts < MAX_PUSH_ATTEMPTS:
         log.info("push not sent, will retry", extra={**context, **detail})
         _record(topup.id, {"kind": "not_sent", "reason": type(exc).__name__,
-                           "error_code": exc.error_code, "error_message": exc.error_message})
+                           "error_code": exc.error_code, "error_message": exc.error_message,
+                           "claimed_at": claimed_at.isoformat()})
         raise PushNotSentYet(type(exc).__name__, getattr(exc, "retry_after", None))
     log.info("push refused", extra={**context, **detail})
     _record(topup.id, {"kind": "refused", "error_code": exc.error_code or type(exc).__name__,
-                       "error_message": exc.error_message or str(exc)})
+                       "error_message": exc.error_message or str(exc),
+                       "claimed_at": claimed_at.isoformat()})
     return "refused", []
 
 
@@ -139,17 +142,23 @@ def record_push_outcome(topup_id: str, outcome: dict) -> list[int]:
     if kind == "ambiguous":
         topups.record_push_ambiguous(topup_id, reason=outcome["reason"])
     elif kind == "not_sent":
-        topups.release_push(topup_id, reason=outcome["reason"],
+        topups.release_push(topup_id, reason=outcome["reason"], claimed_at=_claimed_at(outcome),
                             error_code=outcome["error_code"],
                             error_message=outcome["error_message"])
     elif kind == "refused":
         topups.record_push_refused(topup_id, error_code=outcome["error_code"],
-                                   error_message=outcome["error_message"])
+                                   error_message=outcome["error_message"],
+                                   claimed_at=_claimed_at(outcome))
     elif kind == "claim_lost":
-        topups.unclaim_push(topup_id, dt.datetime.fromisoformat(outcome["claimed_at"]))
+        topups.unclaim_push(topup_id, _claimed_at(outcome))
     else:
         raise ValueError(f"no such push outcome: {kind}")
     return []
+
+
+def _claimed_at(outcome: dict) -> dt.datetime | None:
+    text = outcome.get("claimed_at")
+    return dt.datetime.fromisoformat(text) if text else None
 
 
 # --- callbacks ---------------------------------------------------------------------------------
@@ -184,23 +193,29 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
     row = _stored_callback(callback_seq)
     if row is None:
         return "missing"
+    if row.applied_at is not None:
+        # refuted, quarantined or malformed is final: applied again (a redelivery, a sweep,
+        # an early callback handed back by its push) it must not credit after all
+        stored = Callback.select(Callback.outcome).where(Callback.seq == row.seq).scalar()
+        if topups.is_final(stored):
+            return stored
     try:
         cb = parse(row.body)
     except MalformedCallback:
         cb = None
-    paid = cb is not None and cb.paid and row.applied_at is None
-    if paid and row.topup_id is None:
-        _wait_for_push_in_flight(cb.phone, row.received_at)
     confirmed = False
-    if paid and confirm_by_query and why_unappliable(cb) is None:
-        verdict = _confirm(cb.checkout_request_id, daraja)
-        if verdict != "paid":
-            outcome = topups.refute_callback(row.seq, verdict)
-            log.warning("success callback refuted by query",
-                        extra={"callback": callback_seq, "verdict": verdict,
-                               "checkout_request_id": cb.checkout_request_id})
-            return outcome
-        confirmed = True
+    if cb is not None and cb.paid and why_unappliable(cb) is None:
+        if row.topup_id is None:
+            _wait_for_push_in_flight(cb.phone, row.received_at)
+        if confirm_by_query:   # on every application: a credit needs this run's confirmation
+            verdict = _confirm(cb.checkout_request_id, daraja)
+            if verdict != "paid":
+                outcome = topups.refute_callback(row.seq, verdict)
+                log.warning("success callback refuted by query",
+                            extra={"callback": callback_seq, "verdict": verdict,
+                                   "checkout_request_id": cb.checkout_request_id})
+                return outcome
+            confirmed = True
     try:
         outcome = topups.apply_callback(callback_seq, row=row, confirmed_by_query=confirmed)
     except UNAPPLIABLE as exc:
@@ -219,8 +234,10 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
     return outcome
 
 
-# What the database answers for a callback it can never store, however often it is tried.
-UNAPPLIABLE = (peewee.DataError, peewee.IntegrityError, ValueError, OverflowError)
+# What the database answers for a callback it can never store, however often it is tried
+# (a value out of a column's range). Not ValueError: the pool's MaxConnectionsExceeded is one,
+# and it passes.
+UNAPPLIABLE = (peewee.DataError, OverflowError)
 
 # A paid callback that no top-up knows, while a push to its phone awaits its answer, waits
 # for that answer at most this long (the answer may be its own CheckoutRequestID). It covers
@@ -244,7 +261,10 @@ def _confirm(checkout_request_id: str, daraja) -> str:
         raise AskAgainLater(type(exc).__name__) from None
     if result.pending:
         raise AskAgainLater("still processing")
-    return result_codes.classify(result.result_code)
+    verdict = result_codes.classify(result.result_code)
+    if verdict not in ("paid", "failed"):   # an undocumented code is no verdict: ask again
+        raise AskAgainLater(f"undocumented ResultCode {result.result_code}")
+    return verdict
 
 
 # --- STK Push Query ---------------------------------------------------------------------------

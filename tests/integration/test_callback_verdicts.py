@@ -158,3 +158,90 @@ def test_a_callback_daraja_contradicts_credits_nothing_and_is_kept(ledger):
     assert TopUp.get(TopUp.id == topup.id).status == PENDING
     assert balance(ledger) == 0
     assert Callback.get(Callback.seq == seq).outcome == "refuted:failed"
+
+
+# --- a verdict is final: applying the callback again changes nothing --------------------------
+
+def test_a_refuted_callback_applied_again_credits_nothing(ledger):
+    pushed(ledger, "ws_CO_R1", amount=10)
+    forged = stored(with_receipt("ws_CO_R1", "FORGED0009", amount=250_000))
+    cancelled = QueryAnswers("1032")
+    assert tasks.apply_callback(forged, daraja=cancelled, confirm_by_query=True) \
+        == "refuted:failed"
+
+    # a redelivery, or the sweep's re-drive while the first message waited
+    assert tasks.apply_callback(forged, daraja=cancelled, confirm_by_query=True) \
+        == "refuted:failed"
+    assert balance(ledger) == 0
+
+
+def test_a_callback_contradicted_on_its_amount_never_fills_in_its_receipt(ledger):
+    topup = pushed(ledger, "ws_CO_R2", amount=10)
+    forged = stored(with_receipt("ws_CO_R2", "FORGED0010", amount=250_000))
+    paid = QueryAnswers("0")
+    first = tasks.apply_callback(forged, daraja=paid, confirm_by_query=True)
+    assert first.startswith("refuted:")
+
+    assert tasks.apply_callback(forged, daraja=paid, confirm_by_query=True) == first
+    assert TopUp.get(TopUp.id == topup.id).mpesa_receipt is None
+    genuine = stored(with_receipt("ws_CO_R2", "QGENUINE01", amount=10))
+    assert tasks.apply_callback(genuine, daraja=paid, confirm_by_query=True) == "receipt_filled"
+    assert balance(ledger) == 1_000
+
+
+def test_a_confirmed_callback_kept_as_an_orphan_credits_only_the_amount_asked_once_its_push_answers(
+        ledger):
+    topup, _ = topups.create_topup(ledger.id, amount=10, phone=PHONE, reference=None,
+                                   metadata={})
+    claimed_at = utcnow()
+    topups.claim_push(topup.id, now=claimed_at)
+    forged = stored(with_receipt("ws_CO_R3", "FORGED0011", amount=250_000))
+    Callback.update(received_at=utcnow() - tasks.PUSH_ANSWER_WAIT - dt.timedelta(seconds=1)) \
+        .execute()
+    assert tasks.apply_callback(forged, daraja=QueryAnswers("0"), confirm_by_query=True) \
+        == "orphan"   # the wait ran out before the push's answer
+
+    early = tasks.record_push_outcome(topup.id, {
+        "kind": "accepted", "checkout_request_id": "ws_CO_R3", "merchant_request_id": "m",
+        "query_after_s": 60})
+    assert early == [forged]
+    assert tasks.apply_callback(forged, daraja=QueryAnswers("0"),
+                                confirm_by_query=True).startswith("refuted:")
+    assert balance(ledger) == 1_000
+    assert TopUp.get(TopUp.id == topup.id).mpesa_receipt is None
+
+
+def test_a_second_receipt_for_a_credited_topup_is_disputed_not_dropped(ledger):
+    topup = pushed(ledger, "ws_CO_FR", amount=10)
+    first = stored(with_receipt("ws_CO_FR", "FAKE000001", amount=10))
+    assert tasks.apply_callback(first, daraja=QueryAnswers("0"), confirm_by_query=True) \
+        == "credited"
+
+    second = stored(with_receipt("ws_CO_FR", "QREAL00001", amount=10))
+    assert tasks.apply_callback(second, daraja=QueryAnswers("0"), confirm_by_query=True) \
+        == "receipt_disputed"
+    row = TopUp.get(TopUp.id == topup.id)
+    assert "FAKE000001" in row.flagged and "QREAL00001" in row.flagged
+    assert "receipt_disputed" in kinds(topup)
+    assert balance(ledger) == 1_000
+
+
+def test_an_undocumented_code_from_the_confirming_query_is_asked_again_not_a_refutation(ledger):
+    pushed(ledger, "ws_CO_UND", amount=10)
+    seq = stored(with_receipt("ws_CO_UND", "QUND000001", amount=10))
+
+    with pytest.raises(tasks.AskAgainLater):
+        tasks.apply_callback(seq, daraja=QueryAnswers("7777"), confirm_by_query=True)
+    assert Callback.get(Callback.seq == seq).applied_at is None
+    assert tasks.apply_callback(seq, daraja=QueryAnswers("0"), confirm_by_query=True) \
+        == "credited"
+
+
+def test_a_nul_in_the_phone_of_a_callback_nobody_knows_is_quarantined_at_once(ledger):
+    body = json.loads(success_body("ws_CO_NUL", amount=10))
+    items = body["Body"]["stkCallback"]["CallbackMetadata"]["Item"]
+    next(i for i in items if i["Name"] == "PhoneNumber")["Value"] = "2547\u00001234"
+    seq = stored(json.dumps(body).encode())
+
+    assert tasks.apply_callback(seq).startswith("quarantined:")
+    assert Callback.get(Callback.seq == seq).applied_at is not None

@@ -6,17 +6,20 @@ PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
+import peewee
 import pytest
 
 from daraja.answers import StkPushAccepted
-from ledger import accounts, orphan_matching, topups
+from ledger import accounts, db, orphan_matching, topups
 from ledger.models import (
-    PENDING, PUSH_SENDING, SUCCEEDED, UNKNOWN, Callback, LedgerEntry, OrphanPayment, TopUp,
-    TopUpEvent, Wallet, utcnow,
+    PENDING, PUSH_AMBIGUOUS, PUSH_SENDING, SUCCEEDED, UNKNOWN, Callback, LedgerEntry,
+    OrphanPayment, TopUp, TopUpEvent, Wallet, utcnow,
 )
 from tests.unit.test_crediting import success_body
-from workers import tasks
+from tests.waiting import wait_until
+from workers import scheduler, sweeps, tasks
 
 PHONE = "254712345678"
 
@@ -314,3 +317,101 @@ def test_a_late_answer_of_a_push_matched_to_its_own_payment_is_no_conflict(ledge
 
     assert "push_answer_conflict" not in kinds(topup)
     assert state(topup) == (SUCCEEDED, "ws_CO_SELF", "QLS0000021")
+
+
+# --- the matching is tried again until it has been --------------------------------------------
+
+def test_a_payment_is_matched_by_its_arrival_not_by_when_it_was_kept(ledger, other_account):
+    seq = callback("ws_CO_OLDPAY", 100, "QLS0000200")
+    Callback.update(received_at=utcnow() - dt.timedelta(minutes=20)).execute()
+    assert tasks.apply_callback(seq) == "orphan"      # applied late, after a backlog
+
+    later = lost_push(other_account, 100)              # pushed 20 minutes after the payment
+
+    assert state(later) == (PENDING, None, None)
+    assert balance(other_account) == 0
+
+
+def test_the_matching_that_failed_half_way_is_tried_again_by_the_outcomes_retry(
+        ledger, monkeypatch):
+    topup = in_flight(ledger, 250)
+    assert pay("ws_CO_X", 250, "QLS0000099") == "orphan"
+    retry, calls = topups.retry_orphans, []
+
+    def blinks_once(phone):
+        calls.append(phone)
+        if len(calls) == 1:
+            raise peewee.OperationalError("server closed the connection unexpectedly")
+        return retry(phone)
+    monkeypatch.setattr(topups, "retry_orphans", blinks_once)
+    outcome = {"kind": "ambiguous", "reason": "ReadTimeout"}
+    with pytest.raises(peewee.OperationalError):
+        tasks.record_push_outcome(topup.id, outcome)
+
+    tasks.record_push_outcome(topup.id, outcome)       # the message's retry
+    assert state(topup) == (SUCCEEDED, "ws_CO_X", "QLS0000099")
+
+
+def test_the_scheduler_tries_the_matching_again_for_a_phone_with_both(ledger):
+    topup = in_flight(ledger, 250)
+    assert pay("ws_CO_SWEPT", 250, "QLS0000098") == "orphan"
+    # the push turned ambiguous, and whatever tried the matching then was lost
+    TopUp.update(push_state=PUSH_AMBIGUOUS).where(TopUp.id == topup.id).execute()
+
+    assert sweeps.phones_with_orphans_to_match() == [PHONE]
+    scheduler.sweep_once(86_400)
+    assert state(topup) == (SUCCEEDED, "ws_CO_SWEPT", "QLS0000098")
+    assert sweeps.phones_with_orphans_to_match() == []
+
+
+def test_a_push_refused_while_the_sweep_took_it_for_abandoned_is_still_failed(ledger):
+    topup, _ = topups.create_topup(ledger.id, amount=250, phone=PHONE, reference=None,
+                                   metadata={})
+    claimed_at = utcnow() - dt.timedelta(hours=1)
+    topups.claim_push(topup.id, now=claimed_at)
+    # Daraja refused it; the database was down longer than the abandoned-push sweep's wait
+    assert sweeps.abandoned_pushes() == [topup.id]
+
+    tasks.record_push_outcome(topup.id, {"kind": "refused", "error_code": "400.002.02",
+                                         "error_message": "Bad Request - Invalid PhoneNumber",
+                                         "claimed_at": claimed_at.isoformat()})
+    row = TopUp.get(TopUp.id == topup.id)
+    assert (row.status, row.failure_code) == ("failed", "400.002.02")
+
+
+def test_a_payment_kept_while_its_push_turns_ambiguous_is_not_stranded(ledger, monkeypatch):
+    if db.is_sqlite():
+        pytest.skip("SQLite runs one write transaction at a time: no interleaving to test")
+    topup = in_flight(ledger, 250)
+    deciding, go, paid = threading.Event(), threading.Event(), {}
+    lost_push_for = orphan_matching.lost_push_for
+
+    def decided_while_the_push_is_out(*args, **kwargs):
+        found = lost_push_for(*args, **kwargs)   # the push is still `sending`: no match
+        deciding.set()
+        go.wait(10)
+        return found
+    monkeypatch.setattr(orphan_matching, "lost_push_for", decided_while_the_push_is_out)
+
+    def the_callback():
+        with db.connection():
+            paid["outcome"] = pay("ws_CO_S1", 250, "QLS0000103")
+    payment = threading.Thread(target=the_callback)
+    payment.start()
+    assert deciding.wait(10)
+    monkeypatch.setattr(orphan_matching, "lost_push_for", lost_push_for)
+
+    def the_push_turns_ambiguous():
+        with db.connection():
+            topups.record_push_ambiguous(topup.id, reason="ReadTimeout")
+    push = threading.Thread(target=the_push_turns_ambiguous)
+    push.start()
+    wait_until(lambda: db.database.execute_sql(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    ).fetchone()[0] == 1, message="the retry to wait for the payment's transaction")
+    go.set()
+    payment.join(10)
+    push.join(10)
+
+    assert paid["outcome"] == "orphan"
+    assert state(topup) == (SUCCEEDED, "ws_CO_S1", "QLS0000103")
