@@ -300,6 +300,20 @@ def test_two_unknown_topups_that_fit_one_payment_are_reported_not_guessed(ledger
     assert len(report["unknown_not_on_statement"]) == 1
 
 
+def test_two_payments_that_fit_one_unknown_topup_are_reported_not_guessed(ledger):
+    topup = ledger.unknown("254712000040", 100)
+
+    report = reconcile.run(statement(line("QAA0000040", "254712000040", 100),
+                                     line("QAA0000041", "254712000040", 100)), apply_safe=True)
+
+    assert [(i["receipt"], i["belongs_to"] and i["belongs_to"]["topup"]["id"], i["action"])
+            for i in report["paid_not_credited"]] == [
+        ("QAA0000040", topup.id, "reported"), ("QAA0000041", None, "reported")]
+    assert "more than one" in report["paid_not_credited"][0]["reason"]
+    assert report["applied"] == [] and ledger.balance() == 0
+    assert TopUp.get(TopUp.id == topup.id).status == UNKNOWN
+
+
 def test_an_unknown_topup_the_statement_does_not_show_stays_unknown_and_is_reported(ledger):
     ledger.paid_by_callback("254712000017", 100, "QAA0000017")
     unpaid = ledger.unknown("254712000018", 100)
@@ -426,6 +440,7 @@ def test_a_payment_nothing_fits_is_reported_as_belonging_to_nothing(ledger):
     assert (item["receipt"], item["belongs_to"], item["action"]) == (
         "QAA0000039", None, "reported")
     assert receipts(report["matched"]) == ["QAA0000038"]
+
 
 
 # --- the period ---------------------------------------------------------------------------------
