@@ -442,6 +442,14 @@ def test_a_payment_nothing_fits_is_reported_as_belonging_to_nothing(ledger):
     assert receipts(report["matched"]) == ["QAA0000038"]
 
 
+def test_a_matcher_finds_once(ledger):
+    ledger.paid_by_callback("254712000042", 100, "QAA0000042")
+    matcher = reconcile.Matcher(statement(line("QAA0000042", "254712000042", 100)))
+
+    assert [m["receipt"] for m in matcher.find().matched] == ["QAA0000042"]
+    with pytest.raises(RuntimeError):
+        matcher.find()
+
 
 # --- the period ---------------------------------------------------------------------------------
 
