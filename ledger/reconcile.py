@@ -1,13 +1,13 @@
 """Reconciliation: an organisation-portal statement held against the ledger (contract §5).
 
-Plain functions, no Flask, no Dramatiq. ``run(statement, …)`` finds, optionally applies,
-records the run, and returns the report (a JSON-ready dict)::
+No Flask, no Dramatiq. ``run(statement, …)`` finds, optionally applies, records the run, and
+returns the report (a JSON-ready dict)::
 
     statement = ledger.statement.read_file("statement.csv")    # or MalformedStatement
     report = reconcile.run(statement, since=None, until=None, apply=False)
 
 How a statement payment is matched, in this order (each step only sees what earlier steps
-left; a row or a ledger item is claimed once):
+left; a row or a ledger item is claimed once; :class:`Matcher` has a method for each):
 
 1. by M-Pesa receipt: the ledger entry that carries it (callback credits, and query credits
    whose receipt a later callback filled in);
@@ -16,7 +16,8 @@ left; a row or a ledger item is claimed once):
    without a receipt (credited on STK Query's word, which carries none);
 4. the same to an ``unknown`` or ``pending`` top-up: paid, not credited;
 5. by phone and time only, to a receipt-less credit (the amounts differ) or an open top-up;
-6. otherwise the payment belongs to nothing we know (a failed top-up is named if one fits).
+6. otherwise the payment belongs to nothing we can credit (a receipt-less orphan payment, or
+   a failed top-up, is named if one fits).
 
 Then the ledger's side, for the period: credits not on the statement (a receipt-less credit
 that duplicates a matched payment is a *duplicate in the ledger*), orphan payments the
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 
 import peewee as pw
@@ -85,6 +87,12 @@ def credit_time(entry: LedgerEntry) -> dt.datetime:
 def _row(row: StatementRow) -> dict:
     return {"receipt": row.receipt, "line": row.line, "completed_at": iso(row.completed_at),
             "amount_cents": row.paid_in_cents, "phone": mask(row.phone)}
+
+
+def _charge(row: StatementRow) -> dict:
+    return {"receipt": row.receipt, "line": row.line, "linked_to": row.linked_to,
+            "paid_in_cents": row.paid_in_cents, "withdrawn_cents": row.withdrawn_cents,
+            "reason_type": row.reason_type}
 
 
 def _topup(topup: TopUp) -> dict:
@@ -197,275 +205,353 @@ class Findings:
 def find(statement: Statement, *, since: dt.datetime | None = None,
          until: dt.datetime | None = None, window: dt.timedelta = DEFAULT_WINDOW) -> Findings:
     """Hold ``statement`` against the ledger; reads only."""
-    start, end = period(statement, since, until)
-    found = Findings(statement, start, end, window)
-    in_period = [r for r in statement.rows if _in(r.completed_at, start, end)]
-    payments = sorted((r for r in in_period if r.kind == PAYMENT),
-                      key=lambda r: (r.completed_at, r.line))
-    every_receipt = {r.receipt for r in statement.rows if r.kind == PAYMENT}
-    found.counts = {"rows": len(statement.rows), "in_period": len(in_period),
-                    "payments": len(payments),
-                    "charges": sum(r.kind == CHARGE for r in in_period),
-                    "not_completed": sum(r.kind == NOT_COMPLETED for r in in_period),
-                    "other": sum(r.kind == OTHER for r in in_period),
-                    "outside_period": len(statement.rows) - len(in_period)}
-    found.charges = [{"receipt": r.receipt, "line": r.line, "linked_to": r.linked_to,
-                      "paid_in_cents": r.paid_in_cents, "withdrawn_cents": r.withdrawn_cents,
-                      "reason_type": r.reason_type} for r in in_period if r.kind == CHARGE]
+    return Matcher(statement, since=since, until=until, window=window).find()
 
-    # duplicates on the statement: the first row of a receipt is the one matched
-    first: dict[str, StatementRow] = {}
-    repeated: dict[str, list[int]] = {}
-    for row in sorted(payments, key=lambda r: r.line):
-        if row.receipt in first:
-            repeated.setdefault(row.receipt, [first[row.receipt].line]).append(row.line)
-        else:
-            first[row.receipt] = row
-    found.duplicates_statement = [{"receipt": receipt, "lines": lines}
-                                  for receipt, lines in repeated.items()]
-    rows = [row for row in payments if first[row.receipt] is row]
 
-    # the ledger: by receipt (any time), then what lies near the period
-    receipts = [row.receipt for row in rows]
-    by_receipt: dict[str, LedgerEntry] = {}
-    orphans_by_receipt: dict[str, OrphanPayment] = {}
-    for chunk in _chunks(receipts):
-        for entry in (LedgerEntry.select(LedgerEntry, TopUp)
-                      .join(TopUp, pw.JOIN.LEFT_OUTER, on=(LedgerEntry.topup == TopUp.id))
-                      .where(LedgerEntry.mpesa_receipt.in_(chunk))):
-            by_receipt[entry.mpesa_receipt] = entry
-        for orphan in OrphanPayment.select().where(OrphanPayment.mpesa_receipt.in_(chunk)):
-            orphans_by_receipt[orphan.mpesa_receipt] = orphan
-    lo = start - window if start else None
-    hi = end + window if end else None
-    near = lambda when: _in(when, lo, hi)  # noqa: E731
-    created_lo = lo - PUSH_DELAY_MARGIN if lo else None
+class Matcher:
+    """One statement held against the ledger for one period, in the steps the module's
+    docstring lists.
 
-    credits_query = (LedgerEntry.select(LedgerEntry, TopUp)
-                     .join(TopUp, pw.JOIN.LEFT_OUTER, on=(LedgerEntry.topup == TopUp.id))
-                     .where((LedgerEntry.type == "top_up") & (LedgerEntry.amount_cents > 0)))
-    if created_lo is not None:
-        credits_query = credits_query.where(
-            (TopUp.created_at >= created_lo) | (LedgerEntry.created_at >= created_lo))
-    if hi is not None:
-        credits_query = credits_query.where(
-            (TopUp.created_at < hi) | (TopUp.id.is_null() & (LedgerEntry.created_at < hi)))
-    credits = [e for e in credits_query if near(credit_time(e))]
-    topups_query = TopUp.select().where(TopUp.status.in_((PENDING, UNKNOWN, FAILED))
-                                        & TopUp.mpesa_receipt.is_null())
-    if created_lo is not None:
-        topups_query = topups_query.where(TopUp.created_at >= created_lo)
-    if hi is not None:
-        topups_query = topups_query.where(TopUp.created_at < hi)
-    open_topups = [t for t in topups_query if near(topup_time(t))]
-    orphans_query = OrphanPayment.select().where(OrphanPayment.resolved_topup.is_null())
-    if lo is not None:
-        orphans_query = orphans_query.where(OrphanPayment.created_at >= lo)
-    if hi is not None:
-        orphans_query = orphans_query.where(OrphanPayment.created_at < hi)
-    near_orphans = list(orphans_query)
+    Each step is offered the statement payments still unmatched, in time order; a payment it
+    takes leaves, and what the step claimed for it (a credit, a top-up, an orphan payment) is
+    not offered again. A Matcher finds once: its claims are the state of that one pass.
+    """
 
-    claimed_entries: set[str] = set()
-    claimed_topups: set[str] = set()
-    claimed_orphans: set[int] = set()
-    credited_rows: list[StatementRow] = []     # matched to a credit (the amounts may differ)
-    left = list(rows)
+    def __init__(self, statement: Statement, *, since: dt.datetime | None = None,
+                 until: dt.datetime | None = None, window: dt.timedelta = DEFAULT_WINDOW):
+        self.statement, self.window = statement, window
+        self.start, self.end = period(statement, since, until)
+        self.found = Findings(statement, self.start, self.end, window)
+        self.claimed_entries: set[str] = set()
+        self.claimed_topups: set[str] = set()
+        self.claimed_orphans: set[int] = set()
+        self.credited_rows: list[StatementRow] = []   # matched to a credit (amounts may differ)
+        self.left: list[StatementRow] = []            # the payments no step has taken yet
+        self.finding_started = False
 
-    def close(row, when):
-        return abs(when - row.completed_at) <= window
+    def find(self) -> Findings:
+        """The statement's side, the ledger's near it, the six steps, then what the ledger
+        holds for the period that no payment took."""
+        if self.finding_started:
+            raise RuntimeError("a Matcher finds once: its claims belong to that pass")
+        self.finding_started = True
+        self.left = self._payments_to_match()
+        self._load_the_ledger()
+        self._match(self._by_receipt)
+        self._match(self._to_an_orphan_by_receipt)
+        self._match(self._to_a_receiptless_credit)
+        self._count_open_topups_that_fit()
+        self._match(self._to_an_open_topup)
+        self._match(self._by_phone_and_time)
+        self._match(self._to_nothing_creditable)
+        self._credits_not_on_the_statement()
+        self._orphans_not_on_the_statement()
+        self._unknown_not_on_the_statement()
+        return self.found
 
-    def nearest(row, candidates, when_of):
+    # --- the statement's side ------------------------------------------------------------------
+
+    def _payments_to_match(self) -> list[StatementRow]:
+        """The period's payments in time order, each receipt once."""
+        in_period = [r for r in self.statement.rows if _in(r.completed_at, self.start, self.end)]
+        payments = sorted((r for r in in_period if r.kind == PAYMENT),
+                          key=lambda r: (r.completed_at, r.line))
+        self.every_receipt = {r.receipt for r in self.statement.rows if r.kind == PAYMENT}
+        self._count_the_statement(in_period, payments)
+        return self._first_row_of_each_receipt(payments)
+
+    def _count_the_statement(self, in_period: list[StatementRow],
+                             payments: list[StatementRow]) -> None:
+        """The statement's rows by kind, and its charges as they are."""
+        rows = self.statement.rows
+        self.found.counts = {"rows": len(rows), "in_period": len(in_period),
+                             "payments": len(payments),
+                             "charges": sum(r.kind == CHARGE for r in in_period),
+                             "not_completed": sum(r.kind == NOT_COMPLETED for r in in_period),
+                             "other": sum(r.kind == OTHER for r in in_period),
+                             "outside_period": len(rows) - len(in_period)}
+        self.found.charges = [_charge(r) for r in in_period if r.kind == CHARGE]
+
+    def _first_row_of_each_receipt(self, payments: list[StatementRow]) -> list[StatementRow]:
+        """A receipt on more than one row is a duplicate on the statement: its first row (by
+        line) is the one matched, the others are reported."""
+        first: dict[str, StatementRow] = {}
+        repeated: dict[str, list[int]] = {}
+        for row in sorted(payments, key=lambda r: r.line):
+            if row.receipt in first:
+                repeated.setdefault(row.receipt, [first[row.receipt].line]).append(row.line)
+            else:
+                first[row.receipt] = row
+        self.found.duplicates_statement = [{"receipt": receipt, "lines": lines}
+                                           for receipt, lines in repeated.items()]
+        return [row for row in payments if first[row.receipt] is row]
+
+    # --- the ledger's side, read once ----------------------------------------------------------
+
+    def _load_the_ledger(self) -> None:
+        """What the payments' receipts name, at any time; then what lies near the period."""
+        self._load_by_receipt([row.receipt for row in self.left])
+        self._load_near_the_period()
+        self._index_by_phone()
+
+    def _load_near_the_period(self) -> None:
+        """Credits, open top-ups and unresolved orphan payments within ``window`` of the
+        period, by when the customer was prompted (a top-up by when it was pushed)."""
+        lo = self.start - self.window if self.start else None
+        hi = self.end + self.window if self.end else None
+        created_lo = lo - PUSH_DELAY_MARGIN if lo else None
+        self.credits = [e for e in self._credits_created(created_lo, hi)
+                        if _in(credit_time(e), lo, hi)]
+        self.open_topups = [t for t in self._open_topups_created(created_lo, hi)
+                            if _in(topup_time(t), lo, hi)]
+        self.near_orphans = list(self._unresolved_orphans_received(lo, hi))
+
+    def _index_by_phone(self) -> None:
+        """What steps 3 to 6 look up by the statement's phone."""
+        self.receiptless_credits = _ByPhone(
+            [e for e in self.credits if e.mpesa_receipt is None and e.topup_id],
+            lambda e: e.topup.phone)
+        self.settleable_topups = _ByPhone(
+            [t for t in self.open_topups if t.status in (PENDING, UNKNOWN)], lambda t: t.phone)
+        self.failed_topups = _ByPhone(
+            [t for t in self.open_topups if t.status == FAILED], lambda t: t.phone)
+        self.receiptless_orphans = _ByPhone(
+            [o for o in self.near_orphans if o.mpesa_receipt is None], lambda o: o.phone)
+
+    def _load_by_receipt(self, receipts: list[str]) -> None:
+        """At any time: a receipt names its payment however long ago it was credited."""
+        self.entries_by_receipt: dict[str, LedgerEntry] = {}
+        self.orphans_by_receipt: dict[str, OrphanPayment] = {}
+        for chunk in _chunks(receipts):
+            for entry in (LedgerEntry.select(LedgerEntry, TopUp)
+                          .join(TopUp, pw.JOIN.LEFT_OUTER, on=(LedgerEntry.topup == TopUp.id))
+                          .where(LedgerEntry.mpesa_receipt.in_(chunk))):
+                self.entries_by_receipt[entry.mpesa_receipt] = entry
+            for orphan in OrphanPayment.select().where(OrphanPayment.mpesa_receipt.in_(chunk)):
+                self.orphans_by_receipt[orphan.mpesa_receipt] = orphan
+
+    @staticmethod
+    def _credits_created(created_lo: dt.datetime | None, hi: dt.datetime | None):
+        """Top-up credits whose top-up (or, without one, the entry) was created in the span."""
+        query = (LedgerEntry.select(LedgerEntry, TopUp)
+                 .join(TopUp, pw.JOIN.LEFT_OUTER, on=(LedgerEntry.topup == TopUp.id))
+                 .where((LedgerEntry.type == "top_up") & (LedgerEntry.amount_cents > 0)))
+        if created_lo is not None:
+            query = query.where(
+                (TopUp.created_at >= created_lo) | (LedgerEntry.created_at >= created_lo))
+        if hi is not None:
+            query = query.where(
+                (TopUp.created_at < hi) | (TopUp.id.is_null() & (LedgerEntry.created_at < hi)))
+        return query
+
+    @staticmethod
+    def _open_topups_created(created_lo: dt.datetime | None, hi: dt.datetime | None):
+        """Top-ups without a receipt that a payment may still belong to: pending, unknown, and
+        failed (named when the statement shows them paid)."""
+        query = TopUp.select().where(TopUp.status.in_((PENDING, UNKNOWN, FAILED))
+                                     & TopUp.mpesa_receipt.is_null())
+        if created_lo is not None:
+            query = query.where(TopUp.created_at >= created_lo)
+        if hi is not None:
+            query = query.where(TopUp.created_at < hi)
+        return query
+
+    @staticmethod
+    def _unresolved_orphans_received(lo: dt.datetime | None, hi: dt.datetime | None):
+        query = OrphanPayment.select().where(OrphanPayment.resolved_topup.is_null())
+        if lo is not None:
+            query = query.where(OrphanPayment.created_at >= lo)
+        if hi is not None:
+            query = query.where(OrphanPayment.created_at < hi)
+        return query
+
+    # --- what every step shares ----------------------------------------------------------------
+
+    def _match(self, step) -> None:
+        """Offer every payment still left to ``step``; those it takes (True) leave."""
+        self.left = [row for row in self.left if not step(row)]
+
+    def _close(self, row: StatementRow, when: dt.datetime) -> bool:
+        return abs(when - row.completed_at) <= self.window
+
+    @staticmethod
+    def _nearest(row: StatementRow, candidates: list, when_of):
         return min(candidates, key=lambda c: abs(when_of(c) - row.completed_at))
 
-    def match(row, entry, by):
-        claimed_entries.add(entry.id)
-        credited_rows.append(row)
-        _matched(found, row, entry, by)
+    def _claim_nearest_topup(self, row: StatementRow, fits: list[TopUp]) -> TopUp:
+        topup = self._nearest(row, fits, topup_time)
+        self.claimed_topups.add(topup.id)
+        return topup
 
-    def step(handle):
-        """Offer every row still left to ``handle``; those it takes (True) leave."""
-        left[:] = [row for row in left if not handle(row)]
+    def _credit_matched(self, row: StatementRow, entry: LedgerEntry, by: str) -> None:
+        """``row`` is the payment ``entry`` credited: matched, or reported if the amounts
+        differ (never changed: a person decides)."""
+        self.claimed_entries.add(entry.id)
+        self.credited_rows.append(row)
+        item = {**_row(row), "by": by, "ledger_entry": entry.id, "topup": entry.topup_id}
+        if entry.amount_cents == row.paid_in_cents:
+            self.found.matched.append(item)
+            return
+        self.found.amounts_differ.append({
+            **item, "account": entry.topup.account_id if entry.topup_id else None,
+            "ledger_receipt": entry.mpesa_receipt, "source": entry.source,
+            "statement_amount_cents": row.paid_in_cents,
+            "ledger_amount_cents": entry.amount_cents})
 
-    # 1. by receipt
-    def by_its_receipt(row):
-        entry = by_receipt.get(row.receipt)
+    # --- 1, 2: by receipt ----------------------------------------------------------------------
+
+    def _by_receipt(self, row: StatementRow) -> bool:
+        """The ledger entry that carries the payment's receipt."""
+        entry = self.entries_by_receipt.get(row.receipt)
         if entry is not None:
-            match(row, entry, "receipt")
+            self._credit_matched(row, entry, "receipt")
         return entry is not None
-    step(by_its_receipt)
 
-    # 2. by receipt to an orphan payment
-    def to_an_orphan(row):
-        orphan = orphans_by_receipt.get(row.receipt)
+    def _to_an_orphan_by_receipt(self, row: StatementRow) -> bool:
+        orphan = self.orphans_by_receipt.get(row.receipt)
         if orphan is None:
             return False
-        claimed_orphans.add(orphan.seq)
-        _orphan_row(found, row, orphan, open_topups, claimed_topups, claimed_entries, credits,
-                    window, credited_rows)
+        self._paid_to_orphan(row, orphan)
         return True
-    step(to_an_orphan)
 
-    # 3. receipt-less credits: phone, amount, time
-    receiptless = _ByPhone([e for e in credits if e.mpesa_receipt is None and e.topup_id],
-                           lambda e: e.topup.phone)
+    # --- 3, 4, 5: by phone and time ------------------------------------------------------------
 
-    def to_a_receiptless_credit(row, same_amount=True):
-        fits = [e for e in receiptless.of(row.phone) if e.id not in claimed_entries
+    def _to_a_receiptless_credit(self, row: StatementRow, same_amount: bool = True) -> bool:
+        """A credit settled on STK Query's word (no receipt) for this phone, near in time."""
+        fits = [e for e in self.receiptless_credits.of(row.phone)
+                if e.id not in self.claimed_entries
                 and (not same_amount or e.amount_cents == row.paid_in_cents)
-                and close(row, credit_time(e))]
+                and self._close(row, credit_time(e))]
         if fits:
-            match(row, nearest(row, fits, credit_time),
-                  "phone_amount_time" if same_amount else "phone_time")
+            self._credit_matched(row, self._nearest(row, fits, credit_time),
+                                 "phone_amount_time" if same_amount else "phone_time")
         return bool(fits)
-    step(to_a_receiptless_credit)
 
-    # 4. open top-ups (unknown, pending): phone, amount, time
-    settleable = _ByPhone([t for t in open_topups if t.status in (PENDING, UNKNOWN)],
-                          lambda t: t.phone)
-    fits_of = {row.line: [t for t in settleable.of(row.phone) if t.id not in claimed_topups
-                          and t.amount * 100 == row.paid_in_cents and close(row, topup_time(t))]
-               for row in left}
-    rows_per_topup: dict[str, int] = {}
-    for fits in fits_of.values():
-        for topup in fits:
-            rows_per_topup[topup.id] = rows_per_topup.get(topup.id, 0) + 1
+    def _count_open_topups_that_fit(self) -> None:
+        """Before step 4 takes any: which open top-ups fit each payment left by phone, amount
+        and time, and how many payments each top-up fits. A settlement is safe only when
+        one top-up fits the payment and one payment fits the top-up."""
+        self.open_fits = {
+            row.line: [t for t in self.settleable_topups.of(row.phone)
+                       if t.id not in self.claimed_topups
+                       and t.amount * 100 == row.paid_in_cents and self._close(row, topup_time(t))]
+            for row in self.left}
+        self.rows_per_open_topup = Counter(t.id for fits in self.open_fits.values() for t in fits)
 
-    def to_an_open_topup(row):
-        fits = [t for t in fits_of[row.line] if t.id not in claimed_topups]
+    def _to_an_open_topup(self, row: StatementRow) -> bool:
+        """An ``unknown`` or ``pending`` top-up of this phone and amount, near in time."""
+        fits = [t for t in self.open_fits[row.line] if t.id not in self.claimed_topups]
         if not fits:
             return False
-        topup = nearest(row, fits, topup_time)
-        claimed_topups.add(topup.id)
-        unambiguous = len(fits_of[row.line]) == 1 and rows_per_topup[topup.id] == 1
-        _paid_to_topup(found, row, topup, "phone_amount_time", unambiguous)
+        topup = self._claim_nearest_topup(row, fits)
+        unambiguous = (len(self.open_fits[row.line]) == 1
+                       and self.rows_per_open_topup[topup.id] == 1)
+        self._paid_to_topup(row, topup, "phone_amount_time", unambiguous)
         return True
-    step(to_an_open_topup)
 
-    # 5. phone and time only: the amounts differ
-    def by_phone_and_time(row):
-        if to_a_receiptless_credit(row, same_amount=False):
-            return True
-        fits = [t for t in settleable.of(row.phone) if t.id not in claimed_topups
-                and close(row, topup_time(t))]
+    def _by_phone_and_time(self, row: StatementRow) -> bool:
+        """The amounts differ: a receipt-less credit, else an open top-up."""
+        return (self._to_a_receiptless_credit(row, same_amount=False)
+                or self._to_an_open_topup_of_another_amount(row))
+
+    def _to_an_open_topup_of_another_amount(self, row: StatementRow) -> bool:
+        """Never settled: a top-up of another amount is only named."""
+        fits = [t for t in self.settleable_topups.of(row.phone) if t.id not in self.claimed_topups
+                and self._close(row, topup_time(t))]
         if fits:
-            topup = nearest(row, fits, topup_time)
-            claimed_topups.add(topup.id)
-            _paid_to_topup(found, row, topup, "phone_time", False)
+            self._paid_to_topup(row, self._claim_nearest_topup(row, fits), "phone_time", False)
         return bool(fits)
-    step(by_phone_and_time)
 
-    # 6. belongs to nothing we can credit (a receipt-less orphan, or a failed top-up, is named)
-    failed = _ByPhone([t for t in open_topups if t.status == FAILED], lambda t: t.phone)
-    loose_orphans = _ByPhone([o for o in near_orphans if o.mpesa_receipt is None],
-                             lambda o: o.phone)
+    def _paid_to_topup(self, row: StatementRow, topup: TopUp, by: str,
+                       unambiguous: bool) -> None:
+        """Paid, not credited: planned for --apply only when nothing can dispute it, else
+        reported with the reason a person must decide (or wait)."""
+        item = {**_row(row), "by": by, "belongs_to": {"topup": _topup(topup)},
+                "action": "reported"}
+        if topup.status == PENDING:
+            item["reason"] = ("the top-up is still pending: its callback or query may settle "
+                              "it; run again once it has settled or become unknown")
+        elif by != "phone_amount_time":
+            item["reason"] = (f"the amounts differ (statement {row.paid_in_cents} cents, top-up "
+                              f"{topup.amount * 100}): a person must decide")
+        elif not unambiguous:
+            item["reason"] = "more than one top-up or payment fits: a person must decide"
+        elif topup.checkout_request_id is None:
+            item["reason"] = ("the push's answer was lost (no CheckoutRequestID) and no orphan "
+                              "payment names it: credit it by hand")
+        else:
+            item["action"] = "apply"
+            self.found.plans.append(Plan(row, topup.id, topup.checkout_request_id))
+        self.found.paid_not_credited.append(item)
 
-    def to_nothing_creditable(row):
-        orphans = [o for o in loose_orphans.of(row.phone) if o.seq not in claimed_orphans
-                   and o.amount_cents == row.paid_in_cents and close(row, o.created_at)]
+    # --- 6: nothing we can credit --------------------------------------------------------------
+
+    def _to_nothing_creditable(self, row: StatementRow) -> bool:
+        """Takes every payment left: a receipt-less orphan payment, or a failed top-up, is
+        named if one fits."""
+        return (self._to_a_receiptless_orphan(row) or self._to_a_failed_topup(row)
+                or self._to_nothing(row))
+
+    def _to_a_receiptless_orphan(self, row: StatementRow) -> bool:
+        orphans = [o for o in self.receiptless_orphans.of(row.phone)
+                   if o.seq not in self.claimed_orphans
+                   and o.amount_cents == row.paid_in_cents and self._close(row, o.created_at)]
         if orphans:
-            orphan = nearest(row, orphans, lambda o: o.created_at)
-            claimed_orphans.add(orphan.seq)
-            _orphan_row(found, row, orphan, open_topups, claimed_topups, claimed_entries,
-                        credits, window, credited_rows)
-            return True
-        fits = [t for t in failed.of(row.phone) if t.id not in claimed_topups
-                and close(row, topup_time(t))]
+            self._paid_to_orphan(row, self._nearest(row, orphans, lambda o: o.created_at))
+        return bool(orphans)
+
+    def _to_a_failed_topup(self, row: StatementRow) -> bool:
+        fits = [t for t in self.failed_topups.of(row.phone) if t.id not in self.claimed_topups
+                and self._close(row, topup_time(t))]
         if fits:
-            topup = nearest(row, fits, topup_time)
-            claimed_topups.add(topup.id)
-            found.paid_not_credited.append({
-                **_row(row), "belongs_to": {"topup": _topup(topup)}, "action": "reported",
+            self.found.paid_not_credited.append({
+                **_row(row), "belongs_to": {"topup": _topup(self._claim_nearest_topup(row, fits))},
+                "action": "reported",
                 "reason": "the top-up failed on Daraja's word, yet the statement shows a "
                           "payment that fits it: a person must decide"})
-            return True
-        found.paid_not_credited.append({
+        return bool(fits)
+
+    def _to_nothing(self, row: StatementRow) -> bool:
+        self.found.paid_not_credited.append({
             **_row(row), "belongs_to": None, "action": "reported",
             "reason": "no top-up, credit or orphan payment fits this payment"})
         return True
-    step(to_nothing_creditable)
 
-    # the ledger's side, for the period
-    credited = _ByPhone(credited_rows, lambda r: r.phone)
-    for entry in credits:
-        if entry.id in claimed_entries or not _in(credit_time(entry), start, end):
-            continue
-        if entry.mpesa_receipt and entry.mpesa_receipt in every_receipt:
-            continue   # on the statement, outside the period asked for
-        twin = None
-        if entry.mpesa_receipt is None and entry.topup_id:
-            # the statement row is credited already: a second credit of one payment
-            twin = next((r for r in credited.of_ledger_phone(entry.topup.phone)
-                         if r.paid_in_cents == entry.amount_cents
-                         and close(r, credit_time(entry))), None)
-        if twin is not None:
-            found.duplicates_ledger.append({**_entry(entry), "duplicate_of": twin.receipt,
-                                            "line": twin.line})
+    # --- a payment an orphan payment holds (steps 2 and 6) -------------------------------------
+
+    def _paid_to_orphan(self, row: StatementRow, orphan: OrphanPayment) -> None:
+        """A statement payment whose receipt (or phone, amount, time) an orphan payment holds:
+        its top-up is the one holding the orphan's CheckoutRequestID, else a lost push's."""
+        self.claimed_orphans.add(orphan.seq)
+        owner = TopUp.get_or_none(TopUp.checkout_request_id == orphan.checkout_request_id)
+        if (owner is not None and owner.status == SUCCEEDED
+                and self._to_its_query_credit(row, owner)):
+            return
+        item = {**_row(row), "belongs_to": {"orphan": _orphan(orphan)}, "action": "reported"}
+        amounts_agree = orphan.amount_cents in (None, row.paid_in_cents)
+        if owner is not None:
+            self._orphan_of_its_topup(item, row, owner, amounts_agree)
         else:
-            found.credited_not_on_statement.append(_entry(entry))
-    for orphan in near_orphans:
-        if orphan.seq in claimed_orphans or not _in(orphan.created_at, start, end):
-            continue
-        if orphan.mpesa_receipt and orphan.mpesa_receipt in every_receipt:
-            continue
-        found.orphans_not_on_statement.append(_orphan(orphan))
-    for topup in open_topups:
-        if (topup.status == UNKNOWN and topup.id not in claimed_topups
-                and _in(topup_time(topup), start, end)):
-            found.unknown_not_on_statement.append(_topup(topup))
-    return found
+            self._orphan_of_a_lost_push(item, row, orphan, amounts_agree)
+        self.found.paid_not_credited.append(item)
 
-
-def _matched(found: Findings, row: StatementRow, entry: LedgerEntry, by: str) -> None:
-    item = {**_row(row), "by": by, "ledger_entry": entry.id, "topup": entry.topup_id}
-    if entry.amount_cents == row.paid_in_cents:
-        found.matched.append(item)
-        return
-    found.amounts_differ.append({
-        **item, "account": entry.topup.account_id if entry.topup_id else None,
-        "ledger_receipt": entry.mpesa_receipt, "source": entry.source,
-        "statement_amount_cents": row.paid_in_cents, "ledger_amount_cents": entry.amount_cents})
-
-
-def _paid_to_topup(found: Findings, row: StatementRow, topup: TopUp, by: str,
-                   unambiguous: bool) -> None:
-    item = {**_row(row), "by": by, "belongs_to": {"topup": _topup(topup)}, "action": "reported"}
-    if topup.status == PENDING:
-        item["reason"] = ("the top-up is still pending: its callback or query may settle it; "
-                          "run again once it has settled or become unknown")
-    elif by != "phone_amount_time":
-        item["reason"] = (f"the amounts differ (statement {row.paid_in_cents} cents, top-up "
-                          f"{topup.amount * 100}): a person must decide")
-    elif not unambiguous:
-        item["reason"] = "more than one top-up or payment fits: a person must decide"
-    elif topup.checkout_request_id is None:
-        item["reason"] = ("the push's answer was lost (no CheckoutRequestID) and no orphan "
-                          "payment names it: credit it by hand")
-    else:
-        item["action"] = "apply"
-        found.plans.append(Plan(row, topup.id, topup.checkout_request_id))
-    found.paid_not_credited.append(item)
-
-
-def _orphan_row(found: Findings, row: StatementRow, orphan: OrphanPayment, open_topups,
-                claimed_topups: set, claimed_entries: set, credits, window,
-                credited_rows: list) -> None:
-    """A statement payment whose receipt (or phone, amount, time) an orphan payment holds."""
-    item = {**_row(row), "belongs_to": {"orphan": _orphan(orphan)}, "action": "reported"}
-    owner = TopUp.get_or_none(TopUp.checkout_request_id == orphan.checkout_request_id)
-    if owner is not None and owner.status == SUCCEEDED:
-        entry = next((e for e in credits if e.topup_id == owner.id), None) or \
+    def _to_its_query_credit(self, row: StatementRow, owner: TopUp) -> bool:
+        """The orphan's top-up was credited on the query's word (no receipt), and that credit
+        is not matched yet: this payment is the one it credited."""
+        entry = next((e for e in self.credits if e.topup_id == owner.id), None) or \
             LedgerEntry.select(LedgerEntry, TopUp).join(TopUp).where(
                 LedgerEntry.topup == owner.id).first()
-        if entry is not None and entry.id not in claimed_entries:
-            # credited on the query's word (no receipt) for the orphan's CheckoutRequestID
-            claimed_entries.add(entry.id)
-            claimed_topups.add(owner.id)
-            credited_rows.append(row)
-            _matched(found, row, entry, "orphan_checkout_request_id")
-            return
-    amounts_agree = orphan.amount_cents in (None, row.paid_in_cents)
-    if owner is not None:
-        claimed_topups.add(owner.id)
+        if entry is None or entry.id in self.claimed_entries:
+            return False
+        self.claimed_topups.add(owner.id)
+        self._credit_matched(row, entry, "orphan_checkout_request_id")
+        return True
+
+    def _orphan_of_its_topup(self, item: dict, row: StatementRow, owner: TopUp,
+                             amounts_agree: bool) -> None:
+        """The top-up holding the orphan's CheckoutRequestID: only an ``unknown`` one of the
+        same amount is settled."""
+        self.claimed_topups.add(owner.id)
         item["belongs_to"]["topup"] = _topup(owner)
         if owner.status == SUCCEEDED:
             item["reason"] = (f"its top-up was credited from another payment (receipt "
@@ -477,34 +563,78 @@ def _orphan_row(found: Findings, row: StatementRow, orphan: OrphanPayment, open_
             item["reason"] = "its top-up is still pending: run again once it has settled"
         elif owner.status == UNKNOWN and amounts_agree and owner.amount * 100 == row.paid_in_cents:
             item["action"] = "apply"
-            found.plans.append(Plan(row, owner.id, owner.checkout_request_id))
+            self.found.plans.append(Plan(row, owner.id, owner.checkout_request_id))
         else:
             item["reason"] = "the amounts differ: a person must decide"
-        found.paid_not_credited.append(item)
-        return
-    # a push whose answer was lost: its top-up has no CheckoutRequestID and later "claims"
-    # the orphan by phone, amount and time
-    lost = [t for t in open_topups if t.id not in claimed_topups
-            and t.status in (PENDING, UNKNOWN) and t.checkout_request_id is None
-            and phone_matches(row.phone, t.phone) and t.amount * 100 == row.paid_in_cents
-            and abs(topup_time(t) - row.completed_at) <= window]
-    if not lost:
-        item["reason"] = ("no top-up claims this orphan payment, so no account can be "
-                          "determined: it is reported only")
-    elif len(lost) > 1:
-        item["reason"] = "more than one top-up could claim this orphan payment"
-    else:
-        topup = lost[0]
-        claimed_topups.add(topup.id)
-        item["belongs_to"]["topup"] = _topup(topup)
-        if topup.status == PENDING:
-            item["reason"] = "its top-up is still pending: run again once it is unknown"
-        elif not amounts_agree:
-            item["reason"] = "the orphan's amount differs from the statement's"
+
+    def _orphan_of_a_lost_push(self, item: dict, row: StatementRow, orphan: OrphanPayment,
+                               amounts_agree: bool) -> None:
+        """A push whose answer was lost: its top-up has no CheckoutRequestID and "claims" the
+        orphan by phone, amount and time; one such top-up, or none is settled."""
+        lost = [t for t in self.open_topups if t.id not in self.claimed_topups
+                and t.status in (PENDING, UNKNOWN) and t.checkout_request_id is None
+                and phone_matches(row.phone, t.phone) and t.amount * 100 == row.paid_in_cents
+                and self._close(row, topup_time(t))]
+        if not lost:
+            item["reason"] = ("no top-up claims this orphan payment, so no account can be "
+                              "determined: it is reported only")
+        elif len(lost) > 1:
+            item["reason"] = "more than one top-up could claim this orphan payment"
         else:
-            item["action"] = "apply"
-            found.plans.append(Plan(row, topup.id, None, orphan.checkout_request_id))
-    found.paid_not_credited.append(item)
+            topup = lost[0]
+            self.claimed_topups.add(topup.id)
+            item["belongs_to"]["topup"] = _topup(topup)
+            if topup.status == PENDING:
+                item["reason"] = "its top-up is still pending: run again once it is unknown"
+            elif not amounts_agree:
+                item["reason"] = "the orphan's amount differs from the statement's"
+            else:
+                item["action"] = "apply"
+                self.found.plans.append(Plan(row, topup.id, None, orphan.checkout_request_id))
+
+    # --- the ledger's side, for the period -----------------------------------------------------
+
+    def _credits_not_on_the_statement(self) -> None:
+        """Credits in the period no payment took; a receipt that is on the statement, outside
+        the period asked for, is no finding."""
+        self.credited = _ByPhone(self.credited_rows, lambda r: r.phone)
+        for entry in self.credits:
+            if entry.id in self.claimed_entries or not _in(credit_time(entry), self.start,
+                                                           self.end):
+                continue
+            if entry.mpesa_receipt and entry.mpesa_receipt in self.every_receipt:
+                continue
+            twin = self._credited_twin(entry)
+            if twin is not None:
+                self.found.duplicates_ledger.append({**_entry(entry), "duplicate_of": twin.receipt,
+                                                     "line": twin.line})
+            else:
+                self.found.credited_not_on_statement.append(_entry(entry))
+
+    def _credited_twin(self, entry: LedgerEntry) -> StatementRow | None:
+        """The matched payment a receipt-less credit credits a second time, if any."""
+        if entry.mpesa_receipt is not None or not entry.topup_id:
+            return None
+        return next((r for r in self.credited.of_ledger_phone(entry.topup.phone)
+                     if r.paid_in_cents == entry.amount_cents
+                     and self._close(r, credit_time(entry))), None)
+
+    def _orphans_not_on_the_statement(self) -> None:
+        """Orphan payments in the period no payment took: forged callbacks look like this."""
+        for orphan in self.near_orphans:
+            if orphan.seq in self.claimed_orphans or not _in(orphan.created_at, self.start,
+                                                             self.end):
+                continue
+            if orphan.mpesa_receipt and orphan.mpesa_receipt in self.every_receipt:
+                continue
+            self.found.orphans_not_on_statement.append(_orphan(orphan))
+
+    def _unknown_not_on_the_statement(self) -> None:
+        """No money moved for these; they stay ``unknown`` (only Daraja's word fails one)."""
+        for topup in self.open_topups:
+            if (topup.status == UNKNOWN and topup.id not in self.claimed_topups
+                    and _in(topup_time(topup), self.start, self.end)):
+                self.found.unknown_not_on_statement.append(_topup(topup))
 
 
 # --- applying --------------------------------------------------------------------------------

@@ -300,6 +300,20 @@ def test_two_unknown_topups_that_fit_one_payment_are_reported_not_guessed(ledger
     assert len(report["unknown_not_on_statement"]) == 1
 
 
+def test_two_payments_that_fit_one_unknown_topup_are_reported_not_guessed(ledger):
+    topup = ledger.unknown("254712000040", 100)
+
+    report = reconcile.run(statement(line("QAA0000040", "254712000040", 100),
+                                     line("QAA0000041", "254712000040", 100)), apply_safe=True)
+
+    assert [(i["receipt"], i["belongs_to"] and i["belongs_to"]["topup"]["id"], i["action"])
+            for i in report["paid_not_credited"]] == [
+        ("QAA0000040", topup.id, "reported"), ("QAA0000041", None, "reported")]
+    assert "more than one" in report["paid_not_credited"][0]["reason"]
+    assert report["applied"] == [] and ledger.balance() == 0
+    assert TopUp.get(TopUp.id == topup.id).status == UNKNOWN
+
+
 def test_an_unknown_topup_the_statement_does_not_show_stays_unknown_and_is_reported(ledger):
     ledger.paid_by_callback("254712000017", 100, "QAA0000017")
     unpaid = ledger.unknown("254712000018", 100)
@@ -318,6 +332,123 @@ def test_an_orphan_the_statement_does_not_show_is_reported_as_unproven(ledger):
 
     assert [(o["checkout_request_id"], o["receipt"]) for o in report["orphans_not_on_statement"]] \
         == [("ws_CO_FORGED20", "QFORGED020")]
+
+
+# --- the later steps: amounts that differ, orphans by their top-up, payments nothing fits ------
+
+def test_a_receiptless_credit_of_another_amount_is_matched_by_phone_and_time_as_differing(ledger):
+    topup = ledger.paid_by_query("254712000031", 250)
+
+    report = reconcile.run(statement(line("QAA0000031", "254712000031", 300)), apply_safe=True)
+
+    [differ] = report["amounts_differ"]
+    assert (differ["receipt"], differ["by"], differ["topup"], differ["statement_amount_cents"],
+            differ["ledger_amount_cents"]) == ("QAA0000031", "phone_time", topup.id,
+                                               30_000, 25_000)
+    assert report["matched"] == [] and report["paid_not_credited"] == []
+    assert report["credited_not_on_statement"] == [] and report["applied"] == []
+
+
+def test_an_unknown_topup_of_another_amount_is_reported_and_never_credited(ledger):
+    topup = ledger.unknown("254712000032", 100)
+
+    report = reconcile.run(statement(line("QAA0000032", "254712000032", 120)), apply_safe=True)
+
+    [item] = report["paid_not_credited"]
+    assert (item["by"], item["belongs_to"]["topup"]["id"], item["action"]) == (
+        "phone_time", topup.id, "reported")
+    assert "amounts differ" in item["reason"]
+    assert report["unknown_not_on_statement"] == [] and report["applied"] == []
+    assert TopUp.get(TopUp.id == topup.id).status == UNKNOWN and ledger.balance() == 0
+
+
+def test_an_unknown_topup_whose_push_answer_was_lost_and_no_orphan_names_is_left_to_a_person(
+        ledger):
+    topup = ledger.unknown("254712000033", 100, checkout=False)
+
+    report = reconcile.run(statement(line("QAA0000033", "254712000033", 100)), apply_safe=True)
+
+    [item] = report["paid_not_credited"]
+    assert (item["by"], item["belongs_to"]["topup"]["id"], item["action"]) == (
+        "phone_amount_time", topup.id, "reported")
+    assert "credit it by hand" in item["reason"]
+    assert report["applied"] == [] and ledger.balance() == 0
+
+
+def test_an_orphan_for_a_topup_credited_on_the_querys_word_matches_that_credit(ledger):
+    topup = ledger.paid_by_query("254712000034", 200)
+    # the callback came after the query had credited the top-up, and was kept as an orphan
+    OrphanPayment.create(checkout_request_id=topup.checkout_request_id,
+                         mpesa_receipt="QAA0000034", amount_cents=20_000, phone="254712000034")
+
+    report = reconcile.run(statement(line("QAA0000034", "254712000034", 200)), apply_safe=True)
+
+    assert [(m["receipt"], m["by"], m["topup"]) for m in report["matched"]] == [
+        ("QAA0000034", "orphan_checkout_request_id", topup.id)]
+    assert report["paid_not_credited"] == [] and report["credited_not_on_statement"] == []
+    assert report["orphans_not_on_statement"] == [] and report["applied"] == []
+    assert ledger.balance() == 20_000
+
+
+def test_an_orphan_whose_topup_failed_is_reported_for_a_person(ledger):
+    topup = ledger.failed("254712000035", 100)
+    OrphanPayment.create(checkout_request_id=topup.checkout_request_id,
+                         mpesa_receipt="QAA0000035", amount_cents=10_000, phone="254712000035")
+
+    report = reconcile.run(statement(line("QAA0000035", "254712000035", 100)), apply_safe=True)
+
+    [item] = report["paid_not_credited"]
+    assert item["belongs_to"]["orphan"]["receipt"] == "QAA0000035"
+    assert item["belongs_to"]["topup"]["id"] == topup.id and item["action"] == "reported"
+    assert "failed on Daraja's word" in item["reason"]
+    assert TopUp.get(TopUp.id == topup.id).status == FAILED and ledger.balance() == 0
+
+
+def test_an_orphan_two_lost_pushes_could_claim_is_reported_not_guessed(ledger):
+    ledger.unknown("254712000036", 100, checkout=False)
+    ledger.unknown("254712000036", 100, checkout=False)
+    ledger.orphan("ws_CO_LOST0036", "QAA0000036", 100, None)
+
+    report = reconcile.run(statement(line("QAA0000036", "254712000036", 100)), apply_safe=True)
+
+    [item] = report["paid_not_credited"]
+    assert "topup" not in item["belongs_to"] and item["action"] == "reported"
+    assert "more than one top-up" in item["reason"]
+    assert report["applied"] == [] and ledger.balance() == 0
+    assert len(report["unknown_not_on_statement"]) == 2
+
+
+def test_a_receiptless_orphan_is_matched_by_phone_amount_and_time(ledger):
+    OrphanPayment.create(checkout_request_id="ws_CO_NORCPT37", mpesa_receipt=None,
+                         amount_cents=10_000, phone="254712000037")
+
+    report = reconcile.run(statement(line("QAA0000037", "254712000037", 100)), apply_safe=True)
+
+    [item] = report["paid_not_credited"]
+    assert item["belongs_to"]["orphan"]["checkout_request_id"] == "ws_CO_NORCPT37"
+    assert item["action"] == "reported" and "no account" in item["reason"]
+    assert report["orphans_not_on_statement"] == [] and report["applied"] == []
+
+
+def test_a_payment_nothing_fits_is_reported_as_belonging_to_nothing(ledger):
+    ledger.paid_by_callback("254712000038", 100, "QAA0000038")
+
+    report = reconcile.run(statement(line("QAA0000038", "254712000038", 100),
+                                     line("QAA0000039", "254712000039", 100)))
+
+    [item] = report["paid_not_credited"]
+    assert (item["receipt"], item["belongs_to"], item["action"]) == (
+        "QAA0000039", None, "reported")
+    assert receipts(report["matched"]) == ["QAA0000038"]
+
+
+def test_a_matcher_finds_once(ledger):
+    ledger.paid_by_callback("254712000042", 100, "QAA0000042")
+    matcher = reconcile.Matcher(statement(line("QAA0000042", "254712000042", 100)))
+
+    assert [m["receipt"] for m in matcher.find().matched] == ["QAA0000042"]
+    with pytest.raises(RuntimeError):
+        matcher.find()
 
 
 # --- the period ---------------------------------------------------------------------------------
