@@ -133,62 +133,99 @@ def _error(cls, message: str, answer: Answer, scrub: Scrub, code=None, error_mes
 
 
 def _classify(endpoint: str, answer: Answer, scrub: Scrub) -> errors.DarajaError | TokenRefused:
-    """The error an answer that is not a success stands for (the rules of daraja.md §1–§4)."""
+    """The error an answer that is not a success stands for (the rules of daraja.md §1–§4):
+    the first of the rule families below that recognises it, else an ambiguous answer."""
     code, message, request_id = _error_fields(answer.body)
-    text = (message or "").lower()
-    code_l = (code or "").lower()
+    if code is None and message is None:
+        return _classify_status_only(endpoint, answer, scrub)
+    said = _Said(endpoint, answer, code or "", (code or "").lower(), (message or "").lower())
 
     def make(cls, what: str, **extra):
         return _error(cls, what, answer, scrub, code, message, request_id, **extra)
 
-    if code is None and message is None:
-        return _classify_status_only(endpoint, answer, scrub)
+    for rules in (_authorisation, _unknown_checkout_request, _merchant_error, _throttling,
+                  _code_family):
+        found = rules(said, make)
+        if found is not None:
+            return found
+    return make(errors.AmbiguousResponse, "Daraja answered an error this client does not know")
 
-    # the app lacks the API product: a 401 that no fresh token will cure
-    if code == "401.003.01" or "no apiproduct match" in text:
+
+@dataclass(frozen=True)
+class _Said:
+    """What an error answer said, as the rules read it."""
+    endpoint: str
+    answer: Answer
+    code: str
+    code_l: str
+    text: str
+
+
+def _authorisation(said: _Said, make):
+    """The app, its credentials or its access token refused."""
+    if said.code == "401.003.01" or "no apiproduct match" in said.text:
+        # the app lacks the API product: a 401 that no fresh token will cure
         return make(errors.ConfigurationError, "the Daraja app lacks this API product")
-    if endpoint == "oauth":
-        if code in _OAUTH_CREDENTIAL_CODES or answer.status in (400, 401):
+    if said.endpoint == "oauth":
+        if said.code in _OAUTH_CREDENTIAL_CODES or said.answer.status in (400, 401):
             return make(errors.AuthenticationError, "Daraja refused the OAuth credentials")
-    elif (answer.status == 401 or "invalid access token" in text or code in _TOKEN_CODES
-          or "invalid_access_token" in code_l or "access token expired" in text):
+    elif (said.answer.status == 401 or "invalid access token" in said.text
+          or said.code in _TOKEN_CODES or "invalid_access_token" in said.code_l
+          or "access token expired" in said.text):
         return TokenRefused(make(errors.InvalidAccessToken, "Daraja refused the access token"))
+    if said.code in _OAUTH_CREDENTIAL_CODES:
+        return make(errors.AuthenticationError, "Daraja refused the OAuth credentials")
+    return None
+
+
+def _unknown_checkout_request(said: _Said, make):
+    text = said.text
     if "checkoutrequestid" in text and ("invalid" in text or "not found" in text
                                         or "does not exist" in text):
-        if endpoint == "stkquery":
+        if said.endpoint == "stkquery":
             return make(errors.UnknownCheckoutRequest,
                         "Daraja does not know this CheckoutRequestID")
         return make(errors.RequestRejected, "Daraja rejected the request")
+    return None
 
-    if code == "500.001.1001":  # four different things: branch on the message
-        if "lock subscriber" in text:
-            return make(errors.Throttled, "the phone already has a prompt open", retry_after=60.0)
-        if "merchant does not exist" in text:
-            return make(errors.ConfigurationError, "Daraja does not know this merchant")
-        if "wrong credentials" in text:
-            return make(errors.ConfigurationError,
-                        "Daraja refused the Password (shortcode, passkey or timestamp)")
-        return make(errors.AmbiguousResponse,
-                    "Daraja answered 500.001.1001 with an unknown message")
 
-    if code in _OAUTH_CREDENTIAL_CODES:
-        return make(errors.AuthenticationError, "Daraja refused the OAuth credentials")
-    if (code == "500.003.02" or "spike arrest" in text or "spikearrest" in code_l
-            or "system is busy" in text):
+def _merchant_error(said: _Said, make):
+    """``500.001.1001`` means four different things: branch on the message."""
+    if said.code != "500.001.1001":
+        return None
+    if "lock subscriber" in said.text:
+        return make(errors.Throttled, "the phone already has a prompt open", retry_after=60.0)
+    if "merchant does not exist" in said.text:
+        return make(errors.ConfigurationError, "Daraja does not know this merchant")
+    if "wrong credentials" in said.text:
+        return make(errors.ConfigurationError,
+                    "Daraja refused the Password (shortcode, passkey or timestamp)")
+    return make(errors.AmbiguousResponse, "Daraja answered 500.001.1001 with an unknown message")
+
+
+def _throttling(said: _Said, make):
+    if (said.code == "500.003.02" or "spike arrest" in said.text
+            or "spikearrest" in said.code_l or "system is busy" in said.text):
         return make(errors.Throttled, "Daraja is busy (spike arrest)",
-                    retry_after=_retry_after(answer, 10.0))
-    if code == "500.003.03" or "quota violation" in text or "quotaviolation" in code_l:
+                    retry_after=_retry_after(said.answer, 10.0))
+    if (said.code == "500.003.03" or "quota violation" in said.text
+            or "quotaviolation" in said.code_l):
         return make(errors.Throttled, "Daraja quota exceeded",
-                    retry_after=_retry_after(answer, 30.0))
-    if code == "500.003.1001":
+                    retry_after=_retry_after(said.answer, 30.0))
+    return None
+
+
+def _code_family(said: _Said, make):
+    """What is left, by the errorCode's family."""
+    if said.code == "500.003.1001":
         return make(errors.AmbiguousResponse, "Daraja answered Internal Server Error")
-    if code_l.startswith(("404.", "405.")):
+    if said.code_l.startswith(("404.", "405.")):
         return make(errors.ConfigurationError, "Daraja does not serve this resource or method")
-    if code_l.startswith("401."):
+    if said.code_l.startswith("401."):
         return make(errors.ConfigurationError, "Daraja refused the app's authorisation")
-    if code_l.startswith("400."):
+    if said.code_l.startswith("400."):
         return make(errors.RequestRejected, "Daraja rejected the request")
-    return make(errors.AmbiguousResponse, "Daraja answered an error this client does not know")
+    return None
 
 
 def _classify_status_only(endpoint: str, answer: Answer,
