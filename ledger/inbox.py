@@ -1,6 +1,6 @@
 """The callback inbox: every Daraja callback stored exactly as received, before it is answered.
 
-Kept apart from ``ledger.topups`` because it is the callback endpoint's whole durable work and
+Kept apart from ``ledger.settlement`` because it is the callback endpoint's whole durable work and
 its hot path (make bench, "Callback acknowledgement"): nothing here settles anything.
 
 The row is written by one plain INSERT, outside any explicit transaction: Peewee runs its

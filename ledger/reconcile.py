@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import peewee as pw
 
-from ledger import events, topups
+from ledger import events, settlement, topups
 from ledger.db import write_transaction
 from ledger.ids import new_id
 from ledger.models import (
@@ -683,9 +683,9 @@ def _apply_one(plan: Plan, run_id: str) -> str:
                 if not linked:
                     raise _Undo("changed_meanwhile")
                 checkout = plan.orphan_checkout_request_id
-            outcome = topups.settle_success(checkout, amount_cents=row.paid_in_cents,
-                                            receipt=row.receipt, phone=row.phone,
-                                            source="statement")
+            outcome = settlement.settle_success(checkout, amount_cents=row.paid_in_cents,
+                                                receipt=row.receipt, phone=row.phone,
+                                                source="statement")
             if outcome not in ("credited", "receipt_filled"):
                 raise _Undo(outcome)
             topups.record_event(plan.topup_id, "reconciled", reconciliation=run_id,

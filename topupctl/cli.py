@@ -61,13 +61,13 @@ def cmd_orphans(args):
 
 
 def cmd_callbacks_quarantined(args):
-    from ledger import topups
+    from ledger import settlement
     db = _bind()
     with db.connection():
         rows = [{"callback": c.seq, "received_at": c.received_at.isoformat() + "Z",
                  "checkout_request_id": c.checkout_request_id,
-                 "reason": c.outcome[len(topups.QUARANTINED):]}
-                for c in topups.quarantined_callbacks()]
+                 "reason": c.outcome[len(settlement.QUARANTINED):]}
+                for c in settlement.quarantined_callbacks()]
     if args.json:
         print(json.dumps({"object": "list", "data": rows}))
         return

@@ -5,7 +5,7 @@ import logging
 import signal
 import threading
 
-from ledger import db, topups
+from ledger import db, settlement
 from workers import actors, sweeps
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def sweep_once(give_up_after_s: int, redis_client=None,
         orphan_phones = [p for p in sweeps.phones_with_orphans_to_match()
                          if _first_redrive(redis_client, "orphans", p, every_s)]
         for phone in orphan_phones:
-            topups.retry_orphans(phone)
+            settlement.retry_orphans(phone)
     unsent = [i for i in unsent if _first_redrive(redis_client, "push", i, every_s)]
     callbacks = [c for c in callbacks if _first_redrive(redis_client, "callback", c, every_s)]
     for topup_id in unsent:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from ledger import orphan_matching, topups
+from ledger import orphans, pushes, settlement
 from ledger.models import (
     PENDING, PUSH_AMBIGUOUS, PUSH_QUEUED, PUSH_SENDING, PUSH_SENT, Callback, OrphanPayment,
     TopUp, utcnow,
@@ -46,7 +46,7 @@ def abandoned_pushes(now: dt.datetime | None = None, *,
         (TopUp.push_state == PUSH_SENDING)
         & (TopUp.push_started_at < now - after)).limit(BATCH)]
     for topup_id in stale:
-        topups.record_push_ambiguous(topup_id, reason="worker stopped while sending")
+        pushes.record_push_ambiguous(topup_id, reason="worker stopped while sending")
     return stale
 
 
@@ -62,13 +62,13 @@ def unapplied_callbacks(now: dt.datetime | None = None, *,
 
 def phones_with_orphans_to_match(now: dt.datetime | None = None) -> list[str]:
     """Phones with both an unclaimed payment and a push whose answer was lost, within the
-    matching window: the rule is tried again for them (``topups.retry_orphans``), in case a
+    matching window: the rule is tried again for them (``settlement.retry_orphans``), in case a
     try after a push turned ambiguous was lost with its message or its process."""
-    since = (now or utcnow()) - orphan_matching.MATCH_WINDOW
+    since = (now or utcnow()) - orphans.MATCH_WINDOW
     query = (TopUp.select(TopUp.phone).distinct()
              .join(OrphanPayment, on=(OrphanPayment.phone == TopUp.phone))
              .where((TopUp.push_state == PUSH_AMBIGUOUS) & TopUp.checkout_request_id.is_null()
-                    & TopUp.status.in_(orphan_matching.SETTLEABLE)
+                    & TopUp.status.in_(orphans.SETTLEABLE)
                     & (TopUp.push_started_at >= since)
                     & OrphanPayment.resolved_topup.is_null()
                     & (OrphanPayment.created_at >= since))
@@ -99,7 +99,7 @@ def overdue_for_giving_up(give_up_after_s: int, now: dt.datetime | None = None) 
     cutoff = now - dt.timedelta(seconds=give_up_after_s)
     stale = [row.id for row in TopUp.select(TopUp.id).where(
         (TopUp.status == PENDING) & (TopUp.created_at < cutoff)).limit(BATCH)]
-    return [topup_id for topup_id in stale if topups.give_up(topup_id, give_up_after_s, now)]
+    return [topup_id for topup_id in stale if settlement.give_up(topup_id, give_up_after_s, now)]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import threading
 import peewee
 
 from daraja import errors as daraja_errors
-from ledger import inbox, orphan_matching, result_codes, topups
+from ledger import inbox, orphans, pushes, result_codes, settlement
 from ledger.callbacks import MalformedCallback, parse, why_unappliable
 from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp, utcnow
 from ledger.phones import mask
@@ -55,7 +55,7 @@ class PushOutcomeNotRecorded(Exception):
 
 def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str, list[int]]:
     """Send a top-up's STK push once. Returns (outcome, callbacks that arrived first)."""
-    current = topups.push_state(topup_id)
+    current = pushes.push_state(topup_id)
     if current is None or current[0] != PENDING or current[1] != PUSH_QUEUED:
         return "not_claimed", []
     if not phone_lock.lock(redis, current[2], topup_id):
@@ -63,7 +63,7 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
                              retry_after_s=phone_lock.PHONE_BUSY_RETRY_S)
     claimed_at = utcnow()
     try:
-        topup = topups.claim_push(topup_id, now=claimed_at)
+        topup = pushes.claim_push(topup_id, now=claimed_at)
     except DATABASE_ERRORS:
         # The claim may be committed with its answer lost (the server died as it answered).
         # Nothing was sent: a claim left `sending` would never be claimed again, so ours is
@@ -132,25 +132,25 @@ def record_push_outcome(topup_id: str, outcome: dict) -> list[int]:
     Returns the callbacks that arrived before Daraja's acceptance."""
     kind = outcome["kind"]
     if kind == "accepted":
-        callbacks = topups.record_push_accepted(
+        callbacks = pushes.record_push_accepted(
             topup_id, checkout_request_id=outcome["checkout_request_id"],
             merchant_request_id=outcome["merchant_request_id"],
             query_after_s=outcome["query_after_s"])
         # payments from this phone that wait unclaimed may answer an ambiguous push now
-        topups.retry_orphans(TopUp.select(TopUp.phone).where(TopUp.id == topup_id).scalar())
+        settlement.retry_orphans(TopUp.select(TopUp.phone).where(TopUp.id == topup_id).scalar())
         return callbacks
     if kind == "ambiguous":
-        topups.record_push_ambiguous(topup_id, reason=outcome["reason"])
+        pushes.record_push_ambiguous(topup_id, reason=outcome["reason"])
     elif kind == "not_sent":
-        topups.release_push(topup_id, reason=outcome["reason"], claimed_at=_claimed_at(outcome),
+        pushes.release_push(topup_id, reason=outcome["reason"], claimed_at=_claimed_at(outcome),
                             error_code=outcome["error_code"],
                             error_message=outcome["error_message"])
     elif kind == "refused":
-        topups.record_push_refused(topup_id, error_code=outcome["error_code"],
+        pushes.record_push_refused(topup_id, error_code=outcome["error_code"],
                                    error_message=outcome["error_message"],
                                    claimed_at=_claimed_at(outcome))
     elif kind == "claim_lost":
-        topups.unclaim_push(topup_id, _claimed_at(outcome))
+        pushes.unclaim_push(topup_id, _claimed_at(outcome))
     else:
         raise ValueError(f"no such push outcome: {kind}")
     return []
@@ -197,7 +197,7 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
         # refuted, quarantined or malformed is final: applied again (a redelivery, a sweep,
         # an early callback handed back by its push) it must not credit after all
         stored = Callback.select(Callback.outcome).where(Callback.seq == row.seq).scalar()
-        if topups.is_final(stored):
+        if settlement.is_final(stored):
             return stored
     try:
         cb = parse(row.body)
@@ -210,19 +210,19 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
         if confirm_by_query:   # on every application: a credit needs this run's confirmation
             verdict = _confirm(cb.checkout_request_id, daraja)
             if verdict != "paid":
-                outcome = topups.refute_callback(row.seq, verdict)
+                outcome = settlement.refute_callback(row.seq, verdict)
                 log.warning("success callback refuted by query",
                             extra={"callback": callback_seq, "verdict": verdict,
                                    "checkout_request_id": cb.checkout_request_id})
                 return outcome
             confirmed = True
     try:
-        outcome = topups.apply_callback(callback_seq, row=row, confirmed_by_query=confirmed)
+        outcome = settlement.apply_callback(callback_seq, row=row, confirmed_by_query=confirmed)
     except UNAPPLIABLE as exc:
         # Not the database blinking (those are retried): this callback itself is refused by
         # it. Kept once for an operator instead of failing on every retry and sweep.
-        outcome = topups.quarantine_callback(callback_seq, f"the database refused it: "
-                                                           f"{type(exc).__name__}")
+        outcome = settlement.quarantine_callback(callback_seq, f"the database refused it: "
+                                                 f"{type(exc).__name__}")
     # The phone's lock is left to the next push for the phone, which takes it over from a
     # settled top-up (phone_lock.lock): not released here, on every credit.
     if outcome == "credited":
@@ -248,7 +248,7 @@ PUSH_ANSWER_WAIT = dt.timedelta(minutes=5)
 def _wait_for_push_in_flight(phone: str | None, received_at) -> None:
     if received_at is not None and received_at < utcnow() - PUSH_ANSWER_WAIT:
         return  # waited long enough: kept as an orphan, matched when that push settles
-    if orphan_matching.push_in_flight(phone):
+    if orphans.push_in_flight(phone):
         raise AskAgainLater("a push to this phone awaits its answer")
 
 
@@ -276,7 +276,7 @@ def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
     if topup is None or topup.status != PENDING or not topup.checkout_request_id:
         return "nothing_to_ask"
     logs.amend(checkout_request_id=topup.checkout_request_id)
-    if topups.give_up(topup_id, give_up_after_s):
+    if settlement.give_up(topup_id, give_up_after_s):
         phone_lock.unlock(redis, topup.phone, topup_id)
         return "gave_up"
     checkout = topup.checkout_request_id
@@ -294,25 +294,25 @@ def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
     try:
         result = daraja.stk_query(checkout)
     except daraja_errors.DarajaError as exc:
-        topups.record_query(topup_id, answer=type(exc).__name__, recheck_in_s=QUERY_RECHECK_S,
-                            error_code=exc.error_code)
+        settlement.record_query(topup_id, answer=type(exc).__name__, recheck_in_s=QUERY_RECHECK_S,
+                                error_code=exc.error_code)
         log.info("query not answered", extra={**context, "error": type(exc).__name__})
         raise AskAgainLater(type(exc).__name__) from None
     if result.pending:
-        topups.record_query(topup_id, answer="pending", recheck_in_s=QUERY_RECHECK_S,
-                            result_code=result.result_code)
+        settlement.record_query(topup_id, answer="pending", recheck_in_s=QUERY_RECHECK_S,
+                                result_code=result.result_code)
         raise AskAgainLater("still processing")
     kind = result_codes.classify(result.result_code)
-    topups.record_query(topup_id, answer=kind, recheck_in_s=QUERY_RECHECK_S,
-                        result_code=result.result_code, result_desc=result.result_desc)
+    settlement.record_query(topup_id, answer=kind, recheck_in_s=QUERY_RECHECK_S,
+                            result_code=result.result_code, result_desc=result.result_desc)
     if kind == "paid":
-        outcome = topups.settle_success(checkout, amount_cents=None, receipt=None, phone=None,
-                                        source="query")
+        outcome = settlement.settle_success(checkout, amount_cents=None, receipt=None, phone=None,
+                                            source="query")
         if outcome == "credited":
             metrics.credited(topup.pushed_at, utcnow(), source="query")
     elif kind == "failed":
-        outcome = topups.settle_failure(checkout, result.result_code, result.result_desc,
-                                        source="query")
+        outcome = settlement.settle_failure(checkout, result.result_code, result.result_desc,
+                                            source="query")
     else:
         # An undocumented code: not a failure. Ask again later; the give-up deadline makes
         # it `unknown` if nothing better comes.

@@ -10,7 +10,7 @@ import peewee
 import pytest
 
 from daraja.answers import StkQueryResult
-from ledger import topups
+from ledger import inbox, pushes, settlement, topups
 from ledger.models import (
     PENDING, SUCCEEDED, Callback, LedgerEntry, TopUp, TopUpEvent, Wallet, utcnow,
 )
@@ -37,14 +37,14 @@ class QueryAnswers:
 def pushed(account, checkout, amount=10) -> TopUp:
     topup, _ = topups.create_topup(account.id, amount=amount, phone=PHONE, reference=None,
                                    metadata={})
-    topups.claim_push(topup.id)
-    topups.record_push_accepted(topup.id, checkout_request_id=checkout,
+    pushes.claim_push(topup.id)
+    pushes.record_push_accepted(topup.id, checkout_request_id=checkout,
                                 merchant_request_id="m", query_after_s=60)
     return TopUp.get(TopUp.id == topup.id)
 
 
 def stored(body: bytes) -> int:
-    row, _ = topups.store_callback(body, "127.0.0.1")
+    row, _ = inbox.store_callback(body, "127.0.0.1")
     return row.seq
 
 
@@ -96,7 +96,7 @@ def test_a_callback_the_database_refuses_is_quarantined_not_retried(ledger, monk
 
     def refused(*args, **kwargs):
         raise peewee.DataError("value out of range")
-    monkeypatch.setattr(topups, "settle_success", refused)
+    monkeypatch.setattr(settlement, "settle_success", refused)
 
     assert tasks.apply_callback(seq) == "quarantined:the database refused it: DataError"
     assert Callback.get(Callback.seq == seq).applied_at is not None
@@ -194,7 +194,7 @@ def test_a_confirmed_callback_kept_as_an_orphan_credits_only_the_amount_asked_on
     topup, _ = topups.create_topup(ledger.id, amount=10, phone=PHONE, reference=None,
                                    metadata={})
     claimed_at = utcnow()
-    topups.claim_push(topup.id, now=claimed_at)
+    pushes.claim_push(topup.id, now=claimed_at)
     forged = stored(with_receipt("ws_CO_R3", "FORGED0011", amount=250_000))
     Callback.update(received_at=utcnow() - tasks.PUSH_ANSWER_WAIT - dt.timedelta(seconds=1)) \
         .execute()

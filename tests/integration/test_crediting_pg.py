@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from ledger import db, topups
+from ledger import db, inbox, pushes, settlement, topups
 from ledger.models import PENDING, SUCCEEDED, Callback, LedgerEntry, TopUp, TopUpEvent, Wallet
 from tests.unit.test_crediting import success_body
 
@@ -15,14 +15,14 @@ from tests.unit.test_crediting import success_body
 def pushed(account_id: str, checkout: str) -> str:
     topup, _ = topups.create_topup(account_id, amount=1000, phone="254712345678",
                                    reference=None, metadata={})
-    topups.claim_push(topup.id)
-    topups.record_push_accepted(topup.id, checkout_request_id=checkout,
+    pushes.claim_push(topup.id)
+    pushes.record_push_accepted(topup.id, checkout_request_id=checkout,
                                 merchant_request_id="m", query_after_s=60)
     return topup.id
 
 
 def stored(body: bytes) -> int:
-    row, _ = topups.store_callback(body, "127.0.0.1")
+    row, _ = inbox.store_callback(body, "127.0.0.1")
     return row.seq
 
 
@@ -34,7 +34,7 @@ def test_a_paid_callback_credits_and_marks_the_callback_applied(ledger_pg):
     with db.connection():
         topup_id = pushed(ledger_pg, "ws_CO_one")
         seq = stored(success_body("ws_CO_one", receipt="RCPT000001"))
-        assert topups.apply_callback(seq) == "credited"
+        assert settlement.apply_callback(seq) == "credited"
         topup = TopUp.get(TopUp.id == topup_id)
         assert topup.status == SUCCEEDED and topup.mpesa_receipt == "RCPT000001"
         entry = LedgerEntry.get(LedgerEntry.topup == topup_id)
@@ -46,9 +46,9 @@ def test_a_credited_receipt_is_refused_under_another_checkout_request(ledger_pg)
     with db.connection():
         pushed(ledger_pg, "ws_CO_a")
         second = pushed(ledger_pg, "ws_CO_b")
-        assert topups.apply_callback(stored(success_body("ws_CO_a", receipt="RCPT000002"))) \
+        assert settlement.apply_callback(stored(success_body("ws_CO_a", receipt="RCPT000002"))) \
             == "credited"
-        assert topups.apply_callback(stored(success_body("ws_CO_b", receipt="RCPT000002"))) \
+        assert settlement.apply_callback(stored(success_body("ws_CO_b", receipt="RCPT000002"))) \
             == "receipt_conflict"
         assert balance(ledger_pg) == 100_000 and LedgerEntry.select().count() == 1
         assert TopUp.get(TopUp.id == second).status == PENDING
@@ -63,7 +63,7 @@ def test_one_callback_applied_by_eight_threads_at_once_credits_once(ledger_pg):
     def apply():
         with db.connection():
             start.wait()
-            outcomes.append(topups.apply_callback(seq))
+            outcomes.append(settlement.apply_callback(seq))
 
     threads = [threading.Thread(target=apply) for _ in range(8)]
     for thread in threads:
@@ -79,9 +79,9 @@ def test_one_callback_applied_by_eight_threads_at_once_credits_once(ledger_pg):
 def test_a_query_credit_gets_its_receipt_from_the_callback_once(ledger_pg):
     with db.connection():
         topup_id = pushed(ledger_pg, "ws_CO_q")
-        assert topups.settle_success("ws_CO_q", amount_cents=None, receipt=None, phone=None,
-                                     source="query") == "credited"
-        assert topups.apply_callback(stored(success_body("ws_CO_q", receipt="RCPT000004"))) \
+        assert settlement.settle_success("ws_CO_q", amount_cents=None, receipt=None, phone=None,
+                                         source="query") == "credited"
+        assert settlement.apply_callback(stored(success_body("ws_CO_q", receipt="RCPT000004"))) \
             == "receipt_filled"
         assert balance(ledger_pg) == 100_000
         entry = LedgerEntry.get(LedgerEntry.topup == topup_id)
@@ -94,7 +94,7 @@ def test_a_credit_that_cannot_reach_the_wallet_leaves_the_topup_pending(ledger_p
         Wallet.delete().where(Wallet.account == ledger_pg).execute()
         seq = stored(success_body("ws_CO_nowallet", receipt="RCPT000005"))
         with pytest.raises(Wallet.DoesNotExist):
-            topups.apply_callback(seq)
+            settlement.apply_callback(seq)
         assert TopUp.get(TopUp.id == topup_id).status == PENDING
         assert LedgerEntry.select().count() == 0
         assert Callback.get(Callback.seq == seq).applied_at is None
@@ -103,15 +103,15 @@ def test_a_credit_that_cannot_reach_the_wallet_leaves_the_topup_pending(ledger_p
 def test_callbacks_racing_to_fill_a_query_credited_receipt_record_it_once(ledger_pg):
     with db.connection():
         topup_id = pushed(ledger_pg, "ws_CO_fill")
-        assert topups.settle_success("ws_CO_fill", amount_cents=None, receipt=None, phone=None,
-                                     source="query") == "credited"
+        assert settlement.settle_success("ws_CO_fill", amount_cents=None, receipt=None, phone=None,
+                                         source="query") == "credited"
         seqs = [stored(success_body("ws_CO_fill", receipt="RCPT000009")) for _ in range(8)]
     outcomes, start = [], threading.Barrier(8)
 
     def apply(seq):
         with db.connection():
             start.wait()
-            outcomes.append(topups.apply_callback(seq))
+            outcomes.append(settlement.apply_callback(seq))
 
     threads = [threading.Thread(target=apply, args=(seq,)) for seq in seqs]
     for thread in threads:

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from ledger import db, events, topups, webhooks
+from ledger import db, events, pushes, topups, webhooks
 from ledger.models import PUSH_SENDING, TopUp, TopUpEvent, WebhookAttempt, WebhookDelivery
 
 
@@ -36,7 +36,7 @@ def test_a_push_claimed_by_eight_workers_at_once_is_claimed_once(ledger_pg):
     with db.connection():
         topup, _ = topups.create_topup(ledger_pg, amount=100, phone="254712345678",
                                        reference=None, metadata={})
-    claims = at_once(8, lambda: topups.claim_push(topup.id))
+    claims = at_once(8, lambda: pushes.claim_push(topup.id))
     won = [c for c in claims if c is not None]
     assert len(won) == 1 and won[0].push_attempts == 1 and won[0].phone == "254712345678"
     with db.connection():

@@ -17,7 +17,7 @@ import requests
 from dramatiq.brokers.redis import RedisBroker
 from prometheus_client.parser import text_string_to_metric_families
 
-from ledger import db, topups
+from ledger import db, inbox, pushes, topups
 from ledger.models import Callback, LedgerEntry, TopUp
 from tests.integration.system import BIN, sim_call
 from tests.waiting import wait_until
@@ -71,8 +71,8 @@ def total(found: dict, name: str, **labels) -> float:
 def pushed_topup(account_id: str, n: int, checkout: str):
     topup, _ = topups.create_topup(account_id, amount=100 + n, phone=f"25471234{n:04d}",
                                    reference=None, metadata={})
-    topups.claim_push(topup.id)
-    topups.record_push_accepted(topup.id, checkout_request_id=checkout,
+    pushes.claim_push(topup.id)
+    pushes.record_push_accepted(topup.id, checkout_request_id=checkout,
                                 merchant_request_id=f"m-{n}", query_after_s=3600)
     return topup
 
@@ -105,8 +105,8 @@ def test_counts_of_a_thousand_messages_and_five_dead_letters_match_redis_and_req
     account_id, _ = ops_system.create_account()
     with db.connection():
         dead = [pushed_topup(account_id, n, f"ws_CO_DEAD_{n}") for n in range(5)]
-        seqs = [topups.store_callback(success_body(f"ws_CO_DEAD_{n}", amount=100 + n,
-                                                   receipt=f"DEAD00000{n}"), "127.0.0.1")[0].seq
+        seqs = [inbox.store_callback(success_body(f"ws_CO_DEAD_{n}", amount=100 + n,
+                                                  receipt=f"DEAD00000{n}"), "127.0.0.1")[0].seq
                 for n in range(5)]
     for seq in seqs:
         apply.send(seq)

@@ -1,6 +1,6 @@
 """A push whose answer was lost never learns its CheckoutRequestID, so its callback arrives
 as an orphan payment. The payment credits that top-up only when nothing else can be meant
-(the rule in ledger/orphan_matching.py and docs/design.md); anything less certain stays an
+(the rule in ledger/orphans.py and docs/design.md); anything less certain stays an
 orphan for reconciliation against the statement. Each branch of the rule, on SQLite and on
 PostgreSQL."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import peewee
 import pytest
 
 from daraja.answers import StkPushAccepted
-from ledger import accounts, db, orphan_matching, topups
+from ledger import accounts, db, inbox, orphans, pushes, settlement, topups
 from ledger.models import (
     PENDING, PUSH_AMBIGUOUS, PUSH_SENDING, SUCCEEDED, UNKNOWN, Callback, LedgerEntry,
     OrphanPayment, TopUp, TopUpEvent, Wallet, utcnow,
@@ -34,24 +34,24 @@ def in_flight(account, amount=250, phone=PHONE):
     """A top-up whose push is claimed: on its way to Daraja, no answer yet."""
     topup, _ = topups.create_topup(account.id, amount=amount, phone=phone, reference=None,
                                    metadata={})
-    assert topups.claim_push(topup.id) is not None
+    assert pushes.claim_push(topup.id) is not None
     return topup
 
 
 def lost_push(account, amount=250, phone=PHONE):
     """A top-up whose push went out and whose answer never came back."""
     topup = in_flight(account, amount, phone)
-    topups.record_push_ambiguous(topup.id, reason="ReadTimeout")
+    pushes.record_push_ambiguous(topup.id, reason="ReadTimeout")
     return topup
 
 
 def pay(checkout_request_id, amount, receipt, phone=PHONE):
-    return topups.settle_success(checkout_request_id, amount_cents=amount * 100,
-                                 receipt=receipt, phone=phone, source="callback")
+    return settlement.settle_success(checkout_request_id, amount_cents=amount * 100,
+                                     receipt=receipt, phone=phone, source="callback")
 
 
 def callback(checkout_request_id, amount, receipt, phone=PHONE) -> int:
-    row, _ = topups.store_callback(
+    row, _ = inbox.store_callback(
         success_body(checkout_request_id, amount=amount, receipt=receipt, phone=int(phone)),
         "127.0.0.1")
     return row.seq
@@ -107,7 +107,7 @@ def test_a_payment_that_came_while_the_push_was_out_is_matched_when_the_push_tur
     assert pay("ws_CO_EARLY", 250, "QLS0000002") == "orphan"
     assert TopUp.get(TopUp.id == topup.id).status == PENDING
 
-    topups.record_push_ambiguous(topup.id, reason="ReadTimeout")
+    pushes.record_push_ambiguous(topup.id, reason="ReadTimeout")
 
     assert state(topup) == (SUCCEEDED, "ws_CO_EARLY", "QLS0000002")
     assert OrphanPayment.get(OrphanPayment.checkout_request_id == "ws_CO_EARLY") \
@@ -117,7 +117,7 @@ def test_a_payment_that_came_while_the_push_was_out_is_matched_when_the_push_tur
 
 def test_an_unknown_topup_is_still_matched_by_its_late_payment(ledger):
     topup = lost_push(ledger, 250)
-    assert topups.give_up(topup.id, 60, now=topup.created_at + dt.timedelta(minutes=5)) == UNKNOWN
+    assert settlement.give_up(topup.id, 60, now=topup.created_at + dt.timedelta(minutes=5)) == UNKNOWN
 
     assert pay("ws_CO_LATE", 250, "QLS0000003") == "credited"
     assert TopUp.get(TopUp.id == topup.id).status == SUCCEEDED
@@ -142,12 +142,12 @@ def test_the_payment_of_a_push_in_flight_credits_that_push_when_its_answer_comes
     lost = lost_push(ledger, 100)
     out = in_flight(other_account, 100)
     seq = callback("ws_CO_B", 100, "QLS0000011")
-    assert topups.apply_callback(seq) == "orphan"    # the callback beat the push's answer
+    assert settlement.apply_callback(seq) == "orphan"    # the callback beat the push's answer
 
-    early = topups.record_push_accepted(out.id, checkout_request_id="ws_CO_B",
+    early = pushes.record_push_accepted(out.id, checkout_request_id="ws_CO_B",
                                         merchant_request_id="m", query_after_s=60)
     assert early == [seq]
-    assert topups.apply_callback(seq) == "credited"
+    assert settlement.apply_callback(seq) == "credited"
 
     assert state(out) == (SUCCEEDED, "ws_CO_B", "QLS0000011")
     assert balance(other_account) == 10_000 and balance(ledger) == 0
@@ -184,7 +184,7 @@ def test_a_push_started_after_the_payment_arrived_is_not_its_push(ledger):
 
 def test_a_push_older_than_the_window_is_not_a_candidate(ledger):
     topup = lost_push(ledger, 250)
-    TopUp.update(push_started_at=utcnow() - orphan_matching.MATCH_WINDOW
+    TopUp.update(push_started_at=utcnow() - orphans.MATCH_WINDOW
                  - dt.timedelta(minutes=1)).execute()
 
     assert pay("ws_CO_OLD", 250, "QLS0000014") == "orphan"
@@ -217,7 +217,7 @@ def test_two_payments_that_fit_one_lost_push_leave_it_to_the_statement(ledger):
     assert pay("ws_CO_PAIDA", 250, "QLS0000006") == "orphan"
     assert pay("ws_CO_PAIDB", 250, "QLS0000007") == "orphan"
 
-    topups.record_push_ambiguous(topup.id, reason="ReadTimeout")
+    pushes.record_push_ambiguous(topup.id, reason="ReadTimeout")
     assert TopUp.get(TopUp.id == topup.id).status == PENDING
     assert balance(ledger) == 0
 
@@ -297,7 +297,7 @@ def test_a_push_answer_whose_checkout_request_is_held_elsewhere_flags_both_and_r
     late = in_flight(other_account, 100)
     TopUp.update(push_started_at=utcnow()).where(TopUp.id == late.id).execute()
 
-    assert topups.record_push_accepted(late.id, checkout_request_id="ws_CO_HELD",
+    assert pushes.record_push_accepted(late.id, checkout_request_id="ws_CO_HELD",
                                        merchant_request_id="m", query_after_s=60) == []
 
     late_row, lost_row = TopUp.get(TopUp.id == late.id), TopUp.get(TopUp.id == lost.id)
@@ -312,7 +312,7 @@ def test_a_late_answer_of_a_push_matched_to_its_own_payment_is_no_conflict(ledge
     topup = lost_push(ledger, 100)
     assert pay("ws_CO_SELF", 100, "QLS0000021") == "credited"
 
-    topups.record_push_accepted(topup.id, checkout_request_id="ws_CO_SELF",
+    pushes.record_push_accepted(topup.id, checkout_request_id="ws_CO_SELF",
                                 merchant_request_id="m", query_after_s=60)
 
     assert "push_answer_conflict" not in kinds(topup)
@@ -336,14 +336,14 @@ def test_the_matching_that_failed_half_way_is_tried_again_by_the_outcomes_retry(
         ledger, monkeypatch):
     topup = in_flight(ledger, 250)
     assert pay("ws_CO_X", 250, "QLS0000099") == "orphan"
-    retry, calls = topups.retry_orphans, []
+    retry, calls = settlement.retry_orphans, []
 
     def blinks_once(phone):
         calls.append(phone)
         if len(calls) == 1:
             raise peewee.OperationalError("server closed the connection unexpectedly")
         return retry(phone)
-    monkeypatch.setattr(topups, "retry_orphans", blinks_once)
+    monkeypatch.setattr(settlement, "retry_orphans", blinks_once)
     outcome = {"kind": "ambiguous", "reason": "ReadTimeout"}
     with pytest.raises(peewee.OperationalError):
         tasks.record_push_outcome(topup.id, outcome)
@@ -368,7 +368,7 @@ def test_a_push_refused_while_the_sweep_took_it_for_abandoned_is_still_failed(le
     topup, _ = topups.create_topup(ledger.id, amount=250, phone=PHONE, reference=None,
                                    metadata={})
     claimed_at = utcnow() - dt.timedelta(hours=1)
-    topups.claim_push(topup.id, now=claimed_at)
+    pushes.claim_push(topup.id, now=claimed_at)
     # Daraja refused it; the database was down longer than the abandoned-push sweep's wait
     assert sweeps.abandoned_pushes() == [topup.id]
 
@@ -384,14 +384,14 @@ def test_a_payment_kept_while_its_push_turns_ambiguous_is_not_stranded(ledger, m
         pytest.skip("SQLite runs one write transaction at a time: no interleaving to test")
     topup = in_flight(ledger, 250)
     deciding, go, paid = threading.Event(), threading.Event(), {}
-    lost_push_for = orphan_matching.lost_push_for
+    lost_push_for = orphans.lost_push_for
 
     def decided_while_the_push_is_out(*args, **kwargs):
         found = lost_push_for(*args, **kwargs)   # the push is still `sending`: no match
         deciding.set()
         go.wait(10)
         return found
-    monkeypatch.setattr(orphan_matching, "lost_push_for", decided_while_the_push_is_out)
+    monkeypatch.setattr(orphans, "lost_push_for", decided_while_the_push_is_out)
 
     def the_callback():
         with db.connection():
@@ -399,11 +399,11 @@ def test_a_payment_kept_while_its_push_turns_ambiguous_is_not_stranded(ledger, m
     payment = threading.Thread(target=the_callback)
     payment.start()
     assert deciding.wait(10)
-    monkeypatch.setattr(orphan_matching, "lost_push_for", lost_push_for)
+    monkeypatch.setattr(orphans, "lost_push_for", lost_push_for)
 
     def the_push_turns_ambiguous():
         with db.connection():
-            topups.record_push_ambiguous(topup.id, reason="ReadTimeout")
+            pushes.record_push_ambiguous(topup.id, reason="ReadTimeout")
     push = threading.Thread(target=the_push_turns_ambiguous)
     push.start()
     wait_until(lambda: db.database.execute_sql(

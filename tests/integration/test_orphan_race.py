@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from ledger import db, topups
+from ledger import db, inbox, orphans, pushes, settlement, topups
 from ledger.models import SUCCEEDED, LedgerEntry, OrphanPayment, TopUp, Wallet
 from tests.unit.test_crediting import success_body
 
@@ -16,9 +16,9 @@ def test_a_callback_kept_as_orphan_while_its_push_credits_it_is_resolved_not_lef
     with db.connection():
         topup, _ = topups.create_topup(ledger_pg, amount=1000, phone="254712345678",
                                        reference=None, metadata={})
-        topups.claim_push(topup.id)
-        seq, _ = topups.store_callback(success_body("ws_CO_racing", receipt="RCPT00RACE"),
-                                       "127.0.0.1")
+        pushes.claim_push(topup.id)
+        seq, _ = inbox.store_callback(success_body("ws_CO_racing", receipt="RCPT00RACE"),
+                                      "127.0.0.1")
     seq = seq.seq
     push_outcomes = []
 
@@ -26,11 +26,11 @@ def test_a_callback_kept_as_orphan_while_its_push_credits_it_is_resolved_not_lef
         # what workers.tasks.push does once Daraja answers: record the CheckoutRequestID,
         # then apply the callbacks already stored for it
         with db.connection():
-            topups.record_push_accepted(topup.id, checkout_request_id="ws_CO_racing",
+            pushes.record_push_accepted(topup.id, checkout_request_id="ws_CO_racing",
                                         merchant_request_id="m", query_after_s=60)
-            push_outcomes.append(topups.apply_callback(seq))
+            push_outcomes.append(settlement.apply_callback(seq))
 
-    keep_orphan = topups._keep_orphan
+    keep_orphan = orphans.keep
 
     def push_lands_between_the_read_and_the_orphan(*args):
         # the callback's message has read no top-up; the push commits and credits before
@@ -40,10 +40,10 @@ def test_a_callback_kept_as_orphan_while_its_push_credits_it_is_resolved_not_lef
         thread.join()
         return keep_orphan(*args)
 
-    monkeypatch.setattr(topups, "_keep_orphan", push_lands_between_the_read_and_the_orphan)
+    monkeypatch.setattr(orphans, "keep", push_lands_between_the_read_and_the_orphan)
     with db.connection():
-        message_outcome = topups.apply_callback(seq)
-    monkeypatch.setattr(topups, "_keep_orphan", keep_orphan)
+        message_outcome = settlement.apply_callback(seq)
+    monkeypatch.setattr(orphans, "keep", keep_orphan)
 
     assert push_outcomes == ["credited"]
     assert message_outcome == "duplicate"
@@ -51,5 +51,5 @@ def test_a_callback_kept_as_orphan_while_its_push_credits_it_is_resolved_not_lef
         assert TopUp.get(TopUp.id == topup.id).status == SUCCEEDED
         assert Wallet.get(Wallet.account == ledger_pg).balance_cents == 100_000
         assert LedgerEntry.select().count() == 1
-        orphans = list(OrphanPayment.select())
-        assert [o.resolved_topup_id for o in orphans] == [topup.id]
+        kept = list(OrphanPayment.select())
+        assert [o.resolved_topup_id for o in kept] == [topup.id]

@@ -2,7 +2,7 @@
 from concurrent.futures import ThreadPoolExecutor
 
 
-from ledger import db, topups
+from ledger import db, pushes, topups
 from ledger.models import Callback, LedgerEntry, TopUp, Wallet
 from tests.integration.system import sim_call
 from tests.waiting import wait_until
@@ -41,8 +41,8 @@ def test_one_callback_delivered_20_times_at_once_through_4_worker_processes_cred
     with db.connection():
         topup, _ = topups.create_topup(account_id, amount=250, phone="254712345678",
                                        reference=None, metadata={})
-        topups.claim_push(topup.id)
-        topups.record_push_accepted(topup.id, checkout_request_id="ws_CO_CONCURRENT_1",
+        pushes.claim_push(topup.id)
+        pushes.record_push_accepted(topup.id, checkout_request_id="ws_CO_CONCURRENT_1",
                                     merchant_request_id="m-1", query_after_s=3600)
     callback = {"Body": {"stkCallback": {
         "MerchantRequestID": "m-1", "CheckoutRequestID": "ws_CO_CONCURRENT_1", "ResultCode": 0,

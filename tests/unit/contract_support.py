@@ -13,7 +13,7 @@ from schemathesis.checks import (
     response_schema_conformance, status_code_conformance,
 )
 
-from ledger import db, topups
+from ledger import db, pushes, settlement, topups
 import fakeredis
 
 PHONE = "254712345678"
@@ -32,9 +32,9 @@ def pushed_topup(account_id: str, shillings: int) -> tuple[str, str]:
     with db.connection():
         topup, _ = topups.create_topup(account_id, amount=shillings, phone=PHONE,
                                        reference=None, metadata={})
-        topups.claim_push(topup.id)
+        pushes.claim_push(topup.id)
         checkout = "ws_CO_" + topup.id
-        topups.record_push_accepted(topup.id, checkout_request_id=checkout,
+        pushes.record_push_accepted(topup.id, checkout_request_id=checkout,
                                     merchant_request_id="m-" + topup.id, query_after_s=60)
     return topup.id, checkout
 
@@ -43,8 +43,8 @@ def credit(account_id: str, shillings: int) -> str:
     """Fund a wallet through a top-up M-Pesa confirmed; returns the top-up's id."""
     topup_id, checkout = pushed_topup(account_id, shillings)
     with db.connection():
-        assert topups.settle_success(checkout, amount_cents=shillings * 100, receipt=receipt(),
-                                     phone=PHONE, source="callback") == "credited"
+        assert settlement.settle_success(checkout, amount_cents=shillings * 100, receipt=receipt(),
+                                         phone=PHONE, source="callback") == "credited"
     return topup_id
 
 
@@ -52,8 +52,8 @@ def fail(account_id: str, shillings: int = 50) -> str:
     """A top-up Daraja says failed (the customer cancelled); returns its id."""
     topup_id, checkout = pushed_topup(account_id, shillings)
     with db.connection():
-        assert topups.settle_failure(checkout, "1032", "Request cancelled by user",
-                                     source="callback") == "failed"
+        assert settlement.settle_failure(checkout, "1032", "Request cancelled by user",
+                                         source="callback") == "failed"
     return topup_id
 
 

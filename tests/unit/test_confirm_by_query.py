@@ -2,7 +2,7 @@
 once STK Query confirms ResultCode 0 for its CheckoutRequestID."""
 import pytest
 
-from ledger import db, topups
+from ledger import db, inbox
 from ledger.models import FAILED, PENDING, SUCCEEDED, Callback, LedgerEntry, OrphanPayment, Wallet
 from tests.unit.stk_support import kinds, new_topup, row, success_callback
 from workers import tasks
@@ -17,7 +17,7 @@ def pushed(stk, account_id, phone) -> str:
 
 def deliver(stk, body: bytes) -> tuple[int, str]:
     with db.connection():
-        stored, _ = topups.store_callback(body, "196.201.214.200")
+        stored, _ = inbox.store_callback(body, "196.201.214.200")
         return stored.seq, tasks.apply_callback(stored.seq, daraja=stk.daraja,
                                                 confirm_by_query=True)
 

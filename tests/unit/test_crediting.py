@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ledger import accounts, db, topups
+from ledger import accounts, db, inbox, pushes, settlement, topups
 from ledger.models import (
     FAILED, PENDING, SUCCEEDED, UNKNOWN, Callback, LedgerEntry, OrphanPayment, TopUp, Wallet,
 )
@@ -33,16 +33,16 @@ def pushed(database):
         account, _ = accounts.create_account("a")
         topup, _ = topups.create_topup(account.id, amount=1000, phone="254712345678",
                                        reference="INV42", metadata={})
-        topups.claim_push(topup.id)
-        topups.record_push_accepted(topup.id, checkout_request_id="ws_CO_1",
+        pushes.claim_push(topup.id)
+        pushes.record_push_accepted(topup.id, checkout_request_id="ws_CO_1",
                                     merchant_request_id="m1", query_after_s=60)
     return {"account": account.id, "topup": topup.id}
 
 
 def deliver(body):
     with db.connection():
-        row, _ = topups.store_callback(body, "127.0.0.1")
-        return topups.apply_callback(row.seq)
+        row, _ = inbox.store_callback(body, "127.0.0.1")
+        return settlement.apply_callback(row.seq)
 
 
 def state(pushed):
@@ -71,8 +71,8 @@ def test_the_same_callback_delivered_many_times_credits_once(pushed):
 
 def test_reapplying_one_stored_callback_credits_once(pushed):
     with db.connection():
-        row, _ = topups.store_callback(success_body("ws_CO_1"), None)
-        results = [topups.apply_callback(row.seq) for _ in range(3)]
+        row, _ = inbox.store_callback(success_body("ws_CO_1"), None)
+        results = [settlement.apply_callback(row.seq) for _ in range(3)]
     assert results.count("credited") == 1
     assert state(pushed)[1:] == (100_000, 1)
 
@@ -118,12 +118,12 @@ def test_a_callback_that_beats_the_push_answer_credits_when_the_answer_is_record
         account, _ = accounts.create_account("a")
         topup, _ = topups.create_topup(account.id, amount=50, phone="254712345678",
                                        reference=None, metadata={})
-        topups.claim_push(topup.id)
+        pushes.claim_push(topup.id)
     assert deliver(success_body("ws_CO_early", amount=50, receipt="EARLY00001")) == "orphan"
     with db.connection():
-        early = topups.record_push_accepted(topup.id, checkout_request_id="ws_CO_early",
+        early = pushes.record_push_accepted(topup.id, checkout_request_id="ws_CO_early",
                                             merchant_request_id=None, query_after_s=60)
-        assert [topups.apply_callback(seq) for seq in early] == ["credited"]
+        assert [settlement.apply_callback(seq) for seq in early] == ["credited"]
         assert TopUp.get(TopUp.id == topup.id).status == SUCCEEDED
         assert OrphanPayment.get().resolved_topup_id == topup.id
         assert Wallet.get(Wallet.account == account.id).balance_cents == 5_000
@@ -138,8 +138,8 @@ def test_a_different_amount_credits_what_mpesa_confirmed_and_flags_the_topup(pus
 
 def test_a_success_learnt_by_query_is_completed_by_the_later_callback_without_a_second_credit(pushed):
     with db.connection():
-        assert topups.settle_success("ws_CO_1", amount_cents=None, receipt=None, phone=None,
-                                     source="query") == "credited"
+        assert settlement.settle_success("ws_CO_1", amount_cents=None, receipt=None, phone=None,
+                                         source="query") == "credited"
     assert deliver(success_body("ws_CO_1")) == "receipt_filled"
     topup, balance, entries = state(pushed)
     assert topup.mpesa_receipt == "PE73OJNTHB" and (balance, entries) == (100_000, 1)
@@ -159,8 +159,8 @@ def test_a_receipt_already_credited_is_not_credited_again_under_another_checkout
     with db.connection():
         second, _ = topups.create_topup(pushed["account"], amount=1000, phone="254712345678",
                                         reference=None, metadata={})
-        topups.claim_push(second.id)
-        topups.record_push_accepted(second.id, checkout_request_id="ws_CO_2",
+        pushes.claim_push(second.id)
+        pushes.record_push_accepted(second.id, checkout_request_id="ws_CO_2",
                                     merchant_request_id=None, query_after_s=60)
     assert deliver(success_body("ws_CO_2", receipt="SAMERCPT01")) == "receipt_conflict"
     assert state(pushed)[1:] == (100_000, 1)
@@ -168,7 +168,7 @@ def test_a_receipt_already_credited_is_not_credited_again_under_another_checkout
 
 def test_a_malformed_callback_is_stored_and_marked(database):
     with db.connection():
-        row, parsed = topups.store_callback(b"{not json", "1.2.3.4")
+        row, parsed = inbox.store_callback(b"{not json", "1.2.3.4")
         assert parsed is None
         stored = Callback.get(Callback.seq == row.seq)
     assert stored.body == "{not json" and stored.outcome == "malformed"

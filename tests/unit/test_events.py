@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ledger import db, topups
+from ledger import db, pushes, settlement, topups
 from ledger.models import Event, TopUp, WebhookDelivery
 from tests.unit.contract_support import (  # noqa: F401
     PHONE, credit, dev_app, dev_client, dev_settings, fail, post_json, pushed_topup, receipt,
@@ -55,10 +55,10 @@ def test_the_same_callback_applied_again_publishes_nothing_more(database, accoun
     paid = receipt()
     with db.connection():
         for _ in range(3):
-            topups.settle_success(checkout, amount_cents=1000, receipt=paid, phone=PHONE,
-                                  source="callback")
+            settlement.settle_success(checkout, amount_cents=1000, receipt=paid, phone=PHONE,
+                                      source="callback")
         for _ in range(2):
-            topups.settle_failure(checkout, "1032", "cancelled", source="query")
+            settlement.settle_failure(checkout, "1032", "cancelled", source="query")
     assert [e.type for e in all_events()] == ["wallet.top_up"]
 
 
@@ -66,8 +66,8 @@ def test_a_push_daraja_refuses_publishes_topup_failed(database, account):
     with db.connection():
         topup, _ = topups.create_topup(account["id"], amount=10, phone=PHONE, reference=None,
                                        metadata={})
-        topups.claim_push(topup.id)
-        topups.record_push_refused(topup.id, error_code="400.002.02",
+        pushes.claim_push(topup.id)
+        pushes.record_push_refused(topup.id, error_code="400.002.02",
                                    error_message="Invalid Amount")
     [event] = all_events()
     assert event.type == "topup.failed" and event.topup_id == topup.id
@@ -81,8 +81,8 @@ def test_giving_up_publishes_topup_failed_only_when_no_push_was_sent(database, a
     maybe_sent, _ = pushed_topup(account["id"], 10)
     later = TopUp.created_at.default() + dt.timedelta(days=2)
     with db.connection():
-        assert topups.give_up(never_sent.id, 3600, now=later) == "failed"
-        assert topups.give_up(maybe_sent, 3600, now=later) == "unknown"
+        assert settlement.give_up(never_sent.id, 3600, now=later) == "failed"
+        assert settlement.give_up(maybe_sent, 3600, now=later) == "unknown"
     assert [(e.type, e.topup_id) for e in all_events()] == [("topup.failed", never_sent.id)]
 
 
@@ -91,10 +91,10 @@ def test_a_credit_that_rolls_back_leaves_no_event(database, account):
     first, first_checkout = pushed_topup(account["id"], 10)
     second, second_checkout = pushed_topup(account["id"], 10)
     with db.connection():
-        topups.settle_success(first_checkout, amount_cents=1000, receipt="QREPLAYED1",
-                              phone=PHONE, source="callback")
-        outcome = topups.settle_success(second_checkout, amount_cents=1000, receipt="QREPLAYED1",
-                                        phone=PHONE, source="callback")
+        settlement.settle_success(first_checkout, amount_cents=1000, receipt="QREPLAYED1",
+                                  phone=PHONE, source="callback")
+        outcome = settlement.settle_success(second_checkout, amount_cents=1000, receipt="QREPLAYED1",
+                                            phone=PHONE, source="callback")
     assert outcome == "receipt_conflict"
     assert [e.topup_id for e in all_events()] == [first]
 

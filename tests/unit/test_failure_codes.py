@@ -5,7 +5,7 @@ import json
 import pytest
 
 from daraja.answers import StkQueryResult
-from ledger import db, topups
+from ledger import db, inbox, settlement
 from ledger.models import FAILED, PENDING, SUCCEEDED
 from tests.unit.stk_support import kinds, new_topup, row
 from workers import tasks
@@ -36,8 +36,8 @@ def callback(checkout_request_id, code, desc="[STK_CB - ]Whatever Daraja says"):
         "MerchantRequestID": "m-1", "CheckoutRequestID": checkout_request_id,
         "ResultCode": value, "ResultDesc": desc}}}).encode()
     with db.connection():
-        row_, _ = topups.store_callback(body, "196.201.214.200")
-        return topups.apply_callback(row_.seq)
+        row_, _ = inbox.store_callback(body, "196.201.214.200")
+        return settlement.apply_callback(row_.seq)
 
 
 class QueryAnswers:

@@ -3,7 +3,7 @@ unless its push certainly never left; a late word from Daraja still settles it."
 import dataclasses
 import datetime as dt
 
-from ledger import db, topups
+from ledger import db, inbox, pushes, settlement
 from ledger.models import FAILED, PENDING, SUCCEEDED, UNKNOWN, TopUp, utcnow
 from tests.unit.stk_support import kinds, new_topup, row, sim, success_callback
 from workers import actors, runtime, sweeps, tasks
@@ -79,7 +79,7 @@ def test_a_push_maybe_sent_or_abandoned_mid_send_is_unknown_past_the_deadline_ne
         assert tasks.push(ambiguous, stk.daraja, query_after_s=60, redis=stk.redis)[0] == "ambiguous"
     abandoned = new_topup(account_id, "254712345679")
     with db.connection():
-        topups.claim_push(abandoned)                     # its worker died while sending
+        pushes.claim_push(abandoned)                     # its worker died while sending
     never_sent = new_topup(account_id, "254712345670")
     for topup_id in (ambiguous, abandoned, never_sent):
         age(topup_id, 90_000)
@@ -98,8 +98,8 @@ def test_an_unknown_topup_is_credited_once_by_a_late_success_callback(stk, accou
         tasks.query(topup_id, stk.daraja, give_up_after_s=3600, redis=stk.redis)
         checkout = TopUp.get(TopUp.id == topup_id).checkout_request_id
         for _ in range(2):
-            stored, _ = topups.store_callback(success_callback(checkout, receipt="LATE000001"), None)
-            topups.apply_callback(stored.seq)
+            stored, _ = inbox.store_callback(success_callback(checkout, receipt="LATE000001"), None)
+            settlement.apply_callback(stored.seq)
     topup = row(topup_id)
     assert (topup.status, topup.mpesa_receipt, topup.credited_cents) == (
         SUCCEEDED, "LATE000001", 10_000)

@@ -11,7 +11,7 @@ from dramatiq.brokers.redis import RedisBroker
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
-from ledger import accounts, db, topups
+from ledger import accounts, db, inbox, pushes, settlement, topups
 from tests.unit.conftest import CALLBACK_TOKEN
 from tests.unit.test_crediting import failure_body, success_body
 
@@ -92,13 +92,13 @@ def make_topups(account_id: str):
                                            reference=None, metadata={})
             if outcome == "pending":
                 continue
-            topups.claim_push(topup.id)
-            topups.record_push_accepted(topup.id, checkout_request_id=f"ws_CO_{n}",
+            pushes.claim_push(topup.id)
+            pushes.record_push_accepted(topup.id, checkout_request_id=f"ws_CO_{n}",
                                         merchant_request_id="m", query_after_s=60)
             body = (success_body(f"ws_CO_{n}", amount=100, receipt=f"RCPT00000{n}")
                     if outcome == "credit" else failure_body(f"ws_CO_{n}"))
-            row, _ = topups.store_callback(body, "127.0.0.1")
-            topups.apply_callback(row.seq)
+            row, _ = inbox.store_callback(body, "127.0.0.1")
+            settlement.apply_callback(row.seq)
 
 
 def test_metrics_count_topups_by_status_from_the_ledger(make_client, database):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from ledger import db, topups
+from ledger import db, inbox
 from ledger.models import PENDING, PUSH_QUEUED, PUSH_SENT, TopUp, utcnow
 from tests.unit.stk_support import new_topup, pushes_received, row, sim, success_callback
 from workers import phone_lock, tasks
@@ -35,7 +35,7 @@ def test_a_second_topup_for_a_phone_waits_until_the_first_is_settled(stk, accoun
     assert pushes_received(daraja_sim) == 1
 
     with db.connection():
-        stored, _ = topups.store_callback(success_callback(row(first).checkout_request_id), None)
+        stored, _ = inbox.store_callback(success_callback(row(first).checkout_request_id), None)
     with db.connection():
         assert tasks.apply_callback(stored.seq) == "credited"
     assert push(stk, second)[0] == "sent"
@@ -95,7 +95,7 @@ def failed_callback(checkout_request_id: str) -> bytes:
 
 def settle_by_callback(stk, topup_id, body_for):
     with db.connection():
-        stored, _ = topups.store_callback(body_for(row(topup_id).checkout_request_id), None)
+        stored, _ = inbox.store_callback(body_for(row(topup_id).checkout_request_id), None)
     with db.connection():
         return tasks.apply_callback(stored.seq)
 

@@ -7,7 +7,7 @@ import peewee
 import pytest
 
 from daraja import DarajaClient, MemoryTokenCache
-from ledger import db, topups
+from ledger import db, pushes, settlement
 from ledger.models import (
     FAILED, PENDING, PUSH_AMBIGUOUS, PUSH_QUEUED, PUSH_REFUSED, PUSH_SENT,
 )
@@ -111,7 +111,7 @@ def test_a_push_whose_answer_was_lost_is_never_sent_again(
     with db.connection():
         assert topup_id not in sweeps.unsent_pushes(after=dt.timedelta(0),
                                                     released_after=dt.timedelta(0))
-        assert topups.give_up(topup_id, 1, now=topup.created_at + dt.timedelta(days=2)) \
+        assert settlement.give_up(topup_id, 1, now=topup.created_at + dt.timedelta(days=2)) \
             == "unknown"
     assert push(stk, topup_id) == ("not_claimed", [])
     assert pushes_received(daraja_sim) == 1
@@ -137,16 +137,16 @@ def test_a_claim_committed_with_its_answer_lost_is_put_back_and_the_retry_sends(
     # and sent nothing. Left `sending`, the push would never be claimed again and the sweep
     # would call it ambiguous, settled by nothing but giving up (seen in test_recovery).
     topup_id = new_topup(account_id, "254712345678")
-    claim = topups.claim_push
+    claim = pushes.claim_push
 
     def claimed_but_answer_lost(*args, **kwargs):
         assert claim(*args, **kwargs) is not None
         raise peewee.OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(topups, "claim_push", claimed_but_answer_lost)
+    monkeypatch.setattr(pushes, "claim_push", claimed_but_answer_lost)
     with pytest.raises(tasks.PushOutcomeNotRecorded) as lost:
         push(stk, topup_id)
-    monkeypatch.setattr(topups, "claim_push", claim)
+    monkeypatch.setattr(pushes, "claim_push", claim)
     assert pushes_received(daraja_sim) == 0
     # the outcome's own message, once the database answers again
     with db.connection():
@@ -165,11 +165,11 @@ def test_an_accepted_push_whose_answer_the_database_refused_is_recorded_by_its_o
     def database_down(*args, **kwargs):
         raise peewee.OperationalError("could not connect to server")
 
-    recorded = topups.record_push_accepted
-    monkeypatch.setattr(topups, "record_push_accepted", database_down)
+    recorded = pushes.record_push_accepted
+    monkeypatch.setattr(pushes, "record_push_accepted", database_down)
     with pytest.raises(tasks.PushOutcomeNotRecorded) as lost:
         push(stk, topup_id)
-    monkeypatch.setattr(topups, "record_push_accepted", recorded)
+    monkeypatch.setattr(pushes, "record_push_accepted", recorded)
     [transaction] = sim(daraja_sim, "GET", "/__sim/transactions")["data"]
     assert lost.value.outcome["checkout_request_id"] == transaction["checkout_request_id"]
 
@@ -187,7 +187,7 @@ def test_a_lost_claim_taken_for_abandoned_by_the_sweep_is_still_put_back_and_sen
     topup_id = new_topup(account_id, "254712345678")
     claimed_at = dt.datetime(2026, 1, 1, 12, 0, 0, 654321)
     with db.connection():
-        assert topups.claim_push(topup_id, now=claimed_at) is not None   # its answer lost
+        assert pushes.claim_push(topup_id, now=claimed_at) is not None   # its answer lost
         assert sweeps.abandoned_pushes(now=claimed_at + dt.timedelta(hours=1)) == [topup_id]
         assert row(topup_id).push_state == PUSH_AMBIGUOUS
         tasks.record_push_outcome(topup_id, {"kind": "claim_lost",
@@ -202,6 +202,6 @@ def test_a_lost_claim_answer_never_puts_back_a_claim_that_is_not_its_own(stk, ac
     topup_id = new_topup(account_id, "254712345678")
     with db.connection():
         ours = dt.datetime(2026, 1, 1, 12, 0, 0, 123456)
-        assert topups.claim_push(topup_id) is not None
-        assert topups.unclaim_push(topup_id, ours) is False
+        assert pushes.claim_push(topup_id) is not None
+        assert pushes.unclaim_push(topup_id, ours) is False
     assert row(topup_id).push_state != PUSH_QUEUED

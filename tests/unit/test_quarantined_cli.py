@@ -2,7 +2,7 @@
 applied, with its reason; nothing else."""
 import json
 
-from ledger import db, topups
+from ledger import db, inbox
 from tests.unit.test_crediting import success_body
 from workers import tasks
 
@@ -10,8 +10,8 @@ from workers import tasks
 def test_topupctl_lists_quarantined_callbacks_with_their_reason(
         database, monkeypatch, capsys, settings):
     with db.connection():
-        bad, _ = topups.store_callback(success_body("ws_CO_BAD", amount=10 ** 9), "127.0.0.1")
-        good, _ = topups.store_callback(success_body("ws_CO_GOOD"), "127.0.0.1")
+        bad, _ = inbox.store_callback(success_body("ws_CO_BAD", amount=10 ** 9), "127.0.0.1")
+        good, _ = inbox.store_callback(success_body("ws_CO_GOOD"), "127.0.0.1")
         assert tasks.apply_callback(bad.seq).startswith("quarantined:")
         assert tasks.apply_callback(good.seq) == "orphan"
     monkeypatch.setenv("DATABASE_URL", settings.database_url)

@@ -2,7 +2,7 @@
 ask Daraja: the callback settles the top-up."""
 import pytest
 
-from ledger import db, topups
+from ledger import db, inbox
 from ledger.models import SUCCEEDED
 from tests.unit.stk_support import new_topup, row, sim, success_callback
 from workers import tasks
@@ -23,8 +23,8 @@ def test_a_query_waits_while_the_callback_is_stored_but_not_yet_applied(
         stk, account_id, daraja_sim):
     topup_id = pushed(stk, account_id)
     with db.connection():
-        stored, _ = topups.store_callback(success_callback(row(topup_id).checkout_request_id),
-                                          "196.201.214.200")
+        stored, _ = inbox.store_callback(success_callback(row(topup_id).checkout_request_id),
+                                         "196.201.214.200")
         with pytest.raises(tasks.AskAgainLater):
             tasks.query(topup_id, stk.daraja, give_up_after_s=3600, redis=stk.redis)
     assert queries_received(daraja_sim) == 0
@@ -39,7 +39,7 @@ def test_a_query_waits_while_the_callback_is_stored_but_not_yet_applied(
 def test_a_query_asks_daraja_when_no_usable_callback_is_stored(stk, account_id, daraja_sim):
     topup_id = pushed(stk, account_id)
     with db.connection():
-        topups.store_callback(b'{"Body": {}}', "196.201.214.200")
+        inbox.store_callback(b'{"Body": {}}', "196.201.214.200")
         assert tasks.query(topup_id, stk.daraja, give_up_after_s=3600,
                            redis=stk.redis) == "credited"
     assert queries_received(daraja_sim) == 1

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ledger import accounts, db, reconcile, topups
+from ledger import accounts, db, pushes, reconcile, settlement, topups
 from ledger.models import (
     FAILED, PENDING, SUCCEEDED, UNKNOWN, Event, LedgerEntry, OrphanPayment, Reconciliation, TopUp,
     TopUpEvent, Wallet, utcnow,
@@ -30,30 +30,30 @@ class Ledger:
         self.seq += 1
         topup, _ = topups.create_topup(self.account.id, amount=amount, phone=phone,
                                        reference=None, metadata={})
-        topups.claim_push(topup.id)
+        pushes.claim_push(topup.id)
         if checkout:
-            topups.record_push_accepted(topup.id, checkout_request_id=f"ws_CO_{self.seq:04d}",
+            pushes.record_push_accepted(topup.id, checkout_request_id=f"ws_CO_{self.seq:04d}",
                                         merchant_request_id="m", query_after_s=60)
         return TopUp.get(TopUp.id == topup.id)
 
     def paid_by_callback(self, phone, amount, receipt, confirmed=None):
         topup = self._pushed(phone, amount)
         cents = (confirmed if confirmed is not None else amount) * 100
-        assert topups.settle_success(topup.checkout_request_id, amount_cents=cents,
-                                     receipt=receipt, phone=phone, source="callback") == "credited"
+        assert settlement.settle_success(topup.checkout_request_id, amount_cents=cents,
+                                         receipt=receipt, phone=phone, source="callback") == "credited"
         return topup
 
     def paid_by_query(self, phone, amount):
         topup = self._pushed(phone, amount)
-        assert topups.settle_success(topup.checkout_request_id, amount_cents=None, receipt=None,
-                                     phone=None, source="query") == "credited"
+        assert settlement.settle_success(topup.checkout_request_id, amount_cents=None, receipt=None,
+                                         phone=None, source="query") == "credited"
         return topup
 
     def unknown(self, phone, amount, checkout=True):
         topup = self._pushed(phone, amount, checkout=checkout)
         if not checkout:
-            topups.record_push_ambiguous(topup.id, "read_timeout")
-        assert topups.give_up(topup.id, 60, now=utcnow() + dt.timedelta(minutes=2)) == UNKNOWN
+            pushes.record_push_ambiguous(topup.id, "read_timeout")
+        assert settlement.give_up(topup.id, 60, now=utcnow() + dt.timedelta(minutes=2)) == UNKNOWN
         return TopUp.get(TopUp.id == topup.id)
 
     def pending(self, phone, amount):
@@ -61,13 +61,13 @@ class Ledger:
 
     def failed(self, phone, amount):
         topup = self._pushed(phone, amount)
-        topups.settle_failure(topup.checkout_request_id, "1032", "Request cancelled by user",
-                              source="callback")
+        settlement.settle_failure(topup.checkout_request_id, "1032", "Request cancelled by user",
+                                  source="callback")
         return topup
 
     def orphan(self, checkout, receipt, amount, phone):
-        assert topups.settle_success(checkout, amount_cents=amount * 100, receipt=receipt,
-                                     phone=phone, source="callback") == "orphan"
+        assert settlement.settle_success(checkout, amount_cents=amount * 100, receipt=receipt,
+                                         phone=phone, source="callback") == "orphan"
         return OrphanPayment.get(OrphanPayment.checkout_request_id == checkout)
 
     def balance(self):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ledger import accounts, db, history, topups
+from ledger import accounts, db, history, inbox, pushes, settlement, topups
 from tests.unit.test_crediting import success_body
 from topupctl.cli import main
 
@@ -18,13 +18,13 @@ def credited(database):
         account, _ = accounts.create_account("support")
         topup, _ = topups.create_topup(account.id, amount=1000, phone="254712345678",
                                        reference="INV42", metadata={})
-        topups.claim_push(topup.id)
-        topups.record_push_accepted(topup.id, checkout_request_id="ws_CO_SUPPORT_1",
+        pushes.claim_push(topup.id)
+        pushes.record_push_accepted(topup.id, checkout_request_id="ws_CO_SUPPORT_1",
                                     merchant_request_id="m-1", query_after_s=60)
         for _ in range(2):
-            row, _ = topups.store_callback(success_body("ws_CO_SUPPORT_1", receipt="QWE1234567"),
-                                           "196.201.214.200")
-            topups.apply_callback(row.seq)
+            row, _ = inbox.store_callback(success_body("ws_CO_SUPPORT_1", receipt="QWE1234567"),
+                                          "196.201.214.200")
+            settlement.apply_callback(row.seq)
     return {"account": account.id, "topup": topup.id}
 
 
@@ -91,9 +91,9 @@ def test_a_phone_with_several_topups_shows_the_newest_and_lists_the_others(credi
 
 def test_money_no_topup_asked_for_is_shown_as_an_orphan_payment(database):
     with db.connection():
-        row, _ = topups.store_callback(success_body("ws_CO_NOBODY", receipt="ORPH000001"),
-                                       "127.0.0.1")
-        topups.apply_callback(row.seq)
+        row, _ = inbox.store_callback(success_body("ws_CO_NOBODY", receipt="ORPH000001"),
+                                      "127.0.0.1")
+        settlement.apply_callback(row.seq)
         found = history.find("ORPH000001")
     assert found.topup is None and found.matched_by == "orphan_payment"
     assert found.orphan.checkout_request_id == "ws_CO_NOBODY"

@@ -6,7 +6,7 @@ import pytest
 from dramatiq import Message
 
 import settings
-from ledger import db, topups
+from ledger import db, inbox
 from ledger.models import Callback, utcnow
 from workers import scheduler, sweeps
 
@@ -40,8 +40,8 @@ def test_a_malformed_threshold_is_refused_by_name(name, value):
 
 def test_a_shorter_threshold_re_drives_a_callback_sooner(database, stub_broker):
     with db.connection():
-        stored, _ = topups.store_callback(b'{"Body": {"stkCallback": {"CheckoutRequestID": '
-                                          b'"ws_CO_1", "ResultCode": 1032}}}', None)
+        stored, _ = inbox.store_callback(b'{"Body": {"stkCallback": {"CheckoutRequestID": '
+                                         b'"ws_CO_1", "ResultCode": 1032}}}', None)
         Callback.update(received_at=utcnow() - dt.timedelta(seconds=5)).execute()
     assert scheduler.sweep_once(86400)["unapplied_callbacks"] == 0
     short = sweeps.Thresholds(unapplied_callback_after=dt.timedelta(seconds=2))

@@ -6,7 +6,7 @@ import fakeredis
 import pytest
 import requests
 
-from ledger import db, topups
+from ledger import db, inbox, pushes, topups
 from ledger.models import FAILED, PENDING, PUSH_AMBIGUOUS, SUCCEEDED, UNKNOWN, TopUp, utcnow
 from simulator.server import SimulatorConfig, SimulatorServer
 from workers import runtime, scheduler, sweeps
@@ -72,7 +72,7 @@ def test_a_push_abandoned_mid_send_becomes_ambiguous_and_is_never_sent_again(
         worker_runtime, account, stub_broker, stub_worker, simulator):
     topup_id = new_topup(account["id"])
     with db.connection():
-        topups.claim_push(topup_id)   # a worker took it, then died before any answer
+        pushes.claim_push(topup_id)   # a worker took it, then died before any answer
         TopUp.update(push_started_at=utcnow() - dt.timedelta(minutes=10)).where(
             TopUp.id == topup_id).execute()
     found = scheduler.sweep_once(worker_runtime.stk_give_up_after_s)
@@ -90,10 +90,10 @@ def test_a_callback_stored_but_never_applied_is_applied_by_the_sweep(
             b'"CallbackMetadata": {"Item": [{"Name": "Amount", "Value": 100}, '
             b'{"Name": "MpesaReceiptNumber", "Value": "SWEEP00001"}]}}}}')
     with db.connection():
-        topups.claim_push(topup_id)
-        topups.record_push_accepted(topup_id, checkout_request_id="ws_CO_SWEEP",
+        pushes.claim_push(topup_id)
+        pushes.record_push_accepted(topup_id, checkout_request_id="ws_CO_SWEEP",
                                     merchant_request_id=None, query_after_s=3600)
-        row, _ = topups.store_callback(body, None)   # the enqueue after it was lost
+        row, _ = inbox.store_callback(body, None)   # the enqueue after it was lost
         from ledger.models import Callback
         Callback.update(received_at=utcnow() - dt.timedelta(minutes=1)).where(
             Callback.seq == row.seq).execute()
@@ -107,8 +107,8 @@ def test_past_the_give_up_deadline_a_pushed_topup_is_unknown_and_an_unsent_one_f
     pushed = new_topup(account["id"])
     unsent = new_topup(account["id"], phone="254712345679")
     with db.connection():
-        topups.claim_push(pushed)
-        topups.record_push_accepted(pushed, checkout_request_id="ws_CO_OLD",
+        pushes.claim_push(pushed)
+        pushes.record_push_accepted(pushed, checkout_request_id="ws_CO_OLD",
                                     merchant_request_id=None, query_after_s=60)
         long_ago = utcnow() - dt.timedelta(days=2)
         TopUp.update(created_at=long_ago, pushed_at=long_ago).execute()

@@ -12,7 +12,7 @@ import fakeredis
 import pytest
 from dramatiq.message import Message
 
-from ledger import db, topups
+from ledger import db, inbox, topups
 from simulator.server import SimulatorConfig, SimulatorServer
 from telemetry import logs, metrics
 from tests.unit.test_crediting import pushed, success_body  # noqa: F401 (a fixture)
@@ -64,7 +64,7 @@ def test_a_credit_is_timed_from_push_to_ledger_once(pushed):  # noqa: F811
     before = histogram_count(metrics.CREDIT_SECONDS, "callback")
     with db.connection():
         for _ in range(3):  # the same callback delivered three times credits once
-            row, _ = topups.store_callback(success_body("ws_CO_1"), "127.0.0.1")
+            row, _ = inbox.store_callback(success_body("ws_CO_1"), "127.0.0.1")
             tasks.apply_callback(row.seq)
     assert histogram_count(metrics.CREDIT_SECONDS, "callback") - before == 1
 
@@ -103,7 +103,7 @@ def test_finished_and_dead_lettered_messages_are_counted(observed_broker):
 
 def test_a_callback_message_is_traced_to_its_topup(pushed):  # noqa: F811
     with db.connection():
-        row, _ = topups.store_callback(success_body("ws_CO_1"), "127.0.0.1")
+        row, _ = inbox.store_callback(success_body("ws_CO_1"), "127.0.0.1")
         fields = subject_of(Message(queue_name="callbacks", actor_name="apply_callback",
                                     args=(row.seq,), kwargs={}, options={}))
     assert fields == {"callback": row.seq, "topup_id": pushed["topup"],

@@ -1,4 +1,5 @@
-"""The one rule that gives an orphan payment to a top-up whose push answer was lost.
+"""Orphan payments: money M-Pesa confirmed for a CheckoutRequestID no top-up knows, kept, and
+the one rule that gives such a payment to a top-up whose push answer was lost.
 
 A push whose answer never came back (a read timeout, ``500.003.1001``, an HTML page) may
 have reached Daraja: its CheckoutRequestID was never learnt, so its callback arrives as a
@@ -126,3 +127,18 @@ def serialize(phone: str | None) -> None:
     run one at a time already."""
     if phone and isinstance(database.obj, pw.PostgresqlDatabase):
         database.execute(pw.Select(columns=[fn.pg_advisory_xact_lock(fn.hashtext(phone))]))
+
+
+def keep(checkout_request_id: str, amount_cents: int | None, receipt: str | None,
+         phone: str | None, callback_seq: int | None) -> None:
+    """Keep a payment no top-up claims, once, for reconciliation or an operator. Call inside
+    the transaction that found no top-up for it."""
+    if receipt is not None and OrphanPayment.select().where(
+            (OrphanPayment.mpesa_receipt == receipt)
+            & (OrphanPayment.checkout_request_id != checkout_request_id)).exists():
+        return   # the same payment kept already under another CheckoutRequestID
+    # the unique indexes decide a race of two workers keeping the same orphan
+    (OrphanPayment.insert(checkout_request_id=checkout_request_id, mpesa_receipt=receipt,
+                          amount_cents=amount_cents, phone=phone, callback=callback_seq,
+                          created_at=utcnow())
+     .on_conflict_ignore().execute())

@@ -1,0 +1,356 @@
+"""Settling a top-up exactly once: a callback, an STK Query answer, or giving up.
+
+Every state change is a conditional UPDATE (``… WHERE status IN (…)``) that acts only if one
+row changed, and every credit writes the ledger entry, the wallet balance and the top-up's
+status in one transaction behind unique indexes (``settle_success``, the one credit path).
+That holds at READ COMMITTED on PostgreSQL and under SQLite's single writer, with any number
+of workers racing on the same callback. docs/design.md says the rules in prose.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import peewee as pw
+
+from ledger import events, orphans, result_codes
+from ledger.callbacks import MalformedCallback, parse, why_unappliable
+from ledger.db import write_transaction
+from ledger.ids import new_id
+from ledger.models import (
+    FAILED, PENDING, PUSH_QUEUED, SUCCEEDED, UNKNOWN, Callback, LedgerEntry, OrphanPayment,
+    TopUp, Wallet, utcnow,
+)
+from ledger.phones import mask
+from ledger.topups import SETTLEABLE, record_event
+
+log = logging.getLogger(__name__)
+
+
+def retry_orphans(phone: str | None) -> None:
+    """Try the matching rule again for the unclaimed payments from this phone: a push to it
+    has turned ambiguous or been answered, which may leave one top-up they can answer."""
+    if not phone:
+        return
+    with write_transaction():
+        # behind the phone's matching lock: a payment being kept as an orphan right now is
+        # committed before this reads, or reads this push's new state itself
+        orphans.serialize(phone)
+        payments = orphans.payments_to_retry(phone)
+    for orphan, paid_at in payments:
+        settle_success(orphan.checkout_request_id, amount_cents=orphan.amount_cents,
+                       receipt=orphan.mpesa_receipt, phone=orphan.phone, source="callback",
+                       callback_seq=orphan.callback_id, paid_at=paid_at)
+
+
+# --- callbacks -------------------------------------------------------------------------------
+
+def apply_callback(callback_seq: int, *, row=None, confirmed_by_query: bool = False) -> str:
+    """Settle the top-up a stored callback speaks of. Safe to run any number of times.
+
+    ``row``: the stored callback, when the caller has read it already (its body never
+    changes). ``confirmed_by_query``: STK Query answered ResultCode 0 for its
+    CheckoutRequestID; the credit is then what Daraja confirmed (``settle_success``).
+
+    Returns what it did: ``credited``, ``duplicate``, ``receipt_filled``, ``failed``,
+    ``orphan``, ``unknown_code``, ``malformed``, ``quarantined:…``, ``refuted:…`` …
+    """
+    if row is None or row.seq != callback_seq:
+        row = Callback.get_or_none(Callback.seq == callback_seq)
+    if row is None:
+        return "missing"
+    try:
+        cb = parse(row.body)
+    except MalformedCallback:
+        return _mark_applied(row.seq, "malformed")
+    kind = result_codes.classify(cb.result_code)
+    if kind == "paid":
+        reason = why_unappliable(cb)
+        if reason is not None:
+            return quarantine_callback(row.seq, reason)
+        outcome = settle_success(cb.checkout_request_id, amount_cents=cb.amount_cents,
+                                 receipt=cb.receipt, phone=cb.phone, source="callback",
+                                 callback_seq=row.seq, paid_at=row.received_at,
+                                 confirmed_by_query=confirmed_by_query)
+    elif kind == "failed":
+        outcome = settle_failure(cb.checkout_request_id, cb.result_code, cb.result_desc,
+                                 source="callback")
+    else:
+        outcome = "unknown_code"
+        topup = TopUp.get_or_none(TopUp.checkout_request_id == cb.checkout_request_id)
+        if topup is not None:
+            with write_transaction():
+                record_event(topup.id, "callback_unknown_code", result_code=cb.result_code,
+                             result_desc=cb.result_desc)
+    return _mark_applied(row.seq, outcome)
+
+
+def refute_callback(callback_seq: int, verdict: str) -> str:
+    """STK Query contradicted a success callback: credit nothing, keep it for an operator.
+    The top-up itself is settled by its own query chain, on Daraja's word."""
+    row = Callback.get(Callback.seq == callback_seq)
+    topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
+    if topup is not None:
+        with write_transaction():
+            record_event(topup.id, "callback_refuted_by_query", callback=callback_seq,
+                         verdict=verdict)
+    return _mark_applied(row.seq, f"refuted:{verdict}")
+
+
+def quarantine_callback(callback_seq: int, reason: str) -> str:
+    """A callback that cannot be applied is kept once, with its reason, for an operator
+    (``topupctl callbacks quarantined``, and the top-up's history): marked applied, so that
+    neither the sweep re-drives it nor its top-up's STK Query waits for it."""
+    row = Callback.get(Callback.seq == callback_seq)
+    topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
+    if topup is not None:
+        with write_transaction():
+            record_event(topup.id, "callback_quarantined", callback=callback_seq, reason=reason)
+    log.error("a callback cannot be applied; kept for an operator",
+              extra={"callback": callback_seq, "reason": reason,
+                     "checkout_request_id": row.checkout_request_id})
+    return _mark_applied(callback_seq, f"{QUARANTINED}{reason}")
+
+
+QUARANTINED = "quarantined:"
+
+
+def is_final(outcome: str | None) -> bool:
+    """A callback applied with this outcome is never to be applied again: refuted by Daraja,
+    quarantined, or not a callback at all."""
+    return bool(outcome) and (outcome.startswith(("refuted:", QUARANTINED))
+                              or outcome == "malformed")
+
+
+def quarantined_callbacks(limit: int = 500) -> list[Callback]:
+    """The quarantined callbacks, oldest first."""
+    return list(Callback.select().where(Callback.outcome.startswith(QUARANTINED))
+                .order_by(Callback.seq).limit(limit))
+
+
+def _mark_applied(callback_seq: int, outcome: str) -> str:
+    outcome = outcome[:64]
+    with write_transaction():
+        Callback.update(applied_at=utcnow(), outcome=outcome).where(
+            Callback.seq == callback_seq).execute()
+    return outcome
+
+
+def settle_success(checkout_request_id: str, *, amount_cents: int | None, receipt: str | None,
+                   phone: str | None, source: str, callback_seq: int | None = None,
+                   paid_at: dt.datetime | None = None, confirmed_by_query: bool = False,
+                   recheck_orphan: bool = True) -> str:
+    """M-Pesa says the money moved: credit once, or keep it as an orphan payment.
+
+    ``paid_at``: when the payment reached us (the callback's arrival), for the matching
+    rule's time window; now, by default. ``confirmed_by_query``: STK Query said ResultCode 0
+    for this CheckoutRequestID and nothing more, so a top-up is credited the amount it asked
+    for, and the callback's receipt is kept only if its amount is that one (docs/design.md).
+    """
+    try:
+        # the wallet.top_up event is written with the credit, announced after the commit
+        with events.publishing(), write_transaction():
+            outcome = _settle_success(checkout_request_id, amount_cents, receipt, phone, source,
+                                      callback_seq, paid_at or utcnow(), confirmed_by_query)
+    except pw.IntegrityError as exc:
+        # The receipt already credited something else (a replay under another
+        # CheckoutRequestID, or a forgery): credit nothing, keep the evidence.
+        log.warning("receipt conflict on credit", extra={"checkout_request_id": checkout_request_id,
+                                                         "error": str(exc)[:200]})
+        return "receipt_conflict"
+    if outcome != "orphan" or not recheck_orphan:
+        return outcome
+    # A push records its CheckoutRequestID, then applies the callbacks already stored for it
+    # (workers.tasks.push), resolving any orphan kept for it. This callback's own message may
+    # have found no top-up just before that commit and kept its orphan just after the push's
+    # credit looked for one: a credited top-up with an orphan left unresolved, which an
+    # operator could credit again. Now that the orphan is committed, look again: a top-up that
+    # has this CheckoutRequestID now is settled by the usual path (its credit resolves the
+    # orphan; a top-up already credited resolves it in _already_settled). A push recording
+    # the CheckoutRequestID after this read credits later, and finds the orphan committed.
+    topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
+    if topup is None or topup.status == FAILED:
+        return outcome
+    return settle_success(checkout_request_id, amount_cents=amount_cents, receipt=receipt,
+                          phone=phone, source=source, callback_seq=callback_seq,
+                          paid_at=paid_at, confirmed_by_query=confirmed_by_query,
+                          recheck_orphan=False)
+
+
+def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, callback_seq,
+                    paid_at, confirmed_by_query):
+    topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
+    matched_by_phone_and_amount = False
+    if topup is None:
+        # matching a payment and keeping it as an orphan, one at a time per phone
+        orphans.serialize(phone)
+        lost = orphans.lost_push_for(checkout_request_id, phone=phone,
+                                     amount_cents=amount_cents, paid_at=paid_at)
+        if lost is not None and orphans.attach(lost.id, checkout_request_id):
+            record_event(lost.id, "orphan_matched", checkout_request_id=checkout_request_id,
+                         by="phone and amount")
+            topup = TopUp.get(TopUp.id == lost.id)
+            matched_by_phone_and_amount = True
+    if topup is None or topup.status == FAILED:
+        # No top-up knows this CheckoutRequestID (or Daraja earlier said it failed):
+        # the money moved all the same, so it is kept for reconciliation.
+        orphans.keep(checkout_request_id, amount_cents, receipt, phone, callback_seq)
+        if topup is not None:
+            record_event(topup.id, "paid_after_failed", receipt=receipt, source=source)
+        return "orphan"
+
+    contradicted = None
+    if confirmed_by_query and amount_cents != topup.amount * 100:
+        # Daraja confirmed the push, not this callback's amount: the credit is the query's
+        contradicted = "amount differs from the one asked"
+        record_event(topup.id, "callback_contradicted", callback=callback_seq,
+                     reason=contradicted, amount_cents=amount_cents, receipt=receipt)
+        amount_cents, receipt, phone, source = None, None, None, "query"
+    outcome = _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
+                      matched_by_phone_and_amount)
+    return f"refuted:{contradicted}" if contradicted else outcome
+
+
+def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
+            matched_by_phone_and_amount) -> str:
+    now = utcnow()
+    requested_cents = topup.amount * 100
+    credit_cents = amount_cents if amount_cents is not None else requested_cents
+    flags = []
+    if amount_cents is not None and amount_cents != requested_cents:
+        flags.append(f"amount: requested {requested_cents} cents, M-Pesa confirmed {amount_cents}")
+    if phone and phone != topup.phone:
+        flags.append(f"phone: paid from {mask(phone)}")
+    if matched_by_phone_and_amount:
+        flags.append("push answer lost: payment matched by phone and amount")
+    # The claim: only a pending or unknown top-up changes, and it comes back as it now is.
+    settled = list(TopUp.update(status=SUCCEEDED, mpesa_receipt=receipt,
+                                credited_cents=credit_cents,
+                                flagged="; ".join(flags)[:200] or None, completed_at=now,
+                                updated_at=now, next_query_at=None)
+                   .where((TopUp.id == topup.id) & TopUp.status.in_(SETTLEABLE))
+                   .returning(TopUp).execute())
+    if not settled:
+        return _already_settled(topup, receipt, source)
+    settled_topup = settled[0]
+    # The wallet's row stays locked from its UPDATE to our COMMIT, and every other credit to
+    # this wallet waits for it: on a busy merchant's wallet the statements in between set the
+    # pace (make bench, "Crediting one hot wallet"). So what does not need the new balance is
+    # written first, and the balance comes back with the UPDATE instead of a second SELECT.
+    (OrphanPayment.update(resolved_topup=topup.id, resolved_at=now)
+     .where((OrphanPayment.checkout_request_id == checkout_request_id)
+            & OrphanPayment.resolved_topup.is_null()).execute())
+    credited = list(Wallet.update(balance_cents=Wallet.balance_cents + credit_cents,
+                                  updated_at=now)
+                    .where(Wallet.account == topup.account_id).returning(Wallet).execute())
+    if not credited:
+        raise Wallet.DoesNotExist(f"account {topup.account_id} has no wallet")
+    wallet = credited[0]
+    entry = LedgerEntry.create(
+        id=new_id("le"), wallet=wallet, type="top_up", amount_cents=credit_cents,
+        balance_after_cents=wallet.balance_cents, topup=topup.id, mpesa_receipt=receipt,
+        description=f"M-Pesa top-up {receipt or topup.reference}", source=source)
+    record_event(topup.id, "credited", amount_cents=credit_cents, receipt=receipt, source=source,
+                 ledger_entry=entry.id, balance_after_cents=wallet.balance_cents,
+                 flagged=flags or None)
+    events.topup_credited(settled_topup, wallet, entry)
+    return "credited"
+
+
+def _already_settled(topup: TopUp, receipt: str | None, source: str) -> str:
+    current = TopUp.get(TopUp.id == topup.id)
+    if current.status == SUCCEEDED and receipt and current.mpesa_receipt not in (None, receipt):
+        # Two receipts for one push: one of them is not M-Pesa's (a forgery, a replay). Which
+        # one only the statement tells: neither is dropped, the top-up is flagged for a person.
+        (TopUp.update(flagged=f"receipts disputed: {current.mpesa_receipt} and {receipt}",
+                      updated_at=utcnow())
+         .where(TopUp.id == topup.id).execute())
+        record_event(topup.id, "receipt_disputed", receipt=receipt,
+                     credited_receipt=current.mpesa_receipt, source=source)
+        log.error("two receipts for one top-up; the statement decides",
+                  extra={"topup_id": topup.id, "receipt": receipt,
+                         "credited_receipt": current.mpesa_receipt})
+        return "receipt_disputed"
+    if current.status == SUCCEEDED and current.checkout_request_id is not None:
+        # A payment kept as an orphan under this top-up's own CheckoutRequestID (see
+        # settle_success) is this top-up's, and it is credited: not an orphan any more.
+        (OrphanPayment.update(resolved_topup=current.id, resolved_at=utcnow())
+         .where((OrphanPayment.checkout_request_id == current.checkout_request_id)
+                & OrphanPayment.resolved_topup.is_null()).execute())
+    if current.status == SUCCEEDED and receipt and current.mpesa_receipt is None:
+        # Credited earlier from a query answer, which carries no receipt: the callback
+        # brings it now, and credits nothing more. Of callbacks racing to do so, the one
+        # whose conditional UPDATE changed the row fills it; the others are duplicates.
+        filled = TopUp.update(mpesa_receipt=receipt, updated_at=utcnow()).where(
+            (TopUp.id == topup.id) & TopUp.mpesa_receipt.is_null()).execute()
+        if filled:
+            LedgerEntry.update(mpesa_receipt=receipt).where(
+                (LedgerEntry.topup == topup.id) & LedgerEntry.mpesa_receipt.is_null()).execute()
+            record_event(topup.id, "receipt_filled", receipt=receipt, source=source)
+            return "receipt_filled"
+    record_event(topup.id, "duplicate_success", receipt=receipt, source=source)
+    return "duplicate"
+
+
+def settle_failure(checkout_request_id: str, result_code: str, result_desc: str, *,
+                   source: str) -> str:
+    """Daraja says no money moved. A success is never downgraded."""
+    now = utcnow()
+    with events.publishing(), write_transaction():
+        topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
+        if topup is None:
+            return "unmatched_failure"
+        changed = (TopUp.update(status=FAILED, failure_code=result_code[:32],
+                                failure_reason=(result_desc or "")[:255], completed_at=now,
+                                updated_at=now, next_query_at=None)
+                   .where((TopUp.id == topup.id) & TopUp.status.in_(SETTLEABLE))
+                   .execute())
+        record_event(topup.id, "failed" if changed else "duplicate_failure",
+                     result_code=result_code, result_desc=result_desc, source=source)
+        if changed:
+            events.topup_failed(TopUp.get(TopUp.id == topup.id))
+    return "failed" if changed else "duplicate"
+
+
+# --- queries and giving up -------------------------------------------------------------------
+
+def record_query(topup_id: str, *, answer: str, recheck_in_s: float, **detail) -> None:
+    """Note a query's answer and when the sweeper should look again if the retries stop."""
+    now = utcnow()
+    with write_transaction():
+        (TopUp.update(query_attempts=TopUp.query_attempts + 1, updated_at=now,
+                      next_query_at=now + dt.timedelta(seconds=recheck_in_s))
+         .where((TopUp.id == topup_id) & (TopUp.status == PENDING)).execute())
+        record_event(topup_id, "query", answer=answer, **detail)
+
+
+def give_up(topup_id: str, give_up_after_s: int, now: dt.datetime | None = None) -> str | None:
+    """A top-up unresolved this long is settled as far as we can without Daraja's word.
+
+    If its push was certainly never sent it is ``failed`` (no prompt, no money); otherwise it
+    becomes ``unknown``, never ``failed``: it is left for a late callback or reconciliation.
+    """
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(seconds=give_up_after_s)
+    with events.publishing(), write_transaction():
+        topup = TopUp.get_or_none(TopUp.id == topup_id)
+        if topup is None or topup.status != PENDING:
+            return None
+        if (topup.pushed_at or topup.push_started_at or topup.created_at) >= cutoff:
+            return None
+        if topup.push_state == PUSH_QUEUED:
+            changed = (TopUp.update(status=FAILED, failure_code="not_sent",
+                                    failure_reason="The push was never sent before the deadline",
+                                    completed_at=now, updated_at=now, next_query_at=None)
+                       .where((TopUp.id == topup_id) & (TopUp.status == PENDING)
+                              & (TopUp.push_state == PUSH_QUEUED)).execute())
+            status = FAILED
+        else:
+            changed = (TopUp.update(status=UNKNOWN, updated_at=now, next_query_at=None)
+                       .where((TopUp.id == topup_id) & (TopUp.status == PENDING)).execute())
+            status = UNKNOWN
+        if changed:
+            record_event(topup_id, "gave_up", status=status, push_state=topup.push_state)
+            if status == FAILED:
+                events.topup_failed(TopUp.get(TopUp.id == topup_id))
+    return status if changed else None
