@@ -19,6 +19,7 @@ import logging
 import threading
 from typing import Callable
 
+from ledger import pages
 from ledger.db import database
 from ledger.ids import new_id
 from ledger.models import Event, WebhookDelivery, WebhookEndpoint, utcnow
@@ -164,13 +165,9 @@ def get_event(account_id: str, event_id: str) -> Event | None:
 def list_events(account_id: str, *, event_type: str | None, limit: int,
                 starting_after: str | None) -> tuple[list[Event], bool] | None:
     """Newest first; None when ``starting_after`` names no event of this account."""
-    query = Event.select().where(Event.account == account_id)
+    mine = Event.account == account_id
+    query = Event.select().where(mine)
     if event_type:
         query = query.where(Event.type == event_type)
-    if starting_after:
-        cursor = get_event(account_id, starting_after)
-        if cursor is None:
-            return None
-        query = query.where(Event.seq < cursor.seq)
-    rows = list(query.order_by(Event.seq.desc()).limit(limit + 1))
-    return rows[:limit], len(rows) > limit
+    return pages.newest_first(query, Event, limit=limit, starting_after=starting_after,
+                              scope=mine)

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import peewee as pw
 
-from ledger import events, settlement, topups
+from ledger import events, pages, settlement, topups
 from ledger.db import write_transaction
 from ledger.ids import new_id
 from ledger.models import (
@@ -764,14 +764,8 @@ def run_json(run: Reconciliation, *, full: bool = False) -> dict:
 
 def list_runs(limit: int = 20, starting_after: str | None = None) -> tuple[list, bool] | None:
     """Newest first; None when ``starting_after`` names no run."""
-    query = Reconciliation.select()
-    if starting_after:
-        cursor = Reconciliation.get_or_none(Reconciliation.id == starting_after)
-        if cursor is None:
-            return None
-        query = query.where(Reconciliation.seq < cursor.seq)
-    rows = list(query.order_by(Reconciliation.seq.desc()).limit(limit + 1))
-    return rows[:limit], len(rows) > limit
+    return pages.newest_first(Reconciliation.select(), Reconciliation, limit=limit,
+                              starting_after=starting_after)
 
 
 # --- the command line's dates ------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 
 import peewee as pw
 
+from ledger import pages
 from ledger.db import write_transaction
 from ledger.ids import new_id, short_reference
 from ledger.models import PENDING, UNKNOWN, TopUp, TopUpEvent
@@ -79,13 +80,9 @@ def get_topup(account_id: str, topup_id: str) -> TopUp | None:
 def list_topups(account_id: str, *, status: str | None, limit: int,
                 starting_after: str | None) -> tuple[list[TopUp], bool] | None:
     """Newest first; None when ``starting_after`` names no top-up of this account."""
-    query = TopUp.select().where(TopUp.account == account_id)
+    mine = TopUp.account == account_id
+    query = TopUp.select().where(mine)
     if status:
         query = query.where(TopUp.status == status)
-    if starting_after:
-        cursor = get_topup(account_id, starting_after)
-        if cursor is None:
-            return None
-        query = query.where(TopUp.seq < cursor.seq)
-    rows = list(query.order_by(TopUp.seq.desc()).limit(limit + 1))
-    return rows[:limit], len(rows) > limit
+    return pages.newest_first(query, TopUp, limit=limit, starting_after=starting_after,
+                              scope=mine)

@@ -15,6 +15,7 @@ import json
 import secrets
 from dataclasses import dataclass
 
+from ledger import pages
 from ledger.db import write_transaction
 from ledger.events import event_object
 from ledger.ids import new_id
@@ -57,15 +58,9 @@ def get_endpoint(account_id: str, endpoint_id: str) -> WebhookEndpoint | None:
 def list_endpoints(account_id: str, *, limit: int,
                    starting_after: str | None) -> tuple[list[WebhookEndpoint], bool] | None:
     """Newest first; None when ``starting_after`` names no endpoint of this account."""
-    query = WebhookEndpoint.select().where((WebhookEndpoint.account == account_id)
-                                           & WebhookEndpoint.deleted_at.is_null())
-    if starting_after:
-        cursor = get_endpoint(account_id, starting_after)
-        if cursor is None:
-            return None
-        query = query.where(WebhookEndpoint.seq < cursor.seq)
-    rows = list(query.order_by(WebhookEndpoint.seq.desc()).limit(limit + 1))
-    return rows[:limit], len(rows) > limit
+    live = (WebhookEndpoint.account == account_id) & WebhookEndpoint.deleted_at.is_null()
+    return pages.newest_first(WebhookEndpoint.select().where(live), WebhookEndpoint,
+                              limit=limit, starting_after=starting_after, scope=live)
 
 
 def delete_endpoint(account_id: str, endpoint_id: str) -> bool:
