@@ -57,7 +57,4 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(openapi.bp)
-
-    # Daraja's callback, the hot path: its common case is answered before Flask's machinery.
-    app.wsgi_app = daraja_callback.CommonCase(app, app.wsgi_app)
     return app

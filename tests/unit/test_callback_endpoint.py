@@ -129,7 +129,23 @@ def test_a_callback_the_database_cannot_store_answers_503_and_is_not_queued(clie
     assert stub_broker.queues["callbacks"].qsize() == 0
 
 
-# --- the common case (app.daraja_callback.CommonCase) answers as the view does -----------------
+def test_the_acknowledgement_is_darajas_expected_answer_byte_for_byte(client):
+    with client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY) as response:
+        assert response.status == "200 OK"
+        assert response.get_data() == b'{"ResultCode":0,"ResultDesc":"Accepted"}\n'
+        assert sorted(response.headers.items()) == [("Content-Length", "41"),
+                                                    ("Content-Type", "application/json")]
+
+
+def test_a_malformed_callbacks_answer_is_the_problem_document_byte_for_byte(client):
+    response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}", data="<html>",
+                           content_type="text/html")
+    assert response.status == "400 BAD REQUEST"
+    assert response.get_data() == (
+        b'{"type":"https://docs.topup-gateway.dev/errors/invalid_json","title":"Invalid JSON",'
+        b'"status":400,"detail":"Not an STK callback body.","code":"invalid_json"}\n')
+    assert response.headers["Content-Type"] == "application/problem+json"
+
 
 def wsgi_call(wsgi_app, environ):
     status, headers = [], []
@@ -154,19 +170,7 @@ def callback_environ(body: bytes, **extra):
     return environ
 
 
-def test_the_common_case_answers_byte_for_byte_what_the_view_answers(app, stub_broker):
-    from app.daraja_callback import CommonCase
-    assert isinstance(app.wsgi_app, CommonCase)
-    body = json.dumps(BODY).encode()
-    common = wsgi_call(app.wsgi_app, callback_environ(body))
-    flask_alone = wsgi_call(app.wsgi_app.wsgi_app, callback_environ(body))
-    assert common == flask_alone
-    assert common[0] == "200 OK"
-    assert [r.checkout_request_id for r in stored()] == ["ws_CO_9", "ws_CO_9"]
-    assert stub_broker.queues["callbacks"].qsize() == 2
-
-
-def test_a_chunked_callback_without_a_length_is_answered_by_flask_as_before(app, stub_broker):
+def test_a_chunked_callback_without_a_length_is_stored_and_acknowledged(app, stub_broker):
     import io
     body = json.dumps(BODY).encode()
     environ = callback_environ(body, HTTP_TRANSFER_ENCODING="chunked")
