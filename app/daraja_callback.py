@@ -12,7 +12,7 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app.enqueue import sender
+from app.enqueue import after_commit
 from app.errors import ApiError
 from ledger import inbox
 from workers import actors
@@ -39,13 +39,6 @@ def caller_address(remote_addr: str | None, forwarded_for: str | None, trusted_h
     return address
 
 
-def _enqueue_on_close(seq: int, checkout_request_id: str | None):
-    # Answered first, then enqueued (contract §4): the row is committed, so the answer need
-    # not wait on Redis; a lost enqueue is re-driven by the scheduler's unapplied-callback sweep.
-    return functools.partial(sender.submit, actors.apply_callback, seq,
-                             checkout_request_id=checkout_request_id)
-
-
 @bp.post("/daraja/callback/<token>")
 def receive(token: str):
     settings = current_app.config["SETTINGS"]
@@ -65,5 +58,9 @@ def receive(token: str):
         # Kept for an operator to read, but not something we can act on.
         raise ApiError(400, "invalid_json", "Not an STK callback body.")
     response = jsonify(ACCEPTED)
-    response.call_on_close(_enqueue_on_close(row.seq, parsed.checkout_request_id))
+    # Answered first, then enqueued (contract §4): the row is committed, so the answer need
+    # not wait on Redis; the send runs once the server has written the answer and closes it.
+    response.call_on_close(functools.partial(
+        after_commit, actors.apply_callback, row.seq,
+        checkout_request_id=parsed.checkout_request_id))
     return response

@@ -5,7 +5,7 @@ from flask import Blueprint, g, request
 
 from app import ids, serializers, validation
 from app.auth import require_account
-from app.enqueue import sender
+from app.enqueue import after_commit
 from app.errors import ApiError
 from app.idempotent import conflict
 from ledger import topups, wallets
@@ -29,10 +29,9 @@ def create_topup():
     except topups.IdempotencyConflict:
         raise conflict() from None
     if created:
-        # committed: the push goes out with this process's next batch of enqueues (app.enqueue),
-        # not in a Redis round trip of this request's own; one that is lost is re-driven by
-        # the scheduler's sweep of top-ups never pushed (workers.sweeps.unsent_pushes)
-        sender.submit(actors.push_topup, topup.id, topup_id=topup.id)
+        # committed: a push that cannot be sent now is re-driven by the scheduler's sweep
+        # of top-ups never pushed (workers.sweeps.unsent_pushes), and the client has its 202
+        after_commit(actors.push_topup, topup.id, topup_id=topup.id)
         return serializers.topup(topup), 202
     # A replay: the same top-up as it now stands, marked as debits and webhook endpoints are.
     return serializers.topup(topup), 202, {"Idempotent-Replayed": "true"}

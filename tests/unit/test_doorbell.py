@@ -152,22 +152,6 @@ def test_messages_put_back_by_a_stopping_consumer_ring_for_the_others(broker, re
     assert redis_client.llen(bell_key("dramatiq", "topups")) == 1
 
 
-def test_a_batch_pipelined_without_do_enqueue_rings_for_each_message(broker, redis_client):
-    from app.enqueue import send_pipelined
-    broker.declare_queue("callbacks")
-    apply_callback = dramatiq.actor(lambda seq: None, broker=broker, queue_name="callbacks",
-                                    actor_name="apply_callback")
-    push_topup = dramatiq.actor(lambda topup_id: None, broker=broker, queue_name="topups",
-                                actor_name="push_topup")
-    send_pipelined([(apply_callback, (1,), {}), (apply_callback, (2,), {}),
-                    (push_topup, ("tu_1",), {})])
-    assert redis_client.llen("dramatiq:callbacks") == 2
-    assert redis_client.llen(bell_key("dramatiq", "callbacks")) == 2
-    assert redis_client.llen(bell_key("dramatiq", "topups")) == 1
-    send_pipelined([(apply_callback, (3,), {})])   # a later batch rings again
-    assert redis_client.llen(bell_key("dramatiq", "callbacks")) == 3
-
-
 def test_a_worker_runs_a_message_retried_with_a_short_delay(broker):
     ran = []
 
