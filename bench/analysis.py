@@ -56,7 +56,7 @@ def explain(measurements: dict) -> list[str]:
             + _gateway_share(cpu)
             + (" Idle, a worker process still used "
                f"{best['idle_cpu_ms_per_s_per_process']:.1f} ms "
-               "of CPU a second (waiting on its queues' doorbells, a poll a second, heartbeats)."
+               "of CPU a second (polling its queues every 200 ms at most, heartbeats)."
                if best.get("idle_cpu_ms_per_s_per_process") else ""))
     cpu = measurements.get("cpu", {})
     if cpu.get("units"):

@@ -54,16 +54,13 @@ PG_CALLS = ("Database._execute_cursor", "Database.commit", "PostgresqlDatabase.b
 
 
 def _idle_wait(frames: list[str]) -> bool:
-    """A consumer thread waiting for work: asleep in stock Dramatiq's ``_RedisConsumer.__next__``
-    (its ``time.sleep`` is the innermost Python frame), or anywhere under the doorbell's wait
-    (``BLPOP``, the wait for an ack, the short sleep before an eta)."""
+    """A consumer thread waiting for work: asleep between two polls in the ``__next__`` of
+    Dramatiq's Redis consumer (its ``time.sleep`` is the innermost Python frame)."""
     def function(frame: str) -> str:   # "Class.method (/path)" or "method (/path)"
         return frame.split(" (")[0].rsplit(".", 1)[-1]
 
     leaf = frames[-1]
-    if function(leaf) == "__next__" and "/dramatiq/brokers/redis.py" in leaf:
-        return True
-    return any(function(f) == "_wait" and "/workers/doorbell.py" in f for f in frames)
+    return function(leaf) == "__next__" and "/dramatiq/brokers/redis.py" in leaf
 
 
 def _category(frame: str) -> str:

@@ -221,8 +221,8 @@ def markdown(results: dict, plots: dict) -> str:
         idle = [r.get("idle_cpu_ms_per_s_per_process") for r in e["rows"]]
         if any(idle):
             out += ["With nothing to do, a worker process used "
-                    + ", ".join(f"{_f(x)}" for x in idle) + " ms of CPU per second (waiting on "
-                    "its queues' doorbells, polling every `dramatiq_worker_timeout` = 1 s, "
+                    + ", ".join(f"{_f(x)}" for x in idle) + " ms of CPU per second (polling "
+                    "its queues, at most every `dramatiq_worker_timeout` = 200 ms, "
                     "heartbeats), for "
                     + ", ".join(str(r["processes"]) for r in e["rows"]) + " worker processes.",
                     ""]

@@ -119,9 +119,9 @@ class Stack:
             # where Daraja calls back: the API's URL, given by the caller once the API runs;
             # until then the discard port, never a default port someone else may be using
             "PUBLIC_BASE_URL": "http://127.0.0.1:9",
-            # idle consumers wait on their doorbell (workers/doorbell.py) and fetch at least
-            # once a second; a new message is fetched when it is sent
-            "dramatiq_worker_timeout": "1000",
+            # as deployed: an idle worker picks up a new message within 0.2 s
+            # (workers/broker.py)
+            "dramatiq_worker_timeout": "200",
             "PYTHONUNBUFFERED": "1",
             **{k: str(v) for k, v in extra.items()},
         }

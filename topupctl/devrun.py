@@ -141,9 +141,8 @@ def main() -> int:
     env.setdefault("DARAJA_BASE_URL", f"http://127.0.0.1:{SIM_PORT}")
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{API_PORT}")
     env.setdefault("STK_QUERY_AFTER_S", "20")
-    # new messages ring their queue's doorbell (workers/doorbell.py): idle consumers fetch at
-    # once, and otherwise at least once a second
-    env.setdefault("dramatiq_worker_timeout", "1000")
+    # an idle worker picks up a new message within 0.2 s (the trade-off: workers/broker.py)
+    env.setdefault("dramatiq_worker_timeout", "200")
     bin_dir = os.path.dirname(sys.executable)
     try:
         env["REDIS_URL"] = env.get("REDIS_URL") or start_redis(procs, env)

@@ -1,8 +1,16 @@
-"""The one broker module: built from REDIS_URL, swapped for a StubBroker in unit tests.
+"""The one broker module: Dramatiq's ``RedisBroker`` as shipped, built from REDIS_URL, and
+swapped for a StubBroker in unit tests. Every broker gets the same middleware, so what a test
+sees is what production runs.
 
-Every broker gets the same middleware, so what a test sees is what production runs. It is a
-:class:`workers.doorbell.DoorbellBroker`: every enqueue (API, workers, scheduler) rings the
-queue's doorbell, and idle consumers wait on it instead of polling.
+How soon an idle worker picks up a new message is Dramatiq's own ``worker_timeout``: a
+consumer that finds its queue empty polls again after a growing backoff of at most that
+long. ``dramatiq workers`` reads it, in milliseconds, from the environment variable
+``dramatiq_worker_timeout`` when it starts (Dramatiq's default is 1000). We run 200: a new
+message waits at most 0.2 s for an idle worker. Lower picks up sooner but polls Redis more
+often while idle (one fetch script per poll, for each queue and delay queue of each worker
+process); higher polls less and leaves messages waiting longer. It also bounds how long an
+idle worker takes to notice a stop. ``make run``, the Docker compose file, the integration
+tests and the benchmark all set it.
 """
 from __future__ import annotations
 
@@ -11,16 +19,14 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Retries, TimeLimit
 
-from workers.doorbell import DoorbellBroker
 from workers.middleware import DatabaseConnections
 
 
 def dramatiq_middleware():
     """Dramatiq's own middleware that our actors use: retries with backoff (``max_retries``,
     ``min_backoff``, ``retry_when``…) and ``time_limit``. Its other defaults (AgeLimit,
-    ShutdownNotifications, Callbacks, Pipelines) serve options no actor of ours sets, and
-    each still ran its hooks on every message (~17 µs a message, measured in one process).
-    An actor given one of their options is refused at declaration, so none is used unseen."""
+    ShutdownNotifications, Callbacks, Pipelines) serve options no actor of ours sets; an
+    actor given one of their options is refused at declaration, so none is used unseen."""
     return [TimeLimit(), Retries()]
 
 
@@ -29,13 +35,12 @@ def our_middleware():
 
 
 def build(redis_url: str) -> RedisBroker:
-    # a lost Redis must not hang a request or a worker thread forever. The client is built
-    # here: RedisBroker(url=...) ignores connection arguments given next to a URL (redis-py's
-    # default 5 s socket timeout applied instead). Consumers block on their doorbell for at
-    # most half the socket timeout.
+    # A lost Redis must not hang a request or a worker thread forever. The client is built
+    # here: RedisBroker(url=...) builds its connection pool from the URL alone and ignores
+    # connection arguments given next to it.
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5,
                                   health_check_interval=30)
-    broker = DoorbellBroker(client=client, middleware=dramatiq_middleware())
+    broker = RedisBroker(client=client, middleware=dramatiq_middleware())
     for middleware in our_middleware():
         broker.add_middleware(middleware)
     return broker

@@ -37,7 +37,7 @@ class System:
             "DARAJA_BASE_URL": simulator_url,
             "PUBLIC_BASE_URL": self.api_url,
             "DARAJA_CALLBACK_TOKEN": CALLBACK_TOKEN,
-            "dramatiq_worker_timeout": "1000",   # as configured: pick-up is the doorbell's
+            "dramatiq_worker_timeout": "200",   # as deployed (workers/broker.py)
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
