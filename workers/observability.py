@@ -1,10 +1,8 @@
 """What the workers tell about themselves, as Dramatiq middleware.
 
 - :class:`LogContext`: while a message is handled, every log line carries its ``actor`` and
-  ``message_id`` and, when the message concerns a top-up, its ``topup_id`` and
-  ``checkout_request_id``. The tasks that read their top-up (or delivery) anyway add what
-  they read to the context themselves (:func:`telemetry.logs.amend`); for the other
-  messages the middleware looks the top-up up once.
+  ``message_id``. The tasks add the ``topup_id`` and ``checkout_request_id`` of the top-up
+  the message is about as soon as they have read them (:func:`telemetry.logs.amend`).
 - :class:`Metrics`: messages finished by queue, actor and outcome, their duration, dead
   letters; and the fork process that serves the workers' ``/metrics``
   (:func:`telemetry.worker_metrics.serve`).
@@ -26,10 +24,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
-from ledger import db
-from ledger.models import TopUp
 from telemetry import logs, metrics
-from workers import tasks
 
 log = logging.getLogger(__name__)
 
@@ -42,57 +37,6 @@ return 0
 """
 
 
-def _topup_of_callback(seq: int) -> tuple[str | None, str | None]:
-    # Every credit's message comes here first. The row read (one prepared SELECT) is the one
-    # the task needs too: it is kept for it (workers.tasks.read_callback_ahead).
-    row = tasks.read_callback_ahead(seq)
-    if row is None or not row.checkout_request_id:
-        return None, None
-    return row.topup_id, row.checkout_request_id
-
-
-def _topup_of_delivery(delivery_id: str) -> str | None:
-    p = db.database.param
-    row = db.database.execute_sql(
-        f"SELECT e.topup_id FROM webhook_delivery d JOIN event e ON e.id = d.event_id "
-        f"WHERE d.id = {p}", (delivery_id,)).fetchone()
-    return row[0] if row else None
-
-
-# Their tasks read the row anyway and add topup_id / checkout_request_id to the context as
-# soon as they have it (logs.amend): a push reads its top-up (which has no CheckoutRequestID
-# before Daraja's answer), a query its top-up, a webhook attempt its claimed delivery. Read
-# here as well, that was 3 statements and ~0.3 ms of worker CPU per top-up (make bench).
-TASKS_NAME_THEIR_TOPUP = frozenset({"push_topup", "query_topup", "deliver_webhook"})
-
-
-def subject_of(message) -> dict:
-    """The top-up (and callback or delivery) a message is about, as log fields."""
-    fields: dict = {}
-    args = list(message.args or ()) + list((message.kwargs or {}).values())
-    strings = [a for a in args if isinstance(a, str)]
-    topup_id = next((a for a in strings if a.startswith("tu_")), None)
-    checkout = None
-    reads = message.actor_name not in TASKS_NAME_THEIR_TOPUP
-    try:
-        if message.actor_name == "apply_callback" and args and isinstance(args[0], int):
-            fields["callback"] = args[0]
-            topup_id, checkout = _topup_of_callback(args[0])
-        delivery = next((a for a in strings if a.startswith("whd_")), None)
-        if delivery:
-            fields["delivery"] = delivery
-            if reads:
-                topup_id = topup_id or _topup_of_delivery(delivery)
-        if reads and topup_id and checkout is None:
-            checkout = TopUp.select(TopUp.checkout_request_id).where(
-                TopUp.id == topup_id).scalar()
-    except Exception as exc:  # a log field is never worth failing a message for
-        log.debug("no log context for %s: %s", message.actor_name, type(exc).__name__)
-    fields["topup_id"] = topup_id
-    fields["checkout_request_id"] = checkout
-    return {k: v for k, v in fields.items() if v is not None}
-
-
 class LogContext(dramatiq.Middleware):
     def __init__(self):
         self._local = threading.local()
@@ -103,13 +47,10 @@ class LogContext(dramatiq.Middleware):
         return self._local.tokens
 
     def before_process_message(self, broker, message):
-        fields = {"actor": message.actor_name, "message_id": message.message_id}
-        if db.database.obj is not None:
-            fields.update(subject_of(message))
-        self._tokens()[message.message_id] = logs.bind(**fields)
+        self._tokens()[message.message_id] = logs.bind(actor=message.actor_name,
+                                                       message_id=message.message_id)
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        tasks.forget_read_ahead()  # the task took it, or never ran
         token = self._tokens().pop(message.message_id, None)
         if token is not None:
             logs.unbind(token)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 
 import peewee
 
@@ -55,6 +54,7 @@ class PushOutcomeNotRecorded(Exception):
 
 def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str, list[int]]:
     """Send a top-up's STK push once. Returns (outcome, callbacks that arrived first)."""
+    logs.amend(topup_id=topup_id)
     current = pushes.push_state(topup_id)
     if current is None or current[0] != PENDING or current[1] != PUSH_QUEUED:
         return "not_claimed", []
@@ -163,36 +163,15 @@ def _claimed_at(outcome: dict) -> dt.datetime | None:
 
 # --- callbacks ---------------------------------------------------------------------------------
 
-# The log context reads the stored callback (and its top-up) for its fields just before the
-# task runs in the same thread; the task takes that row instead of reading it again.
-_read_ahead = threading.local()
-
-
-def read_callback_ahead(callback_seq: int):
-    """Read a callback for the message about to be handled here, and keep it for the task."""
-    row = _read_ahead.row = inbox.read_callback(callback_seq)
-    return row
-
-
-def forget_read_ahead() -> None:
-    _read_ahead.row = None
-
-
-def _stored_callback(callback_seq: int):
-    row, _read_ahead.row = getattr(_read_ahead, "row", None), None
-    if row is not None and row.seq == callback_seq:
-        return row
-    return inbox.read_callback(callback_seq)
-
-
 def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = False) -> str:
     """Apply a stored callback. With ``confirm_by_query`` a success credits only after STK
     Query confirms ResultCode 0 for its CheckoutRequestID (callbacks are not signed). The
     phone's lock is left to the next push for the phone, which takes it over
     (``phone_lock.lock``)."""
-    row = _stored_callback(callback_seq)
+    row = inbox.read_callback(callback_seq)
     if row is None:
         return "missing"
+    logs.amend(topup_id=row.topup_id, checkout_request_id=row.checkout_request_id)
     if row.applied_at is not None:
         # refuted, quarantined or malformed is final: applied again (a redelivery, a sweep,
         # an early callback handed back by its push) it must not credit after all
@@ -275,7 +254,7 @@ def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
     topup = TopUp.get_or_none(TopUp.id == topup_id)
     if topup is None or topup.status != PENDING or not topup.checkout_request_id:
         return "nothing_to_ask"
-    logs.amend(checkout_request_id=topup.checkout_request_id)
+    logs.amend(topup_id=topup_id, checkout_request_id=topup.checkout_request_id)
     if settlement.give_up(topup_id, give_up_after_s):
         phone_lock.unlock(redis, topup.phone, topup_id)
         return "gave_up"

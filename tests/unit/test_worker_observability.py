@@ -10,14 +10,13 @@ import logging
 import dramatiq
 import fakeredis
 import pytest
-from dramatiq.message import Message
 
 from ledger import db, inbox, topups
 from simulator.server import SimulatorConfig, SimulatorServer
 from telemetry import logs, metrics
 from tests.unit.test_crediting import pushed, success_body  # noqa: F401 (a fixture)
 from workers import runtime, tasks
-from workers.observability import LogContext, Metrics, subject_of
+from workers.observability import LogContext, Metrics
 
 
 def value(metric, *labels) -> float:
@@ -101,16 +100,8 @@ def test_finished_and_dead_lettered_messages_are_counted(observed_broker):
     assert value(metrics.WORKER_DEAD_LETTERS, "probe", "probe_outcomes") - before[2] == 1
 
 
-def test_a_callback_message_is_traced_to_its_topup(pushed):  # noqa: F811
-    with db.connection():
-        row, _ = inbox.store_callback(success_body("ws_CO_1"), "127.0.0.1")
-        fields = subject_of(Message(queue_name="callbacks", actor_name="apply_callback",
-                                    args=(row.seq,), kwargs={}, options={}))
-    assert fields == {"callback": row.seq, "topup_id": pushed["topup"],
-                      "checkout_request_id": "ws_CO_1"}
-
-
-def test_lines_logged_while_handling_a_message_name_its_topup(observed_broker, pushed):  # noqa: F811
+def test_lines_logged_while_handling_a_message_carry_its_actor_and_message_id(
+        observed_broker):
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(logs.GatewayJsonFormatter("workers"))
@@ -125,7 +116,7 @@ def test_lines_logged_while_handling_a_message_name_its_topup(observed_broker, p
     worker = dramatiq.Worker(observed_broker, worker_timeout=50, worker_threads=1)
     worker.start()
     try:
-        probe.send(pushed["topup"])
+        message = probe.send("tu_1")
         observed_broker.join("probe")
         worker.join()
     finally:
@@ -133,9 +124,7 @@ def test_lines_logged_while_handling_a_message_name_its_topup(observed_broker, p
         probe_log.removeHandler(handler)
     probe_log.info("after the message")  # no handler now; and no context either
     [line] = [json.loads(x) for x in buffer.getvalue().splitlines()]
-    assert line["topup_id"] == pushed["topup"]
-    assert line["checkout_request_id"] == "ws_CO_1"
-    assert line["actor"] == "probe_context" and line["message_id"]
+    assert (line["actor"], line["message_id"]) == ("probe_context", message.message_id)
     assert logs.context() == {}
 
 
@@ -174,15 +163,19 @@ def test_a_push_names_its_checkout_request_id_once_daraja_gave_it(
     assert logs.context() == {}
 
 
-def test_the_log_context_reads_nothing_for_messages_whose_task_names_the_topup(
-        pushed, monkeypatch):  # noqa: F811
-    statements = []
-    monkeypatch.setattr(db.database.obj, "execute_sql",
-                        lambda sql, *a, **k: statements.append(sql))
-    for actor, args in (("push_topup", (pushed["topup"],)), ("query_topup", (pushed["topup"],)),
-                        ("deliver_webhook", ("whd_1",))):
-        fields = subject_of(Message(queue_name="q", actor_name=actor, args=args, kwargs={},
-                                    options={}))
-        assert "checkout_request_id" not in fields
-        assert fields.get("topup_id") == (pushed["topup"] if actor != "deliver_webhook" else None)
-    assert statements == []
+def test_a_callback_message_names_its_topup_once_the_task_has_read_it(
+        pushed, observed_broker, worker_lines):  # noqa: F811
+    from workers.actors import apply_callback
+    with db.connection():
+        row, _ = inbox.store_callback(success_body("ws_CO_1"), "127.0.0.1")
+    worker = dramatiq.Worker(observed_broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        apply_callback.send(row.seq)
+        observed_broker.join("callbacks")
+    finally:
+        worker.stop()
+    [applied] = [line for line in worker_lines() if line["message"] == "callback applied"]
+    assert (applied["actor"], applied["topup_id"], applied["checkout_request_id"]) == (
+        "apply_callback", pushed["topup"], "ws_CO_1")
+    assert logs.context() == {}
