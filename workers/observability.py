@@ -10,9 +10,6 @@
   entry in Dramatiq's hash first, with the final error, so that ``topupctl queues dead``
   shows why it died (Dramatiq's Retries keeps only the previous attempt's traceback there,
   and none at all for a message that was not retried).
-- :class:`ReturnPrefetched`: on shutdown, messages a consumer fetched from Redis but had not
-  yet handed to a worker thread go back to their queue at once, instead of waiting for the
-  heartbeat timeout and a maintenance pass (engineering-notes.md: minutes).
 """
 from __future__ import annotations
 
@@ -22,7 +19,6 @@ import time
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.message import Message
 
 from telemetry import logs, metrics
 
@@ -90,43 +86,40 @@ class Metrics(dramatiq.Middleware):
 
 
 class DeadLetterNotes(dramatiq.Middleware):
+    """The error that killed a message, kept from ``after_process_message`` (the worker thread
+    that ran it) to ``before_nack`` (the consumer thread that dead-letters it). Kept by the
+    message's Redis id, which each delivery has its own of: a retry is a new one."""
+
     def __init__(self):
         self._scripts = {}
+        self._errors: dict[str, str] = {}   # Redis message id -> error, until acked or nacked
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        if exception is not None and isinstance(broker, RedisBroker):
+            text = f"{type(exception).__name__}: {exception}"
+            self._errors[message.options["redis_message_id"]] = logs.redactor().text(text)[:1000]
+
+    def after_ack(self, broker, message):
+        if isinstance(broker, RedisBroker):
+            self._errors.pop(message.options["redis_message_id"], None)
 
     def before_nack(self, broker, message):
         if not isinstance(broker, RedisBroker):
             return
+        redis_id = message.options["redis_message_id"]
         try:
-            exception = getattr(message, "_exception", None)
-            if exception is not None:
-                text = f"{type(exception).__name__}: {exception}"
-                message.options["dead_letter_error"] = logs.redactor().text(text)[:1000]
+            error = self._errors.pop(redis_id, None)
+            if error is not None:
+                message.options["dead_letter_error"] = error
             script = self._scripts.get(id(broker))
             if script is None:
                 script = self._scripts[id(broker)] = broker.client.register_script(
                     _NOTE_IF_PRESENT)
             script(keys=[f"{broker.namespace}:{message.queue_name}.msgs"],
-                   args=[message.options["redis_message_id"], message.encode()])
+                   args=[redis_id, message.encode()])
         except Exception:
             log.warning("could not note why message %s died", message.message_id, exc_info=True)
 
 
-class ReturnPrefetched(dramatiq.Middleware):
-    def before_consumer_thread_shutdown(self, broker, thread):
-        consumer = getattr(thread, "consumer", None)
-        cache = getattr(consumer, "message_cache", None)
-        if not cache:
-            return
-        try:
-            messages = [dramatiq.broker.MessageProxy(Message.decode(data))
-                        for data in cache if data]
-            consumer.message_cache = []
-            consumer.requeue(messages)
-            log.info("returned %d prefetched messages to %s", len(messages), thread.queue_name)
-        except Exception:
-            log.warning("could not return prefetched messages to %s", thread.queue_name,
-                        exc_info=True)
-
-
 def middleware() -> list[dramatiq.Middleware]:
-    return [LogContext(), Metrics(), DeadLetterNotes(), ReturnPrefetched()]
+    return [LogContext(), Metrics(), DeadLetterNotes()]

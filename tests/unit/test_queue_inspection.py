@@ -16,7 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from tests.waiting import wait_until
 from telemetry.queues import Queues
-from workers.observability import DeadLetterNotes, ReturnPrefetched
+from workers.observability import DeadLetterNotes
 
 
 @pytest.fixture
@@ -152,6 +152,19 @@ def test_a_dead_letter_shows_its_actor_arguments_error_and_when_with_phones_mask
     assert before <= letter.dead_at <= time.time()
 
 
+def test_a_message_dead_without_a_retry_traceback_still_shows_its_error(broker, redis_client):
+    def refuse(topup_id):
+        raise ValueError(f"Daraja refused {topup_id} for 0712345678")
+    # an exception it `throws` is dead-lettered at once, without Retries' traceback
+    actor = dramatiq.actor(refuse, broker=broker, queue_name="topups", actor_name="refuse",
+                           throws=(ValueError,))
+    actor.send("tu_thrown")
+    run_worker(broker, lambda: redis_client.zcard("dramatiq:topups.XQ") == 1)
+    [letter] = Queues(redis_client).dead_letters()
+    assert (letter.actor, letter.traceback) == ("refuse", None)
+    assert letter.error == "ValueError: Daraja refused tu_thrown for 2547****5678"
+
+
 def test_requeued_dead_letters_run(broker, actors, redis_client):
     for n in range(5):
         actors["push_topup"].send(f"tu_{n}")
@@ -200,18 +213,6 @@ def test_a_dead_letter_requeued_by_two_operators_at_once_moves_once(broker, acto
     letters = queues.dead_letters()
     assert queues.requeue(letters) + queues.requeue(letters) == 1
     assert redis_client.llen("dramatiq:topups") == 1
-
-
-def test_prefetched_messages_go_back_to_their_queue_when_a_consumer_stops(broker, actors,
-                                                                          redis_client):
-    for n in range(5):
-        actors["apply_callback"].send(n)
-    consumer = broker.consume("callbacks", prefetch=5)
-    next(consumer)                                     # one handed out, four still cached
-    thread = type("Thread", (), {"consumer": consumer, "queue_name": "callbacks"})()
-    ReturnPrefetched().before_consumer_thread_shutdown(broker, thread)
-    [callbacks] = Queues(redis_client).counts()
-    assert (callbacks.ready, callbacks.in_progress) == (4, 1)
 
 
 def test_a_queue_only_redis_knows_of_is_found(redis_client):
