@@ -105,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._headers_buffer.append(reply.body)
         self.flush_headers()
 
-    def _dispatch(self, method: str) -> None:
+    def _answer(self, method: str) -> None:
         path, _, query = self.path.partition("?")
         body = b""
         if method == "POST" or self.headers.get("Content-Length"):
@@ -123,19 +123,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(reply)
 
     def do_GET(self):
-        self._dispatch("GET")
+        self._answer("GET")
 
     def do_POST(self):
-        self._dispatch("POST")
+        self._answer("POST")
 
     def do_PUT(self):
-        self._dispatch("PUT")
+        self._answer("PUT")
 
     def do_DELETE(self):
-        self._dispatch("DELETE")
+        self._answer("DELETE")
 
     def do_PATCH(self):
-        self._dispatch("PATCH")
+        self._answer("PATCH")
 
     # --- routes ---------------------------------------------------------------------------
 
