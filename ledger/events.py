@@ -71,15 +71,6 @@ def has_notifier() -> bool:
     return _notifier is not None
 
 
-def announce(delivery_ids: list[str]) -> None:
-    """Hand deliveries committed outside :func:`publishing` (``ledger.credit_pg``, one
-    statement in autocommit) to the notifier, or to the enclosing ``publishing()``."""
-    if getattr(_local, "depth", 0) > 0:
-        _local.pending.extend(delivery_ids)
-    else:
-        _notify(list(delivery_ids))
-
-
 def _notify(delivery_ids: list[str]) -> None:
     if _notifier is None:
         return

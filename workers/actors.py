@@ -114,11 +114,13 @@ def apply_callback(callback_seq: int) -> None:
 # Growing, jittered delays (min_backoff doubling up to max_backoff). When a chain runs out,
 # the sweeper starts another until STK_GIVE_UP_AFTER_S makes the top-up unknown.
 @dramatiq.actor(queue_name=QUERIES_QUEUE, max_retries=25, min_backoff=10_000,
-                max_backoff=600_000, retry_when=_retryable(25), time_limit=60_000)
+                max_backoff=tasks.QUERY_MAX_BACKOFF_S * 1000, retry_when=_retryable(25),
+                time_limit=60_000)
 def query_topup(topup_id: str) -> None:
     rt = runtime.get()
     try:
         tasks.query(topup_id, rt.daraja, redis=rt.redis,
-                    give_up_after_s=rt.settings.stk_give_up_after_s)
+                    give_up_after_s=rt.settings.stk_give_up_after_s,
+                    backoff_s=rt.settings.stk_query_backoff_s)
     except tasks.AskAgainLater as exc:
         raise dramatiq.Retry(str(exc)) from None

@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 # A push refused as "busy" or never sent is tried this many times in all (counted in the
 # database, so a worker killed mid-push also counts) before the top-up is failed.
 MAX_PUSH_ATTEMPTS = 6
-# How long the sweeper leaves a live query chain alone before re-driving it.
-QUERY_RECHECK_S = 900
+# The query actor's longest backoff (workers.actors.query_topup's max_backoff).
+QUERY_MAX_BACKOFF_S = 600
 # A stored callback not applied after this long is not waited for by its top-up's query.
 CALLBACK_WAIT = dt.timedelta(minutes=10)
 # The database blinked (restart, failover, lost connection): worth trying the same again.
@@ -248,12 +248,18 @@ def _confirm(checkout_request_id: str, daraja) -> str:
 
 # --- STK Push Query ---------------------------------------------------------------------------
 
-def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
+def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None,
+          backoff_s: float = 10.0) -> str:
     """Ask Daraja how a pushed top-up ended. Raises AskAgainLater while there is no final
-    word; never fails a top-up without a documented failure code."""
+    word; never fails a top-up without a documented failure code.
+
+    Each attempt sets when the sweeper should step in if no retry comes (its message lost
+    with Redis, or its worker killed): the latest the actor's next retry can come, with its
+    backoff of ``backoff_s`` doubling per attempt, not a fixed quarter of an hour."""
     topup = TopUp.get_or_none(TopUp.id == topup_id)
     if topup is None or topup.status != PENDING or not topup.checkout_request_id:
         return "nothing_to_ask"
+    recheck_s = min(backoff_s * 2 ** min(topup.query_attempts, 16), QUERY_MAX_BACKOFF_S)
     logs.amend(topup_id=topup_id, checkout_request_id=topup.checkout_request_id)
     if settlement.give_up(topup_id, give_up_after_s):
         phone_lock.unlock(redis, topup.phone, topup_id)
@@ -273,16 +279,16 @@ def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None) -> str:
     try:
         result = daraja.stk_query(checkout)
     except daraja_errors.DarajaError as exc:
-        settlement.record_query(topup_id, answer=type(exc).__name__, recheck_in_s=QUERY_RECHECK_S,
+        settlement.record_query(topup_id, answer=type(exc).__name__, recheck_in_s=recheck_s,
                                 error_code=exc.error_code)
         log.info("query not answered", extra={**context, "error": type(exc).__name__})
         raise AskAgainLater(type(exc).__name__) from None
     if result.pending:
-        settlement.record_query(topup_id, answer="pending", recheck_in_s=QUERY_RECHECK_S,
+        settlement.record_query(topup_id, answer="pending", recheck_in_s=recheck_s,
                                 result_code=result.result_code)
         raise AskAgainLater("still processing")
     kind = result_codes.classify(result.result_code)
-    settlement.record_query(topup_id, answer=kind, recheck_in_s=QUERY_RECHECK_S,
+    settlement.record_query(topup_id, answer=kind, recheck_in_s=recheck_s,
                             result_code=result.result_code, result_desc=result.result_desc)
     if kind == "paid":
         outcome = settlement.settle_success(checkout, amount_cents=None, receipt=None, phone=None,

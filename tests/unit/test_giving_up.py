@@ -104,3 +104,22 @@ def test_an_unknown_topup_is_credited_once_by_a_late_success_callback(stk, accou
     assert (topup.status, topup.mpesa_receipt, topup.credited_cents) == (
         SUCCEEDED, "LATE000001", 10_000)
     assert kinds(topup_id).count("credited") == 1
+
+
+def test_a_query_chain_lost_with_redis_is_taken_up_by_the_sweep_within_its_backoff(
+        stk, account_id):
+    # 254700010010: the query answers "4999 still under processing" five times
+    topup_id = pushed(stk, account_id, "254700010010")
+    with db.connection():
+        for _ in range(2):
+            try:
+                tasks.query(topup_id, stk.daraja, give_up_after_s=3600, redis=stk.redis,
+                            backoff_s=10)
+            except tasks.AskAgainLater:
+                pass
+        asked_at = TopUp.get(TopUp.id == topup_id).next_query_at
+        # the retry's message is lost (Redis restarted): nobody asks again by itself
+        grace = dt.timedelta(seconds=60)
+        assert asked_at <= utcnow() + dt.timedelta(seconds=20)   # 10 s doubled once
+        assert sweeps.queries_due(utcnow() + dt.timedelta(seconds=21) + grace,
+                                  grace=grace) == [topup_id]
