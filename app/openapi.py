@@ -41,7 +41,8 @@ TOPUP = {
     "type": "object",
     "required": ["id", "object", "provider", "status", "amount", "currency", "phone",
                  "reference", "metadata", "checkout_request_id", "mpesa_receipt",
-                 "failure_code", "failure_reason", "created_at", "updated_at", "completed_at"],
+                 "failure_code", "failure_reason", "channel", "flagged", "created_at",
+                 "updated_at", "completed_at"],
     "properties": {
         "id": {"type": "string", "pattern": "^tu_"}, "object": {"const": "topup"},
         "provider": {"const": "mpesa"},
@@ -53,6 +54,11 @@ TOPUP = {
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
         "checkout_request_id": _nullable(), "mpesa_receipt": _nullable(),
         "failure_code": _nullable(), "failure_reason": _nullable(),
+        "channel": {"enum": ["stk_push"], "description": "how the money came: a prompt the "
+                    "client asked for"},
+        "flagged": {**_nullable(), "description": "null, or why the credit was unusual: an "
+                    "amount other than the one asked, a push whose answer was lost, two "
+                    "receipts"},
         "created_at": _TIME, "updated_at": _TIME, "completed_at": _NULLABLE_TIME,
     },
 }

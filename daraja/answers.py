@@ -204,6 +204,11 @@ def _merchant_error(said: _Said, make):
 
 
 def _throttling(said: _Said, make):
+    if said.code_l.endswith("http.flow.serviceunavailable"):
+        # Daraja's API proxy could not reach M-Pesa's back end: the request stopped there, so
+        # nothing was sent (unlike its GatewayTimeout, where the back end got it: ambiguous)
+        return make(errors.Throttled, "Daraja's gateway could not reach M-Pesa (not sent)",
+                    retry_after=_retry_after(said.answer, 10.0))
     if (said.code == "500.003.02" or "spike arrest" in said.text
             or "spikearrest" in said.code_l or "system is busy" in said.text):
         return make(errors.Throttled, "Daraja is busy (spike arrest)",

@@ -137,6 +137,7 @@ def topup_object(row) -> dict:
         "reference": row.reference, "metadata": json.loads(row.metadata or "{}"),
         "checkout_request_id": row.checkout_request_id, "mpesa_receipt": row.mpesa_receipt,
         "failure_code": row.failure_code, "failure_reason": row.failure_reason,
+        "channel": "stk_push", "flagged": row.flagged,
         "created_at": timestamp(row.created_at), "updated_at": timestamp(row.updated_at),
         "completed_at": timestamp(row.completed_at),
     }

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
 
 import peewee
 
@@ -112,12 +113,21 @@ def _push_not_accepted(topup, exc: daraja_errors.DarajaError, redis, context,
         _record(topup.id, {"kind": "not_sent", "reason": type(exc).__name__,
                            "error_code": exc.error_code, "error_message": exc.error_message,
                            "claimed_at": claimed_at.isoformat()})
-        raise PushNotSentYet(type(exc).__name__, getattr(exc, "retry_after", None))
+        raise PushNotSentYet(type(exc).__name__, retry_after_s=not_sent_delay_s(
+            topup.push_attempts, getattr(exc, "retry_after", None)))
     log.info("push refused", extra={**context, **detail})
     _record(topup.id, {"kind": "refused", "error_code": exc.error_code or type(exc).__name__,
                        "error_message": exc.error_message or str(exc),
                        "claimed_at": claimed_at.isoformat()})
     return "refused", []
+
+
+def not_sent_delay_s(attempts: int, hint_s: float | None) -> float:
+    """When to try a push Daraja did not take (busy, throttled, its gateway unreachable):
+    5 s doubling with each attempt up to 5 minutes, jittered so that pushes refused together
+    do not come back together, and never sooner than Daraja's own hint."""
+    grown = min(5.0 * 2 ** max(attempts - 1, 0), 300.0)
+    return max(hint_s or 0.0, random.uniform(grown / 2, grown))
 
 
 def _record(topup_id: str, outcome: dict) -> list[int]:

@@ -205,3 +205,10 @@ def test_a_lost_claim_answer_never_puts_back_a_claim_that_is_not_its_own(stk, ac
         assert pushes.claim_push(topup_id) is not None
         assert pushes.unclaim_push(topup_id, ours) is False
     assert row(topup_id).push_state != PUSH_QUEUED
+
+
+def test_a_push_daraja_keeps_refusing_as_busy_waits_longer_each_time():
+    # the upper bound of each wait doubles; Daraja's own hint is a floor
+    assert [tasks.not_sent_delay_s(n, None) <= 5 * 2 ** (n - 1) for n in range(1, 7)] == [True] * 6
+    assert tasks.not_sent_delay_s(6, None) > tasks.not_sent_delay_s(1, None) * 2
+    assert tasks.not_sent_delay_s(1, 60.0) >= 60.0

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ledger import db
+from ledger import db, pushes, settlement
 from ledger.models import TopUp
 
 GOOD = {"provider": "mpesa", "amount": 1000, "phone": "0712 345 678", "reference": "INV42",
@@ -161,3 +161,18 @@ def test_unknown_paths_and_methods_answer_problem_json(client, account):
     assert client.get("/v1/nothing", headers=account["auth"]).get_json()["code"] == "not_found"
     response = client.delete("/v1/topups", headers=account["auth"])
     assert response.status_code == 405 and response.mimetype == "application/problem+json"
+
+
+def test_a_topup_credited_in_an_unusual_way_shows_why_it_is_flagged(client, account):
+    created = post(client, account, GOOD).get_json()
+    assert (created["channel"], created["flagged"]) == ("stk_push", None)
+    with db.connection():
+        pushes.claim_push(created["id"])
+        pushes.record_push_accepted(created["id"], checkout_request_id="ws_CO_FLAG",
+                                    merchant_request_id="m", query_after_s=60)
+        assert settlement.settle_success("ws_CO_FLAG", amount_cents=50_000, receipt="QFLAG00001",
+                                         phone=None, source="callback") == "credited"
+
+    shown = client.get(f"/v1/topups/{created['id']}", headers=account["auth"]).get_json()
+    assert shown["status"] == "succeeded"
+    assert shown["flagged"] == "amount: requested 100000 cents, M-Pesa confirmed 50000"
