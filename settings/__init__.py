@@ -47,6 +47,7 @@ class Settings:
     webhook_allow_private: bool = False
     # not in the contract: where `dramatiq workers` serves its /metrics (0: nowhere)
     worker_metrics_port: int = 9191
+    worker_metrics_host: str = "127.0.0.1"
     # not in the contract: how long a row sits before `topupctl scheduler` re-drives it
     # (workers/sweeps.py); shortened by tests that kill parts on purpose
     sweep_unsent_push_after_s: float = 30.0
@@ -189,6 +190,8 @@ def load(environ: Mapping[str, str] | None = None, *, need_callback_token: bool 
         ops_token=_text(env, "OPS_TOKEN", None),
         webhook_allow_private=_flag(env, "WEBHOOK_ALLOW_PRIVATE"),
         worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9191),
+        # the workers' /metrics asks for no token: this machine only unless said otherwise
+        worker_metrics_host=_text(env, "WORKER_METRICS_HOST", "127.0.0.1"),
         **{name: _float(env, name.upper(), getattr(Settings, name), minimum=0.0)
            for name in ("sweep_unsent_push_after_s", "sweep_released_push_after_s",
                         "sweep_abandoned_push_after_s", "sweep_unapplied_callback_after_s",

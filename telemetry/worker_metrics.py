@@ -3,7 +3,8 @@
 Dramatiq starts it as a *fork* (a process of its own beside the worker processes, see
 :class:`workers.observability.Metrics`); it answers with what every worker process of that
 command counted, summed from their shared directory (:mod:`telemetry.metrics`). It listens on
-``WORKER_METRICS_PORT`` (default 9191, ``0`` turns it off) on every interface; when the port
+``WORKER_METRICS_PORT`` (default 9191, ``0`` turns it off) on ``WORKER_METRICS_HOST`` (default
+127.0.0.1: it asks for no token); when the port
 is taken (a second ``dramatiq workers`` on the same host) it says so and stops, and the
 workers carry on without it.
 """
@@ -59,7 +60,7 @@ def serve() -> int:
     if not port:
         return 0
     try:
-        server = make_server("0.0.0.0", port)
+        server = make_server(loaded.worker_metrics_host, port)
     except OSError as exc:
         log.warning("worker metrics off: port %s is taken (%s)", port, exc.strerror)
         return 0

@@ -134,3 +134,15 @@ def test_the_services_use_the_same_image_built_from_this_repository():
     for name in built:
         assert services[name]["build"]["dockerfile"] == "docker/Dockerfile"
         assert os.path.normpath(COMPOSE.parent / services[name]["build"]["context"]) == str(ROOT)
+
+
+def test_the_api_is_published_on_this_machine_only_by_default():
+    api = compose()["services"]["api"]
+    assert [port.startswith("${API_BIND:-127.0.0.1}:") for port in api["ports"]] == [True]
+
+
+def test_dependencies_are_installed_in_a_layer_before_the_code():
+    steps = (ROOT / "docker" / "Dockerfile").read_text()
+    assert steps.index("install_requires") < steps.index("COPY app ./app")
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "var", ".git"} <= set(ignored)
