@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration bench lint clean
+.PHONY: run reset topupctl test test-unit test-integration bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,16 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python -m topupctl.devrun
+
+# make run keeps its ledger, Redis data and demo account under var/: start afresh
+reset:
+	@test ! -f var/run.env || { echo "make reset: make run is up; stop it first"; exit 1; }
+	rm -rf var
+
+# topupctl against what make run started, from this directory: make topupctl ARGS="queues"
+topupctl: $(STAMP)
+	@test -f var/run.env || { echo "make topupctl: make run is not up"; exit 1; }
+	@set -a && . ./var/run.env && set +a && $(BIN)/topupctl $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -2,8 +2,10 @@
 
 Starts Redis (the system's ``redis-server`` if there is one, else an embedded in-process
 server), migrates an SQLite ledger, starts the simulator, the API under gunicorn, a worker
-and the scheduler, creates a demo account and prints a curl line that tops up. Ctrl-C
-stops everything it started.
+and the scheduler, and a webhook receiver that prints what it gets; keeps one demo account,
+its API key, its webhook endpoint and an ops token under ``var/`` (the same on every start;
+``make reset`` starts afresh); writes ``var/run.env`` for ``make topupctl``; and prints a
+curl line that tops up. Ctrl-C (or SIGTERM) stops everything it started, Redis last.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ import urllib.request
 
 API_PORT = int(os.environ.get("TOPUP_API_PORT", "8000"))
 SIM_PORT = int(os.environ.get("TOPUP_SIMULATOR_PORT", "8900"))
+HOOK_PORT = int(os.environ.get("TOPUP_WEBHOOK_PORT", "8901"))
 VAR = os.path.abspath("var")
+DEMO = os.path.join(VAR, "demo.json")          # the demo account, its key and endpoint
+RUN_ENV = os.path.join(VAR, "run.env")         # what `make topupctl` needs, while up
 
 
 def _die_with_parent() -> None:
@@ -82,14 +87,17 @@ class Processes:
         return proc
 
     def stop(self) -> None:
-        for name, proc in reversed(self.children):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for name, proc in reversed(self.children):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        # Redis last: the workers hand their prefetched messages back to it as they stop
+        gateway = [(n, p) for n, p in self.children if n != "redis"]
+        for group in (gateway, [(n, p) for n, p in self.children if n == "redis"]):
+            for name, proc in reversed(group):
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for name, proc in reversed(group):
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
         if self.embedded_redis is not None:
             self.embedded_redis.shutdown()
         say("stopped everything it started")
@@ -126,11 +134,45 @@ def start_redis(procs: Processes, env: dict) -> str:
             time.sleep(0.1)
 
 
+def demo_account(receiver_url: str) -> dict:
+    """The demo account, its API key, its webhook endpoint and the ops token: made once,
+    kept in var/demo.json, found again on the next start (as long as the ledger has them)."""
+    from ledger import accounts, db, webhooks
+    from ledger.models import Account
+    try:
+        with open(DEMO) as kept:
+            demo = json.load(kept)
+        with db.connection():
+            if (Account.get_or_none(Account.id == demo["account"]) is not None
+                    and webhooks.get_endpoint(demo["account"], demo["endpoint"]) is not None):
+                return demo
+    except (OSError, ValueError, KeyError):
+        pass
+    with db.connection():
+        account, key = accounts.create_account("demo")
+        with db.write_transaction():
+            endpoint = webhooks.create_endpoint(account.id, receiver_url,
+                                                ["wallet.top_up", "topup.failed"])
+    demo = {"account": account.id, "api_key": key, "endpoint": endpoint.id,
+            "webhook_secret": endpoint.secret, "ops_token": secrets.token_hex(24)}
+    with open(os.open(DEMO, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as kept:
+        json.dump(demo, kept, indent=1)
+    return demo
+
+
+def write_run_env(env: dict) -> None:
+    names = ("DATABASE_URL", "REDIS_URL", "DARAJA_BASE_URL", "PUBLIC_BASE_URL",
+             "DARAJA_CALLBACK_TOKEN", "OPS_TOKEN", "WEBHOOK_ALLOW_PRIVATE")
+    with open(os.open(RUN_ENV, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.writelines(f"{name}={env[name]}\n" for name in names if env.get(name))
+
+
 def main() -> int:
-    # Ctrl-C, a closed terminal or a plain `kill` all stop everything `make run` started.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
-    for port, what in ((API_PORT, "API"), (SIM_PORT, "simulator")):
+    # Ctrl-C, a closed terminal or a plain `kill` all stop everything `make run` started; so
+    # does SIGINT sent to a `make run` started in the background, where it came ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    for port, what in ((API_PORT, "API"), (SIM_PORT, "simulator"), (HOOK_PORT, "webhooks")):
         if not port_free(port):
             raise SystemExit(f"[make run] port {port} ({what}) is in use; stop what holds it "
                              f"or set TOPUP_API_PORT / TOPUP_SIMULATOR_PORT")
@@ -143,16 +185,25 @@ def main() -> int:
     env.setdefault("STK_QUERY_AFTER_S", "20")
     # an idle worker picks up a new message within 0.2 s (the trade-off: workers/broker.py)
     env.setdefault("dramatiq_worker_timeout", "200")
+    # development only: the demo's webhook endpoint is on this machine (127.0.0.1)
+    env.setdefault("WEBHOOK_ALLOW_PRIVATE", "1")
     bin_dir = os.path.dirname(sys.executable)
+    receiver = None
     try:
         env["REDIS_URL"] = env.get("REDIS_URL") or start_redis(procs, env)
         os.environ.update(env)
 
-        from ledger import accounts, db, migrate
+        from ledger import db, migrate
         db.bind(env["DATABASE_URL"])
         with db.connection():
             migrate.upgrade()
         say(f"ledger: {env['DATABASE_URL']} (migrated)")
+        from topupctl.dev_webhooks import PATH, DevReceiver
+        demo = demo_account(f"http://127.0.0.1:{HOOK_PORT}{PATH}")
+        env.setdefault("OPS_TOKEN", demo["ops_token"])
+        os.environ.update(env)
+        write_run_env(env)
+        receiver = DevReceiver(HOOK_PORT, demo["webhook_secret"], say).start()
 
         procs.start("simulator", [os.path.join(bin_dir, "topupctl"), "simulator",
                                   "--port", str(SIM_PORT)], env)
@@ -165,8 +216,7 @@ def main() -> int:
         wait_for(f"http://127.0.0.1:{SIM_PORT}/__sim/stats", "the simulator")
         wait_for(f"http://127.0.0.1:{API_PORT}/healthz", "the API")
 
-        with db.connection():
-            account, key = accounts.create_account("demo")
+        key = demo["api_key"]
         body = json.dumps({"provider": "mpesa", "amount": 1000, "phone": "0708 374 149",
                            "reference": "DEMO1"})
         api = f"http://127.0.0.1:{API_PORT}"
@@ -174,8 +224,11 @@ def main() -> int:
         post_topup = (f"curl -s {api}/v1/topups -H 'Authorization: Bearer {key}' "
                       f"-H 'Content-Type: application/json' -d '{body}'")
         print(f"""
-Demo account {account.id}
+Demo account {demo['account']} (kept in var/demo.json; `make reset` starts afresh)
 API key: {key}
+Ops token: {env['OPS_TOKEN']}
+Webhooks: {receiver.url} receives wallet.top_up and topup.failed, checks each signature
+  and prints it here (WEBHOOK_ALLOW_PRIVATE=1: development only)
 
 Top up KES 1,000 from the simulator's test phone:
   {post_topup}
@@ -183,6 +236,8 @@ Top up KES 1,000 from the simulator's test phone:
 Then look at it and at the wallet:
   curl -s {api}/v1/topups/<id> -H 'Authorization: Bearer {key}'
   curl -s {api}/v1/wallet -H 'Authorization: Bearer {key}'
+  curl -s {api}/ops/queues -H 'Authorization: Bearer {env['OPS_TOKEN']}'
+  make topupctl ARGS="topups show <id>"
 
 Ctrl-C stops everything.
 """, flush=True)
@@ -195,7 +250,11 @@ Ctrl-C stops everything.
     except KeyboardInterrupt:
         return 0
     finally:
+        if os.path.exists(RUN_ENV):
+            os.remove(RUN_ENV)
         procs.stop()
+        if receiver is not None:
+            receiver.stop()
 
 
 if __name__ == "__main__":
