@@ -11,6 +11,7 @@ workers carry on without it.
 from __future__ import annotations
 
 import logging
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from telemetry import logs, metrics
@@ -63,6 +64,9 @@ def serve() -> int:
         server = make_server(loaded.worker_metrics_host, port)
     except OSError as exc:
         log.warning("worker metrics off: port %s is taken (%s)", port, exc.strerror)
+        # Stay, idle, until Dramatiq stops its forks: a fork that returned at once was left
+        # behind as a defunct process for as long as the workers ran.
+        threading.Event().wait()
         return 0
     log.info("worker metrics on :%s/metrics", port, extra={"directory": metrics.MULTIPROCESS_DIR})
     try:
