@@ -9,8 +9,8 @@
                                account_reference="INV42", description="Top-up")
     result = client.stk_query(accepted.checkout_request_id)
 
-Imports neither Flask, Dramatiq nor peewee, and never reads the environment. What Daraja
-really answers, and why each answer maps to which error: /work/shared/daraja.md and
+Imports neither Flask, Dramatiq nor peewee, and never reads the environment. How each of
+Daraja's answers is read, and which error it maps to: :mod:`daraja.answers` and
 :mod:`daraja.errors`.
 """
 from daraja import errors

@@ -1,4 +1,4 @@
-"""Reading Daraja's answers (daraja.md §1, §2, §4): pure functions, no I/O.
+"""Reading Daraja's answers (OAuth, STK push, STK query): pure functions, no I/O.
 
 Never trust the HTTP status alone: HTTP 200 with an error body or an HTML page has been seen,
 and a pending query arrives as HTTP 500. The body decides first, the status second, and
@@ -17,7 +17,8 @@ __all__ = ["Answer", "StkPushAccepted", "StkQueryResult", "TokenRefused",
 
 PENDING_RESULT_CODE = "4999"
 
-# Codes that mean "this access token is not (or no longer) valid" (daraja.md §1).
+# Codes that mean "this access token is not (or no longer) valid": Daraja's 404.001.03, and
+# the 400.003.01 and 401.002.01 of other Daraja products and of mocks.
 _TOKEN_CODES = {"404.001.03", "400.003.01", "401.002.01"}
 _OAUTH_CREDENTIAL_CODES = {"400.008.01", "400.008.02"}
 _BODY_EXCERPT = 1000
@@ -133,7 +134,7 @@ def _error(cls, message: str, answer: Answer, scrub: Scrub, code=None, error_mes
 
 
 def _classify(endpoint: str, answer: Answer, scrub: Scrub) -> errors.DarajaError | TokenRefused:
-    """The error an answer that is not a success stands for (the rules of daraja.md §1–§4):
+    """The error an answer that is not a success stands for:
     the first of the rule families below that recognises it, else an ambiguous answer."""
     code, message, request_id = _error_fields(answer.body)
     if code is None and message is None:

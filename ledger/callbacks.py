@@ -1,4 +1,4 @@
-"""Reading Daraja's STK callback body (daraja.md §3), defensively.
+"""Reading Daraja's STK callback body, defensively.
 
 Items are read as a name → value map, never by position (``Balance`` often comes without a
 ``Value`` and shifts the others); ResultCode may be a number or a string; Amount may be

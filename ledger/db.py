@@ -18,7 +18,7 @@ database = peewee.DatabaseProxy()
 
 # SQLite is the embedded default: WAL so readers never block the writer, FULL sync because
 # the ledger must survive a power cut, and a busy timeout so concurrent workers queue up
-# instead of answering "database is locked" (engineering-notes.md, SQLite).
+# instead of answering "database is locked".
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
     "synchronous": "full",

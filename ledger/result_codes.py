@@ -1,4 +1,4 @@
-"""What a Daraja ResultCode means for a top-up (daraja.md §5).
+"""What a Daraja ResultCode means for a top-up (callback and STK Query).
 
 Only a code Daraja documents as "no money moved" fails a top-up. Anything else that is not
 0 or the query's 4999 is *unknown*: settled later by query or reconciliation, never failed.

@@ -1,4 +1,4 @@
-"""Reading an M-Pesa organisation-portal statement (CSV export; daraja.md §6).
+"""Reading an M-Pesa organisation-portal statement (the portal's CSV export).
 
 The portal's columns, in its order: ``Receipt No., Completion Time, Initiation Time, Details,
 Transaction Status, Paid In, Withdrawn, Balance, Balance Confirmed, Reason Type, Other Party

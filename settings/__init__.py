@@ -16,7 +16,7 @@ SANDBOX_PASSKEY = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c
 SIMULATOR_CONSUMER_KEY = "sim-consumer-key"
 SIMULATOR_CONSUMER_SECRET = "sim-consumer-secret"
 
-# Daraja refuses a CallBackURL containing any of these, in any case (daraja.md §2).
+# Daraja refuses a CallBackURL containing any of these, in any case.
 _WORDS_DARAJA_REFUSES = ("mpesa", "m-pesa", "safaricom", "exe", "exec", "cmd", "sql", "query")
 
 

@@ -1,7 +1,7 @@
 """Daraja's rules as the simulator applies them: validation, wording, codes, magic phones.
 
 Everything here is a pure function of its arguments (no state, no I/O), worded byte for byte
-as Daraja answers (see /work/shared/daraja.md, sections 2 to 5).
+as Daraja answers (simulator/README.md lists them).
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Request Rejected</title></hea
              b"<body><h1>Request Rejected</h1><p>The requested URL was rejected. Please "
              b"consult with your administrator.</p></body></html>\n")
 
-# ResultCode -> ResultDesc (daraja.md section 5)
+# ResultCode -> ResultDesc, as Daraja words them
 RESULT_DESCS = {
     0: "The service request is processed successfully.",
     1: "The balance is insufficient for the transaction.",

@@ -1,4 +1,4 @@
-"""The organisation-portal statement of what the simulator processed (daraja.md §6).
+"""The organisation-portal statement of what the simulator processed.
 
 ``GET /__sim/statement.csv`` answers the CSV the M-Pesa organisation portal exports: a UTF-8
 BOM, the portal's thirteen columns in the portal's order, amounts with thousands separators

@@ -1,5 +1,5 @@
 """The log audit: no log line written during the test suite carries a full phone number or a
-secret (contract §5 and issue 5: "a test greps for them").
+secret.
 
 A pytest plugin (``pytest_plugins`` in tests/conftest.py), active for every run:
 

@@ -14,7 +14,7 @@ Both bind 127.0.0.1 on a free port (never 6379/5432, which a developer may be us
 server's output goes to a log file in its tmpdir; a start that fails or times out raises
 :class:`ServerStartError` with the last lines of that log.
 
-Redis runs with the broker settings of engineering-notes.md: ``appendonly yes``,
+Redis runs with the broker settings production uses (docker/compose.yaml): ``appendonly yes``,
 ``appendfsync everysec``, no RDB snapshots, ``maxmemory-policy noeviction``.
 
 PostgreSQL refuses to run as root. When the effective uid is 0, initdb and postgres run as

@@ -1,6 +1,6 @@
 """The scheduler's sweeps: find work the queues lost and hand it back to them.
 
-Redis carries work the database can re-create (engineering-notes.md): an enqueue lost
+Redis carries only work the database can re-create: an enqueue lost
 after a commit, a message lost with a restarted Redis, a worker killed mid-message. Each
 sweep is a query for rows that should have moved on by now; every action it triggers is
 idempotent, so two schedulers sweeping at once do no harm.

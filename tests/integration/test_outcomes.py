@@ -18,7 +18,7 @@ from tests.integration.checks import (
 from tests.integration.system import BIN, sim_call
 from tests.waiting import wait_until
 
-# 25470000CCCC: the simulator answers ResultCode CCCC; these are daraja.md's failure codes.
+# 25470000CCCC: the simulator answers ResultCode CCCC; these are Daraja's documented failure codes.
 DOCUMENTED_FAILURES = [1, 2, 3, 4, 8, 17, 1001, 1019, 1025, 1031, 1032, 1036, 1037, 2001, 2028,
                        8006, 9999]
 

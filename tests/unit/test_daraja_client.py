@@ -1,6 +1,6 @@
 """DarajaClient over real HTTP against a small fake Daraja (standard library only).
 
-The fake answers like daraja.md says Daraja does, quirks included: it issues tokens, refuses
+The fake answers as Daraja does, quirks included: it issues tokens, refuses
 unknown ones with 404.001.03, and plays queued replies (any status, any body, slow, or a
 connection dropped mid-answer) for the cases under test. The token cache is a RedisTokenCache
 on fakeredis.
@@ -545,7 +545,7 @@ def test_a_minimal_duck_typed_cache_is_accepted(make_client, fake):
     assert len(fake.calls("oauth")) == 2
 
 
-# -- Daraja's refusals (daraja.md §2) ----------------------------------------------------------
+# -- Daraja's refusals -----------------------------------------------------------------------------
 
 E = errors
 ERROR_ROWS = [

@@ -1,4 +1,4 @@
-"""daraja.md §5: every documented failure code fails a top-up with Daraja's code, whether it
+"""Every failure code Daraja documents fails a top-up with Daraja's code, whether it
 comes by callback or by STK Query; "still processing" and undocumented codes never do."""
 import json
 
@@ -10,7 +10,7 @@ from ledger.models import FAILED, PENDING, SUCCEEDED
 from tests.unit.stk_support import kinds, new_topup, row
 from workers import tasks
 
-# daraja.md §5, every code whose class is "failed"
+# every ResultCode Daraja documents as "no money moved"
 DOCUMENTED_FAILURES = ["1", "2", "3", "4", "8", "17", "1001", "1019", "1025", "9999", "1031",
                        "1032", "1036", "1037", "2001", "2028", "SFC_IC0003", "8006", "E3008"]
 UNDOCUMENTED = ["42", "1033", "5000", "E3009", "SFC_IC0004", "0.0"]

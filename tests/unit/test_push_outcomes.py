@@ -20,7 +20,7 @@ def push(stk, topup_id):
         return tasks.push(topup_id, stk.daraja, query_after_s=60, redis=stk.redis)
 
 
-# 25470002NNNN: the simulator refuses the push with daraja.md's errorCodes, nothing processed.
+# 25470002NNNN: the simulator refuses the push with Daraja's errorCodes, nothing processed.
 @pytest.mark.parametrize("phone,error_code,message", [
     ("254700020001", "400.002.02", "Bad Request - Invalid PhoneNumber"),
     ("254700020002", "400.002.02", "Bad Request - Invalid Amount"),

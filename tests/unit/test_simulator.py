@@ -1,4 +1,4 @@
-"""The Daraja simulator answers, calls back and fails the way Daraja does (daraja.md).
+"""The Daraja simulator answers, calls back and fails the way Daraja does.
 
 Each test starts its own simulator on a free port and a tiny callback receiver, and talks to
 both over real HTTP.
