@@ -115,7 +115,7 @@ def test_a_path_the_api_does_not_have_is_caught(app):
 # --- topupctl commands -------------------------------------------------------------------------
 
 _FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
-_INLINE = re.compile(r"`([^`\n]+)`")
+_INLINE = re.compile(r"`([^`]+)`")
 _MAKE_TOPUPCTL = re.compile(r"make topupctl ARGS=\"([^\"]*)\"")
 _TOPUPCTL = re.compile(r"(?<![\w/.-])topupctl((?:[ \t]+[^\s#|;&)`]+)+)")
 _WORD = re.compile(r"[a-z][a-z-]*")
@@ -126,7 +126,7 @@ def code_of(markdown: str) -> list[str]:
     """The code in a Markdown file: each line of a fenced block, each inline code span."""
     blocks = [line for block in _FENCE.findall(markdown) for line in block.splitlines()]
     prose = _FENCE.sub("", markdown)
-    return blocks + _INLINE.findall(prose)
+    return blocks + [" ".join(span.split()) for span in _INLINE.findall(prose)]
 
 
 def topupctl_commands(markdown: str) -> set[str]:
@@ -202,7 +202,7 @@ def test_the_docs_show_the_operators_commands():
 
 def test_a_command_that_does_not_parse_is_caught(capsys):
     found = topupctl_commands("```sh\nmake topupctl ARGS=\"topups shw X\"\n```\n"
-                              "Run `topupctl queues dead --requeu` or `topupctl refund`.")
+                              "Run `topupctl queues dead\n--requeu` or `topupctl refund`.")
     assert found == {"topups shw X", "queues dead --requeu", "refund"}
     assert all(check_command(command, capsys) for command in found)
     assert check_command("queues dead --queue callbacks --requeue", capsys) == []
