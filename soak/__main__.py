@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from soak.plan import DEFAULT_N, DEFAULT_RATE, default_faults
+from soak.plan import DEFAULT_N, DEFAULT_RATE, FAULT_KINDS, default_faults, make_plan
 
 
 def _positive_int(text: str) -> int:
@@ -28,6 +28,10 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m soak", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=None,
@@ -38,6 +42,12 @@ def main(argv=None) -> int:
                         help="faults injected (default: one per 300 top-ups, at least 4)")
     parser.add_argument("--rate", type=_positive_float, default=DEFAULT_RATE,
                         help=f"top-ups a second (default {DEFAULT_RATE:g})")
+    parser.add_argument("--fault-kinds", type=_names, default=FAULT_KINDS,
+                        help="the kinds of fault, comma-separated (default: "
+                             f"{','.join(FAULT_KINDS)})")
+    parser.add_argument("--leave-out", type=_names, default=(),
+                        help="simulator behaviours the plan does not use, comma-separated "
+                             "(e.g. query_pending)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the processes' logs and the summary go "
                              "(default var/soak/seed-SEED-TIME, new for every run)")
@@ -45,12 +55,17 @@ def main(argv=None) -> int:
     seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
     if args.faults is not None and args.faults < 0:
         parser.error("--faults cannot be negative")
+    try:   # the plan's own checks, before anything starts
+        make_plan(seed, 1, faults=0, fault_kinds=args.fault_kinds, left_out=args.leave_out)
+    except ValueError as exc:
+        parser.error(str(exc))
     # imported after the arguments are read: a bad one is refused without starting anything
     from soak.runner import Options, run
     # a new directory every run: a server started on an old one would find its data
     workdir = args.workdir or Path("var/soak") / f"seed-{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = Options(seed=seed, n=args.n, rate=args.rate, workdir=workdir,
-                      faults=default_faults(args.n) if args.faults is None else args.faults)
+                      faults=default_faults(args.n) if args.faults is None else args.faults,
+                      fault_kinds=args.fault_kinds, left_out=args.leave_out)
     outcome = run(options, say=lambda line: print(line, flush=True))
     return 0 if outcome.passed else 1
 

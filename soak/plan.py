@@ -119,6 +119,8 @@ class Plan:
     accounts: int
     topups: tuple[PlannedTopUp, ...]
     faults: tuple[PlannedFault, ...]
+    fault_kinds: tuple[str, ...] = FAULT_KINDS
+    left_out: tuple[str, ...] = ()
 
     @property
     def load_s(self) -> float:
@@ -139,9 +141,12 @@ class Plan:
 
 
 def make_plan(seed: int, n: int, *, faults: int | None = None, rate: float = DEFAULT_RATE,
-              fault_kinds: tuple[str, ...] = FAULT_KINDS) -> Plan:
+              fault_kinds: tuple[str, ...] = FAULT_KINDS,
+              left_out: tuple[str, ...] = ()) -> Plan:
     """The plan of a run: ``n`` top-ups at ``rate`` a second and ``faults`` faults (by
-    default one per 300 top-ups), their kinds taken in turn from ``fault_kinds``."""
+    default one per 300 top-ups), their kinds taken in turn from ``fault_kinds``.
+    ``left_out``: simulator behaviours not to use; where one is drawn, its class's first
+    behaviour stands in (the draws, and so the rest of the plan, stay the same)."""
     if n < 1:
         raise ValueError("a soak needs at least one top-up")
     if rate <= 0:
@@ -151,13 +156,22 @@ def make_plan(seed: int, n: int, *, faults: int | None = None, rate: float = DEF
         raise ValueError("the number of faults cannot be negative")
     if not fault_kinds or set(fault_kinds) - set(FAULT_KINDS):
         raise ValueError(f"fault kinds are some of {', '.join(FAULT_KINDS)}")
+    substitutes = {}
+    for name in left_out:
+        found = [choices for _, choices in CALLBACKS.values()
+                 if name in [b for b, _ in choices[1:]]]
+        if not found:
+            raise ValueError(f"{name!r} is not a behaviour that can be left out")
+        substitutes[name] = found[0][0][0]
     rng = random.Random(seed)
     phones = _phones(rng, max(ACCOUNTS * 2, n // TOPUPS_PER_PHONE))
     home = {account: phones[account::ACCOUNTS] for account in range(ACCOUNTS)}
     amounts_used: dict[str, set[int]] = {}
-    topups = tuple(_topup(rng, index, rate, phones, home, amounts_used) for index in range(n))
+    topups = tuple(_topup(rng, index, rate, phones, home, amounts_used, substitutes)
+                   for index in range(n))
     return Plan(seed=seed, n=n, rate=rate, accounts=ACCOUNTS, topups=topups,
-                faults=_faults(rng, fault_count, n / rate, tuple(fault_kinds)))
+                faults=_faults(rng, fault_count, n / rate, tuple(fault_kinds)),
+                fault_kinds=tuple(fault_kinds), left_out=tuple(left_out))
 
 
 def _phones(rng: random.Random, count: int) -> list[str]:
@@ -176,7 +190,7 @@ def _weighted(rng: random.Random, choices):
     return rng.choices(names, weights=weights)[0]
 
 
-def _topup(rng, index, rate, phones, home, amounts_used) -> PlannedTopUp:
+def _topup(rng, index, rate, phones, home, amounts_used, substitutes) -> PlannedTopUp:
     account = rng.randrange(ACCOUNTS)
     phone = (rng.choice(phones) if rng.random() < FOREIGN_PHONE_SHARE
              else rng.choice(home[account]))
@@ -191,6 +205,7 @@ def _topup(rng, index, rate, phones, home, amounts_used) -> PlannedTopUp:
     outcome = _weighted(rng, OUTCOMES)
     callback = _weighted(rng, [(name, share) for name, (share, _) in CALLBACKS.items()])
     behaviour = _weighted(rng, CALLBACKS[callback][1])
+    behaviour = substitutes.get(behaviour, behaviour)
     result_code, refusal = 0, None
     if outcome == "failed":
         result_code = rng.choice(FAILURE_CODES)

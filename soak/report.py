@@ -7,7 +7,7 @@ from collections import Counter
 
 from soak.faults import InjectedFault
 from soak.invariants import Verdict
-from soak.plan import Plan
+from soak.plan import FAULT_KINDS, Plan
 
 VIOLATIONS_SHOWN = 10
 SLOW_S = 120          # a top-up that took longer than this to settle is named in the summary
@@ -24,7 +24,13 @@ def _duration(seconds: float) -> str:
 
 
 def replay_command(plan: Plan) -> str:
-    return f"make soak SEED={plan.seed} N={plan.n} FAULTS={len(plan.faults)} RATE={plan.rate:g}"
+    """The command that runs this plan again."""
+    if plan.fault_kinds == FAULT_KINDS and not plan.left_out:
+        return (f"make soak SEED={plan.seed} N={plan.n} FAULTS={len(plan.faults)} "
+                f"RATE={plan.rate:g}")
+    return (f".venv/bin/python -m soak --seed {plan.seed} --n {plan.n} --faults "
+            f"{len(plan.faults)} --rate {plan.rate:g} --fault-kinds {','.join(plan.fault_kinds)}"
+            + (f" --leave-out {','.join(plan.left_out)}" if plan.left_out else ""))
 
 
 def fault_counts(injected: list[InjectedFault]) -> str:

@@ -93,9 +93,22 @@ def test_a_short_plan_has_one_fault_of_each_kind_and_kinds_can_be_chosen():
     assert make_plan(8, 300, faults=0).faults == ()
 
 
+def test_a_behaviour_left_out_is_replaced_by_its_classs_first_and_nothing_else_changes():
+    full, without = make_plan(4, 2000), make_plan(4, 2000, left_out=("query_pending",))
+    assert any(t.behaviour == "query_pending" for t in full.topups)
+    assert not any(t.behaviour == "query_pending" for t in without.topups)
+    for a, b in zip(full.topups, without.topups):
+        if a.behaviour == "query_pending":
+            assert (b.callback, b.behaviour) == ("dropped", "no_callback")
+        else:
+            assert a == b
+    assert full.faults == without.faults
+
+
 @pytest.mark.parametrize("arguments", [
     {"n": 0}, {"n": 10, "rate": 0}, {"n": 10, "faults": -1},
     {"n": 10, "fault_kinds": ("meteor_strike",)}, {"n": 10, "fault_kinds": ()},
+    {"n": 10, "left_out": ("no_callback",)}, {"n": 10, "left_out": ("slow_answer",)},
 ])
 def test_a_plan_that_cannot_be_run_is_refused(arguments):
     with pytest.raises(ValueError):
