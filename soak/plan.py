@@ -55,11 +55,11 @@ TOPUPS_PER_PHONE = 4
 FOREIGN_PHONE_SHARE = 0.1
 MIN_AMOUNT, MAX_AMOUNT = 10, 25_000
 
-# Faults: one per slot of the load's window, early in its slot, so that each has time to be
-# recovered from before the next; a stop or an outage lasts at most this share of a slot.
-FAULT_SPAN_SHARE = 0.7
+# Faults: one per slot of the load's window, early in its slot; one that would begin before
+# the previous one is over (a long stop) waits for it, and a few seconds more.
 WORKER_STOP_S = (2.0, 25.0)       # past SWEEP_ABANDONED_PUSH_AFTER_S (20 s) now and then
 SERVER_DOWN_S = (0.5, 4.0)
+FAULT_GAP_S = 3.0
 CRASH_SHARE = 0.5                 # a restart is a crash (SIGKILL) or a clean stop
 
 
@@ -229,14 +229,15 @@ def _faults(rng: random.Random, count: int, window_s: float,
     kinds = [fault_kinds[i % len(fault_kinds)] for i in range(count)]
     rng.shuffle(kinds)
     slot = window_s / count
-    longest = FAULT_SPAN_SHARE * slot
     planned = []
+    free_at = 0.0
     for number, kind in enumerate(kinds):
-        at_s = slot * (number + rng.uniform(0.05, 0.25))
+        at_s = max(slot * (number + rng.uniform(0.05, 0.25)), free_at)
         target = rng.choice(WORKER_GROUPS) if kind.startswith("worker") else None
         span = WORKER_STOP_S if kind == "worker_stop" else SERVER_DOWN_S
-        duration = 0.0 if kind == "worker_kill" else min(rng.uniform(*span), longest)
+        duration = 0.0 if kind == "worker_kill" else rng.uniform(*span)
         crash = kind.endswith("restart") and rng.random() < CRASH_SHARE
         planned.append(PlannedFault(at_s=round(at_s, 3), kind=kind, target=target,
                                     duration_s=round(duration, 3), crash=crash))
+        free_at = at_s + duration + FAULT_GAP_S
     return tuple(planned)

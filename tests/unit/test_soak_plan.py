@@ -74,12 +74,13 @@ def test_top_ups_are_paced_at_the_rate_and_faults_spread_over_the_load_one_after
     assert len(plan.faults) == default_faults(10_000) >= 30
     assert Counter(f.kind for f in plan.faults).keys() == set(FAULT_KINDS)
     times = [f.at_s for f in plan.faults]
-    assert times == sorted(times) and 0 < times[0] and times[-1] < plan.load_s
-    slot = plan.load_s / len(plan.faults)
+    assert times == sorted(times) and 0 < times[0] < plan.load_s / len(plan.faults)
+    assert times[-1] < plan.load_s * 1.25
     for fault, following in zip(plan.faults, plan.faults[1:]):
-        # each stop or outage is over before the next fault is due
-        assert fault.at_s + fault.duration_s < following.at_s
-        assert fault.duration_s <= 0.7 * slot + 0.001   # rounded to the millisecond
+        # each stop or outage is over, and a few seconds past, before the next fault is due
+        assert fault.at_s + fault.duration_s + 2.9 < following.at_s
+    stops = [f.duration_s for f in plan.faults if f.kind == "worker_stop"]
+    assert min(stops) >= 2 and max(stops) > 20   # past the sweep that calls a push abandoned
     for fault in plan.faults:
         assert (fault.target in WORKER_GROUPS) == fault.kind.startswith("worker")
         assert fault.crash is False or fault.kind.endswith("restart")
