@@ -4,9 +4,11 @@ Each returns a :class:`Verdict`: what it checked, how many, and every violation 
 it holds). The simulator's record is Daraja's word: a prompt it sent (a transaction, with
 the result it decided and the callbacks it made) or a push it refused.
 
-One thing is allowed to stay open, and each check says where: a payment whose push answer
-was lost (the gateway never learnt its CheckoutRequestID) and whose callback never arrived
-either. Daraja's word never reached the gateway; the top-up ends ``unknown``, for
+One thing is allowed to stay open, and each check says where: a top-up whose push answer was
+lost (the gateway never learnt its CheckoutRequestID) and from whose prompt no paid callback
+arrived (none came, or it was a failure, which names no phone or amount to match it by), or
+that never reached Daraja at all. Daraja's word never reached the gateway: the top-up ends
+``unknown`` at the give-up deadline (until then it is ``pending``, push ``ambiguous``), for
 reconciliation against the M-Pesa statement to settle.
 """
 from __future__ import annotations
@@ -55,6 +57,13 @@ class _Index:
         for entry in observed.entries:
             self.entries[entry.topup].append(entry)
 
+    def left_open(self, topup: TopUpRow) -> bool:
+        """``unknown``, or still ``pending`` with its push ambiguous, where Daraja's word never
+        reached the gateway: only the give-up deadline, or reconciliation, can settle it."""
+        return ((topup.status == "unknown"
+                 or (topup.status == "pending" and topup.push_state == "ambiguous"))
+                and self.word_never_reached_the_gateway(topup))
+
     def word_never_reached_the_gateway(self, topup: TopUpRow) -> bool:
         """No prompt at all, or a prompt whose push answer was lost and from which no paid
         callback arrived (a failure callback names no phone or amount to match it by)."""
@@ -95,7 +104,7 @@ def payments_credited_once(plan: Plan, observed: Observed, account_ids: list[str
                     violations.append(f"{txn.reference}: paid {_kes(txn.amount * 100)}, "
                                       f"credited {_kes(entry.amount_cents)}")
             credited += len(entries) == 1
-        elif topup.status == "unknown" and index.word_never_reached_the_gateway(topup):
+        elif index.left_open(topup):
             open_for_reconciliation += 1
         else:
             violations.append(f"{txn.reference}: Daraja confirmed {_kes(txn.amount * 100)} "
@@ -112,8 +121,8 @@ def payments_credited_once(plan: Plan, observed: Observed, account_ids: list[str
             violations.append(f"{topup.reference}: succeeded, but Daraja confirmed no payment")
     detail = f"{len(paid)} payments, {credited} credited once"
     if open_for_reconciliation:
-        detail += (f", {open_for_reconciliation} unknown: push answer and callback both lost, "
-                   "left to reconciliation")
+        detail += (f", {open_for_reconciliation} left open: push answer and callback both "
+                   "lost, for reconciliation")
     return Verdict("every payment Daraja confirmed credited exactly once, to the account "
                    "that asked", len(paid), detail, tuple(violations))
 
@@ -233,18 +242,20 @@ def everything_settled(plan: Plan, observed: Observed) -> Verdict:
     reached the gateway (see the module's docstring)."""
     index = _Index(plan, observed)
     violations = []
-    unknown = 0
+    left_open = 0
     for topup in observed.topups:
-        if topup.status == "pending":
+        if index.left_open(topup):
+            left_open += 1
+        elif topup.status == "pending":
             violations.append(f"{topup.reference}: still pending (push {topup.push_state})")
         elif topup.status == "unknown":
-            unknown += 1
-            if not index.word_never_reached_the_gateway(topup):
-                known = ("its CheckoutRequestID was known" if topup.checkout_request_id
-                         else "a paid callback for it arrived")
-                violations.append(f"{topup.reference}: unknown, though {known}")
+            known = ("its CheckoutRequestID was known" if topup.checkout_request_id
+                     else "a paid callback for it arrived")
+            violations.append(f"{topup.reference}: unknown, though {known}")
     statuses = Counter(t.status for t in observed.topups)
     detail = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    if left_open:
+        detail += f"; {left_open} left open where Daraja's word never reached the gateway"
     return Verdict("every top-up settled, unknown only where Daraja's word never reached "
                    "the gateway", len(observed.topups), detail or "no top-ups",
                    tuple(violations))

@@ -41,14 +41,16 @@ from tests.waiting import WaitTimedOut, wait_until
 # callback comes well after STK_QUERY_AFTER_S (FAST: 2 s), so that the query settles first.
 CALLBACK_DELAY_S = 0.2
 LATE_CALLBACK_S = 6.0
-# A top-up still unresolved this long after its push becomes `unknown` (or `failed`
-# `not_sent` if it was never sent), without a last query. Longer than the longest wait the
-# gateway itself plans before asking Daraja again: a query chain whose message was lost is
-# re-driven by the scheduler only once its `next_query_at` is overdue, and after a "still
-# processing" or an unanswered query that is 15 minutes ahead (workers/tasks.py,
-# QUERY_RECHECK_S). Shorter, and such a top-up would end `unknown` with Daraja's word one
-# query away: the soak would be checking its own setting, not the gateway.
-GIVE_UP_AFTER_S = 1000
+# A top-up still unresolved STK_GIVE_UP_AFTER_S after its push becomes `unknown` (or `failed`
+# `not_sent` if it was never sent), without a last query. The soak's is longer than the
+# longest wait the gateway itself plans before asking Daraja again, so that a top-up is given
+# up on only where no query could settle it: a query chain whose message was lost (with a
+# worker, or in a Redis restart) is re-driven by the scheduler once its `next_query_at` is
+# overdue, and after a "still processing" or an unanswered query that is 15 minutes ahead
+# (workers/tasks.py, QUERY_RECHECK_S); a chain can be lost again, by a later fault, after
+# Dramatiq handed it back. So: the load's length, those 15 minutes, and five more.
+QUERY_RECHECK_S = 900
+GIVE_UP_MARGIN_S = 300
 WORKER_THREADS = 8
 SETTLE_MARGIN_S = 120      # beyond the give-up deadline, for the last sweeps and callbacks
 _databases = itertools.count()
@@ -62,7 +64,7 @@ class Options:
     faults: int | None = None
     rate: float = DEFAULT_RATE
     workdir: Path = Path("var/soak")
-    give_up_after_s: int = GIVE_UP_AFTER_S
+    give_up_after_s: int | None = None    # None: the load's length + QUERY_RECHECK_S + margin
     worker_threads: int = WORKER_THREADS
     fault_kinds: tuple[str, ...] = FAULT_KINDS
     left_out: tuple[str, ...] = ()           # simulator behaviours the plan does not use
@@ -88,6 +90,31 @@ def statuses() -> Counter | None:
     except (peewee.OperationalError, peewee.InterfaceError):
         db.discard_connection()   # a connection that died with the server is not used again
         return None
+
+
+def pending_top_ups() -> list | None:
+    """The pending top-ups' rows (a few columns), or None while the database does not
+    answer."""
+    try:
+        with db.connection():
+            return list(TopUp.select(TopUp.reference, TopUp.push_state,
+                                     TopUp.checkout_request_id)
+                        .where(TopUp.status == "pending").limit(1000))
+    except (peewee.OperationalError, peewee.InterfaceError):
+        db.discard_connection()
+        return None
+
+
+def only_giving_up_can_settle(pending: list, daraja) -> bool:
+    """Whether nothing but the give-up deadline can settle these pending top-ups: each one's
+    push answer was lost (ambiguous, no CheckoutRequestID) and no paid callback from its prompt
+    came, or there was no prompt at all. Waiting for their deadline would add nothing the
+    checks need (soak.invariants counts them as left open)."""
+    if any(t.push_state != "ambiguous" or t.checkout_request_id is not None for t in pending):
+        return False
+    references = {t.reference for t in pending}
+    return not any(t["result_code"] == 0 and t["callbacks_delivered"]
+                   for t in daraja.transactions() if t["account_reference"] in references)
 
 
 class Progress:
@@ -158,7 +185,9 @@ def _run(options: Options, workdir: Path, say, redis_server, postgres_server) ->
                      fault_kinds=options.fault_kinds, left_out=options.left_out)
     say(f"soak: {plan.n} top-ups at {plan.rate:g}/s (about {plan.load_s:.0f}s of load), "
         f"{len(plan.faults)} faults; replay with: {report.replay_command(plan)}")
-    say(f"soak: logs in {workdir}")
+    give_up_after_s = options.give_up_after_s or (
+        int(plan.load_s) + QUERY_RECHECK_S + GIVE_UP_MARGIN_S)
+    say(f"soak: logs in {workdir}; STK_GIVE_UP_AFTER_S={give_up_after_s}")
     times: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
         if redis_server is None:
@@ -179,7 +208,7 @@ def _run(options: Options, workdir: Path, say, redis_server, postgres_server) ->
 
         system = System(workdir, redis_url=redis_server.url, database_url=database_url,
                         simulator_url=simulator.url, extra_env={
-                            **FAST, "STK_GIVE_UP_AFTER_S": str(options.give_up_after_s),
+                            **FAST, "STK_GIVE_UP_AFTER_S": str(give_up_after_s),
                             "WORKER_METRICS_PORT": "0"})
         stack.callback(system.stop)
         accounts = [system.create_account(f"soak account {i + 1}") for i in range(plan.accounts)]
@@ -223,18 +252,18 @@ def _run(options: Options, workdir: Path, say, redis_server, postgres_server) ->
             progress.tick("settling")
             if not (customers.done() and injector.done()):
                 return False
-            counts = statuses()
-            if counts is None or counts.get("pending", 0):
-                return False
             if simulator.daraja.stats()["callbacks_due"]:
                 return False
             try:
+                waiting = pending_top_ups()
+                if waiting is None or not only_giving_up_can_settle(waiting, simulator.daraja):
+                    return False
                 return every_callback_delivered_and_applied(simulator)
             except (peewee.OperationalError, peewee.InterfaceError):
                 db.discard_connection()
                 return False
         try:
-            wait_until(settled, timeout=options.give_up_after_s + SETTLE_MARGIN_S, interval=1,
+            wait_until(settled, timeout=give_up_after_s + SETTLE_MARGIN_S, interval=1,
                        message="every top-up to settle and every callback to be applied")
             is_settled = True
         except WaitTimedOut as exc:

@@ -128,7 +128,17 @@ def test_a_payment_whose_answer_and_callback_were_lost_may_stay_unknown_and_is_c
                          for a in ACCOUNT_IDS}
     verdicts = check_all(PLAN, observed, ACCOUNT_IDS)
     assert all(v.passed for v in verdicts), [v.violations for v in verdicts]
-    assert "1 unknown: push answer and callback both lost" in verdicts[0].detail
+    assert "1 left open: push answer and callback both lost" in verdicts[0].detail
+    # the same before the give-up deadline: pending, its push ambiguous
+    replace_topup(observed, paid.reference, status="pending")
+    verdicts = check_all(PLAN, observed, ACCOUNT_IDS)
+    assert all(v.passed for v in verdicts), [v.violations for v in verdicts]
+    assert "1 left open where Daraja's word never reached" in verdicts[6].detail
+    # but a paid callback that did arrive must have been matched to it
+    observed.transactions = [dataclasses.replace(t, callbacks_delivered=1)
+                             if t.reference == paid.reference else t
+                             for t in observed.transactions]
+    assert f"{paid.reference}: still pending" in failing(everything_settled(PLAN, observed))
 
 
 def test_an_unknown_top_up_whose_checkout_request_id_was_known_is_not_settled():
