@@ -143,11 +143,13 @@ class Progress:
 
 
 def write_findings(path: Path, plan: Plan, observed, verdicts: list[Verdict]) -> int:
-    """For every top-up a violation names, and the slowest of those that took over
-    ``report.SLOW_S`` to settle: what the plan said, what the simulator did and the ledger's
-    history of it, in one JSON file. Returns how many top-ups it describes."""
+    """For every top-up a violation names, every one left pending or unknown, and the
+    slowest of those that took over ``report.SLOW_S`` to settle: what the plan said, what the
+    simulator did and the ledger's history of it, in one JSON file. Returns how many top-ups
+    it describes."""
     references = {ref for verdict in verdicts for violation in verdict.violations
                   for ref in REFERENCE.findall(violation)}
+    references |= {t.reference for t in observed.topups if t.status in ("pending", "unknown")}
     references |= {ref for seconds, ref in report.slowest(observed.topups)
                    if seconds > report.SLOW_S}
     if not references:
