@@ -68,8 +68,20 @@ def settling_line(topups) -> str:
     return line
 
 
+def workers_line(dead_threads: dict[str, Counter]) -> str:
+    """What the worker groups' logs say about threads that died (not an invariant)."""
+    if not dead_threads:
+        return "  workers     no thread died"
+    died = sum(c["threads died"] for c in dead_threads.values())
+    parts = [f"{group}: {_counts(Counter({k: n for k, n in c.items() if k != 'threads died'}))}"
+             for group, c in sorted(dead_threads.items())]
+    return (f"  workers     {died} threads died (\"Exception in thread\" in the logs); consumers "
+            f"that met an unexpected error: {'; '.join(parts)}")
+
+
 def summary(plan: Plan, injected: list[InjectedFault], verdicts: list[Verdict],
-            topups, times: dict[str, float], settled: bool) -> list[str]:
+            topups, times: dict[str, float], settled: bool,
+            dead_threads: dict[str, Counter] | None = None) -> list[str]:
     counts = plan.counts()
     failed_injections = [f for f in injected if f.error]
     passed = settled and not failed_injections and all(v.passed for v in verdicts)
@@ -90,6 +102,7 @@ def summary(plan: Plan, injected: list[InjectedFault], verdicts: list[Verdict],
     lines.append(f"  ended       {_counts(Counter(t.status for t in topups))}"
                  + ("" if settled else "  (NOT SETTLED before the deadline)"))
     lines.append(settling_line(topups))
+    lines.append(workers_line(dead_threads or {}))
     lines.append("  invariants")
     for verdict in verdicts:
         lines.append(f"    {'PASS' if verdict.passed else 'FAIL'}  {verdict.name}: "

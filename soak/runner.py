@@ -55,6 +55,7 @@ WORKER_THREADS = 8
 SETTLE_MARGIN_S = 120      # beyond the give-up deadline, for the last sweeps and callbacks
 _databases = itertools.count()
 REFERENCE = re.compile(r"\bSOAK\d{7}\b")
+CONSUMER = re.compile(r"ConsumerThread\(([\w.]+)\)")
 
 
 @dataclass
@@ -140,6 +141,30 @@ class Progress:
         self.say(f"  {now - self.started:6.0f}s {phase:<8} submitted "
                  f"{self.customers.finished}/{self.plan.n}  {ledger}  faults "
                  f"{len(self.injector.injected)}/{len(self.plan.faults)}")
+
+
+def dead_worker_threads(workdir: Path) -> dict[str, Counter]:
+    """Threads that died in each worker group's processes ("Exception in thread" in its log),
+    and the consumers that met an unexpected error there (Dramatiq closes and restarts a
+    consumer after one; a second error while closing kills its thread). Not a check of the
+    ledger, but a worker process that lost a consumer thread no longer takes that queue's
+    messages, and the summary says so."""
+    found = {}
+    for group in WORKER_GROUPS:
+        path = workdir / f"{group}.log"
+        if not path.exists():
+            continue
+        counts: Counter = Counter()
+        with open(path, encoding="utf-8", errors="replace") as log:
+            for line in log:
+                if line.startswith("Exception in thread"):
+                    counts["threads died"] += 1
+                elif "Consumer encountered an unexpected error" in line:
+                    consumer = CONSUMER.search(line)
+                    counts[consumer.group(1) if consumer else "a consumer"] += 1
+        if counts:
+            found[group] = counts
+    return found
 
 
 def write_findings(path: Path, plan: Plan, observed, verdicts: list[Verdict]) -> int:
@@ -281,7 +306,8 @@ def _run(options: Options, workdir: Path, say, redis_server, postgres_server) ->
         findings = write_findings(workdir / "findings.json", plan, observed, verdicts)
     times["total"] = time.monotonic() - started
     injected = list(injector.injected)
-    lines = report.summary(plan, injected, verdicts, observed.topups, times, is_settled)
+    lines = report.summary(plan, injected, verdicts, observed.topups, times, is_settled,
+                           dead_worker_threads(workdir))
     if findings:
         lines.insert(-1, f"  findings    {findings} top-ups' plan, prompts and ledger history "
                          f"in {workdir / 'findings.json'}")
