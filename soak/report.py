@@ -79,12 +79,17 @@ def workers_line(dead_threads: dict[str, Counter]) -> str:
             f"that met an unexpected error: {'; '.join(parts)}")
 
 
+def run_passed(injected: list[InjectedFault], verdicts: list[Verdict], settled: bool) -> bool:
+    """A run passes when it settled, every fault went in and every check held."""
+    return settled and not any(f.error for f in injected) and all(v.passed for v in verdicts)
+
+
 def summary(plan: Plan, injected: list[InjectedFault], verdicts: list[Verdict],
             topups, times: dict[str, float], settled: bool,
             dead_threads: dict[str, Counter] | None = None) -> list[str]:
     counts = plan.counts()
     failed_injections = [f for f in injected if f.error]
-    passed = settled and not failed_injections and all(v.passed for v in verdicts)
+    passed = run_passed(injected, verdicts, settled)
     lines = [
         "soak summary",
         f"  seed        {plan.seed}    (replay: {replay_command(plan)})",

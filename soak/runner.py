@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import peewee
+import redis
 
 from ledger import db
 from ledger.models import TopUp
@@ -225,8 +226,7 @@ def _run(options: Options, workdir: Path, say, redis_server, postgres_server) ->
             stack.callback(postgres_server.close)
         database_url = postgres_server.create_database(
             f"soak_{plan.seed % 10**9}_{os.getpid()}_{next(_databases)}")
-        import redis as redis_client
-        redis_client.Redis.from_url(redis_server.url).flushdb()
+        redis.Redis.from_url(redis_server.url).flushdb()
 
         simulator = SimulatorServer(host="127.0.0.1", port=0, config=SimulatorConfig(
             callback_delay_s=CALLBACK_DELAY_S, late_callback_delay_s=LATE_CALLBACK_S)).start()
@@ -314,5 +314,5 @@ def _run(options: Options, workdir: Path, say, redis_server, postgres_server) ->
     for line in lines:
         say(line)
     (workdir / "summary.txt").write_text("\n".join(lines) + "\n")
-    passed = lines[-1].endswith("PASS")
+    passed = report.run_passed(injected, verdicts, is_settled)
     return Outcome(plan, passed, is_settled, verdicts, injected, lines, times)
