@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run reset topupctl test test-unit test-integration bench lint clean
+.PHONY: run reset topupctl test test-unit test-integration bench soak lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ $(LINT_STAMP): $(STAMP)
 
 # flake8 over every package, the tests and the benchmark (settings in setup.cfg)
 lint: $(LINT_STAMP)
-	$(BIN)/python -m flake8 app workers ledger daraja simulator settings telemetry topupctl bench tests
+	$(BIN)/python -m flake8 app workers ledger daraja simulator settings telemetry topupctl bench soak tests
 
 # The benchmark: real Redis, PostgreSQL and the simulator on this machine; writes
 # bench/report.md and bench/report.json (under 10 minutes; QUICK=1 under 2). Load comes from
@@ -62,3 +62,11 @@ bench: $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# The seeded soak (soak/): N top-ups with outcomes, callback behaviours and faults drawn from
+# SEED (random when not given; printed first), against real Redis, PostgreSQL and the
+# simulator, then the invariants. FAULTS (default one per 300 top-ups, at least 4) and RATE
+# (top-ups a second, default 10) may be given too. Logs go to var/soak/.
+soak: $(STAMP)
+	$(BIN)/python -m soak $(if $(SEED),--seed $(SEED)) $(if $(N),--n $(N)) \
+	  $(if $(FAULTS),--faults $(FAULTS)) $(if $(RATE),--rate $(RATE))

@@ -30,6 +30,7 @@ DUPLICATE_SPACING_S = 0.05   # between copies of one callback
 QUERY_PENDING_TIMES = 5      # for the query_pending behaviours
 STAT_NAMES = ("oauth", "stkpush", "stkquery", "callbacks_sent", "callbacks_failed",
               "tokens_issued")
+MAX_SCRIPT_RESULT_CODE = 99_999
 JSON = "application/json"
 
 
@@ -142,6 +143,10 @@ class Daraja:
         self._transactions: dict[str, Transaction] = {}
         self._by_phone: dict[str, Transaction] = {}
         self._faults: deque[list] = deque()   # [name, kind, value, remaining]
+        # AccountReference -> (PhonePlan, fault name or None): a script chosen per push
+        self._scripts: dict[str, tuple[rules.PhonePlan, str | None]] = {}
+        # pushes answered without a transaction, oldest first (as many as transactions kept)
+        self._refusals: deque[dict] = deque(maxlen=config.max_transactions)
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._decimal_next = False
         self._generation += 1
@@ -266,6 +271,10 @@ class Daraja:
         behaviour, refusal, source = plan.behaviour, plan.refusal, "phone"
         with self._lock:
             config = self._config
+            scripted = self._scripts.get(push.account_reference)
+            if scripted is not None:  # a script wins over the phone, a queued fault over both
+                plan, source = scripted[0], "script"
+                behaviour, refusal = plan.behaviour, plan.refusal
             queued = self._faults[0] if self._faults else None  # [name, kind, value, left]
             if queued is not None and (queued[1] == "refuse" or queued[2] == "gateway_fault"):
                 # a queued refusal strikes before the subscriber lock, as the gateway would
@@ -286,9 +295,12 @@ class Daraja:
         if refusal is not None:
             log.debug("push for %s refused (%s): %s %s", rules.mask_phone(push.phone), source,
                       refusal.code, refusal.message)
+            self._record_refusal(push, source, refusal.code, refusal.message)
             return self.error_reply(refusal)
         if behaviour == "gateway_fault":
             log.debug("push for %s answered with a gateway fault", rules.mask_phone(push.phone))
+            self._record_refusal(push, source, "gateway_fault",
+                                 rules.GATEWAY_FAULT["fault"]["faultstring"])
             return json_reply(500, rules.GATEWAY_FAULT)
 
         done = self._schedule(txn, behaviour)
@@ -310,6 +322,16 @@ class Daraja:
         if done is not None:
             reply.wait_for, reply.wait_timeout_s = done, config.callback_timeout_s + 1.0
         return reply
+
+    def _record_refusal(self, push: rules.Push, source: str, code: str, message: str) -> None:
+        """Keep what a push answered without a transaction was told (``refusals()``)."""
+        with self._lock:
+            self._refusals.append({
+                "account_reference": push.account_reference, "phone": push.phone,
+                "amount": push.amount, "error_code": code, "error_message": message,
+                "source": source,
+                "at": datetime.fromtimestamp(self._wall(), timezone.utc)
+                .isoformat(timespec="milliseconds").replace("+00:00", "Z")})
 
     def _create(self, push: rules.Push, plan: rules.PhonePlan, behaviour: str | None,
                 source: str, config: SimulatorConfig, now: float) -> Transaction:
@@ -502,6 +524,54 @@ class Daraja:
         with self._lock:
             self._faults.append([name, kind, value, count])
         return self.faults()
+
+    def add_scripts(self, scripts) -> int:
+        """Script the pushes of some AccountReferences: ``{reference: {"result_code": n,
+        "fault": NAME}}``, both optional (0 and none: paid, called back once). NAME is any
+        name ``queue_fault`` takes but ``expire_token_early``; a refusal answers every push
+        with that reference, a behaviour shapes every transaction. ValueError names the first
+        bad entry, and then nothing is added. Returns how many references are scripted."""
+        if not isinstance(scripts, dict):
+            raise ValueError("scripts must be an object of AccountReference to script")
+        parsed = {}
+        for reference, script in scripts.items():
+            if (not isinstance(reference, str)
+                    or not 1 <= len(reference) <= rules.MAX_ACCOUNT_REFERENCE):
+                raise ValueError(f"{reference!r}: an AccountReference has 1 to "
+                                 f"{rules.MAX_ACCOUNT_REFERENCE} characters")
+            if not isinstance(script, dict) or set(script) - {"result_code", "fault"}:
+                raise ValueError(f"{reference}: a script has only result_code and fault")
+            code = script.get("result_code", 0)
+            if (isinstance(code, bool) or not isinstance(code, int)
+                    or not 0 <= code <= MAX_SCRIPT_RESULT_CODE):
+                raise ValueError(f"{reference}: result_code must be an integer from 0 to "
+                                 f"{MAX_SCRIPT_RESULT_CODE}")
+            behaviour = refusal = None
+            if script.get("fault") is not None:
+                try:
+                    kind, value = rules.parse_fault(script["fault"])
+                except ValueError as exc:
+                    raise ValueError(f"{reference}: {exc}") from None
+                behaviour, refusal = (value, None) if kind == "behaviour" else (None, value)
+            parsed[reference] = (rules.PhonePlan(result_code=code, behaviour=behaviour,
+                                                 refusal=refusal, magic=True),
+                                 script.get("fault"))
+        with self._lock:
+            self._scripts.update(parsed)
+            return len(self._scripts)
+
+    def scripts(self) -> dict[str, dict]:
+        with self._lock:
+            return {reference: {"result_code": plan.result_code, "fault": fault}
+                    for reference, (plan, fault) in self._scripts.items()}
+
+    def refusals(self, account_reference: str | None = None) -> list[dict]:
+        """Pushes answered without a transaction (a refusal or a gateway fault), oldest
+        first: what each was told, and why (``source``: phone, script, fault:NAME,
+        lock_subscriber)."""
+        with self._lock:
+            return [dict(r) for r in self._refusals
+                    if account_reference is None or r["account_reference"] == account_reference]
 
     def faults(self) -> list[dict]:
         with self._lock:

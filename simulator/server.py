@@ -192,6 +192,17 @@ class _Handler(BaseHTTPRequestHandler):
                 except ValueError as exc:
                     return json_reply(400, {"error": str(exc)})
             return json_reply(200, daraja.config.public())
+        if name == "scripts" and method in ("GET", "POST"):
+            if method == "POST":
+                try:
+                    scripted = daraja.add_scripts(_json_object(body).get("scripts"))
+                except ValueError as exc:
+                    return json_reply(400, {"error": str(exc)})
+                return json_reply(200, {"scripted": scripted})
+            return json_reply(200, {"data": daraja.scripts()})
+        if method == "GET" and name == "refusals":
+            reference = parse_qs(query).get("account_reference", [None])[0]
+            return json_reply(200, {"data": daraja.refusals(reference)})
         if name == "faults" and method in ("GET", "POST"):
             if method == "POST":
                 try:

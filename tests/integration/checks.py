@@ -32,12 +32,13 @@ FAST = {
 
 
 def submit(system, key, amount: int, phone: str, *, deadline_s: float = 60,
-           refusals: list | None = None) -> dict:
+           refusals: list | None = None, fields: dict | None = None) -> dict:
     """POST /v1/topups as a careful client does: one Idempotency-Key for the request, and
     the same request again after a 429 (honouring Retry-After), a 503 or a lost answer,
-    until the API accepts it (202). Each answer that was not a 202 is added to ``refusals``."""
+    until the API accepts it (202). Each answer that was not a 202 is added to ``refusals``.
+    ``fields``: more of the request's fields (``reference``, ``metadata``)."""
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": str(uuid.uuid4())}
-    body = {"provider": "mpesa", "amount": amount, "phone": phone}
+    body = {"provider": "mpesa", "amount": amount, "phone": phone, **(fields or {})}
     deadline = time.monotonic() + deadline_s
     while True:
         try:

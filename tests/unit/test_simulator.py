@@ -770,3 +770,77 @@ def test_serve_prints_where_it_listens_and_stops_on_sigterm():
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# --- scripts by AccountReference, and the record of refusals ---------------------------------
+
+def script(daraja, scripts):
+    answer = daraja.control("POST", "scripts", {"scripts": scripts})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_a_scripted_reference_chooses_the_result_code_and_behaviour_whatever_the_phone(
+        daraja, sink):
+    assert script(daraja, {"SOAK1": {"result_code": 1032, "fault": "duplicate_callback"},
+                           "SOAK2": {"fault": "no_callback"}}) == {"scripted": 2}
+    daraja.configure(failure_rate=1.0)   # a script is not drawn from the rates
+    failed = daraja.accepted("254712345678", AccountReference="SOAK1")
+    silent = daraja.accepted("254700000001", AccountReference="SOAK2")   # a magic phone
+    ordinary = daraja.accepted("254712345679", AccountReference="OTHER")
+
+    callbacks = sink.wait_for(2, failed)
+    assert {c["Body"]["stkCallback"]["ResultCode"] for c in callbacks} == {1032}
+    record = daraja.transaction(failed)
+    assert (record["result_code"], record["behaviour"], record["callbacks_planned"],
+            record["decisions"]["source"]) == (1032, "duplicate_callback", 2, "script")
+    assert daraja.query(silent).json()["ResultCode"] == "0"
+    assert daraja.transaction(silent)["callbacks_planned"] == 0
+    assert daraja.transaction(ordinary)["decisions"]["failure"] is True
+    assert daraja.control("GET", "scripts").json()["data"]["SOAK2"] == {
+        "result_code": 0, "fault": "no_callback"}
+
+
+def test_a_scripted_refusal_refuses_every_push_of_its_reference_and_is_recorded(daraja):
+    script(daraja, {"SOAK3": {"fault": "refuse:400.002.02:Bad Request - Invalid Amount"}})
+    for _ in range(2):
+        assert_refused(daraja.push(AccountReference="SOAK3"), 400, "400.002.02",
+                       "Bad Request - Invalid Amount")
+    assert daraja.transactions() == []
+    refusals = daraja.control("GET", "refusals?account_reference=SOAK3").json()["data"]
+    assert [(r["error_code"], r["source"], r["amount"]) for r in refusals] == [
+        ("400.002.02", "script", 1000)] * 2
+
+
+def test_refusals_record_every_push_answered_without_a_transaction_and_reset_forgets_them(
+        daraja):
+    daraja.configure(callback_delay_s=2.0)
+    daraja.accepted("254712345678", AccountReference="FIRST")
+    daraja.push("254712345678", AccountReference="SECOND")          # the subscriber lock
+    daraja.push("254700020006", AccountReference="THIRD")           # a refusal phone
+    daraja.control("POST", "faults", {"fault": "gateway_fault"})
+    daraja.push(AccountReference="FOURTH")
+    refusals = daraja.control("GET", "refusals").json()["data"]
+    assert [(r["account_reference"], r["error_code"], r["source"]) for r in refusals] == [
+        ("SECOND", "500.001.1001", "lock_subscriber"), ("THIRD", "500.003.02", "phone"),
+        ("FOURTH", "gateway_fault", "fault:gateway_fault")]
+    script(daraja, {"FIFTH": {}})
+    daraja.control("POST", "reset")
+    assert daraja.control("GET", "refusals").json()["data"] == []
+    assert daraja.control("GET", "scripts").json()["data"] == {}
+
+
+@pytest.mark.parametrize("scripts,complaint", [
+    ({"TOO-LONG-REFERENCE": {}}, "1 to 12 characters"),
+    ({"R": {"result_code": "0"}}, "result_code"),
+    ({"R": {"result_code": True}}, "result_code"),
+    ({"R": {"fault": "expire_token_early"}}, "unknown fault"),
+    ({"R": {"colour": "red"}}, "only result_code and fault"),
+    ([], "scripts must be an object"),
+])
+def test_a_bad_script_is_refused_by_name_and_adds_nothing(daraja, scripts, complaint):
+    script(daraja, {"KEPT": {}})
+    answer = daraja.control("POST", "scripts", {"scripts": {"NEW": {}, **scripts}}
+                            if isinstance(scripts, dict) else {"scripts": scripts})
+    assert answer.status_code == 400 and complaint in answer.json()["error"]
+    assert list(daraja.control("GET", "scripts").json()["data"]) == ["KEPT"]
