@@ -38,8 +38,8 @@ def as_run_here(script: str, api_port: int, sim_port: int) -> str:
 def test_every_command_of_the_readmes_try_it_works_as_written(tmp_path):
     ports = {"TOPUP_API_PORT": find_free_port(), "TOPUP_SIMULATOR_PORT": find_free_port(),
              "TOPUP_WEBHOOK_PORT": find_free_port()}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL",
-                                                                     "DARAJA_", "OPS_TOKEN"))}
+    inherited = ("DATABASE_URL", "REDIS_URL", "DARAJA_", "OPS_TOKEN")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
     env.update({name: str(port) for name, port in ports.items()}, TOPUP_EMBEDDED_REDIS="0")
     run = subprocess.Popen([sys.executable, "-m", "topupctl.devrun"], cwd=tmp_path, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
