@@ -43,7 +43,7 @@ $(LINT_STAMP): $(STAMP)
 
 # flake8 over every package, the tests and the benchmark (settings in setup.cfg)
 lint: $(LINT_STAMP)
-	$(BIN)/python -m flake8 app workers ledger daraja simulator settings telemetry topupctl bench soak tests
+	$(BIN)/python -m flake8 app workers ledger daraja simulator settings telemetry topupctl bootstrap bench soak tests
 
 # The benchmark: real Redis, PostgreSQL and the simulator on this machine; writes
 # bench/report.md and bench/report.json (under 10 minutes; QUICK=1 under 2). Load comes from

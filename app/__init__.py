@@ -4,36 +4,31 @@ from __future__ import annotations
 import redis
 from flask import Flask
 
-import settings as settings_module
+import bootstrap
 from ledger import db
-from telemetry import logs as telemetry_logs
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    """Build the API. ``test_config`` may carry ``SETTINGS`` (a Settings), ``REDIS`` and
-    ``BROKER`` to use instead of the ones the environment names."""
-    # The worker package configures itself on import (it is also `dramatiq workers`'s entry
-    # point); import it first so that the bindings below are the ones that stay.
-    from workers import broker as worker_broker
+    """Build the API, configuring this process first (:func:`bootstrap.configure`).
 
+    ``test_config`` may carry ``SETTINGS`` (a Settings), ``REDIS`` and ``BROKER`` to use
+    instead of the ones the environment names, ``BIND_DATABASE`` (False: the ledger is bound
+    already) and ``CONFIGURE_LOGGING`` (off by default when there is a test_config)."""
     test_config = test_config or {}
-    settings = test_config.get("SETTINGS") or settings_module.load()
-    if test_config.get("CONFIGURE_LOGGING", not test_config):
-        telemetry_logs.configure("api", secrets=telemetry_logs.secrets_of(settings))
+    settings = bootstrap.configure(
+        "api", test_config.get("SETTINGS"), broker=test_config.get("BROKER"),
+        redis=test_config.get("REDIS"), database=test_config.get("BIND_DATABASE", True),
+        logging=test_config.get("CONFIGURE_LOGGING", not test_config)).settings
 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False
+    # the request path's own client: a lost Redis must not hold a request for long
     app.config["REDIS"] = test_config.get("REDIS") or redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     app.config.update({k: v for k, v in test_config.items() if k not in ("SETTINGS",)})
-
-    if test_config.get("BIND_DATABASE", True):
-        db.bind(settings.database_url)
-
-    worker_broker.install(test_config.get("BROKER") or worker_broker.build(settings.redis_url))
 
     from app import ops
     ops.init_app(app)  # /metrics, /ops/queues, callback acknowledgement latency

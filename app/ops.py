@@ -37,7 +37,7 @@ def prometheus_metrics():
     collector = RecordCollector(database=database, redis_client=current_app.config["REDIS"],
                                 declared_queues=declared_queues())
     return Response(metrics.render([collector]), mimetype=None,
-                    headers={"Content-Type": metrics.CONTENT_TYPE})
+                    headers={"Content-Type": metrics.content_type()})
 
 
 def _require_ops_token() -> None:

@@ -1,7 +1,8 @@
 """The one place that reads the environment (contract §2).
 
-Entrypoints (the Flask factory, the worker package, ``topupctl``) call :func:`load` once and
-pass what they need down as arguments; libraries never read ``os.environ`` themselves.
+A process's start-up (:func:`bootstrap.configure`, called by the Flask factory, the worker
+package in a ``dramatiq`` process and ``topupctl``) calls :func:`load` once and passes what
+is needed down as arguments; libraries never read ``os.environ`` themselves.
 """
 from __future__ import annotations
 

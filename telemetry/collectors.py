@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import logging
 
-import telemetry.metrics  # noqa: F401  (picks prometheus_client's storage before it loads)
-from prometheus_client.core import GaugeMetricFamily
-
 from telemetry.queues import Queues
 
 log = logging.getLogger(__name__)
@@ -28,6 +25,14 @@ TOPUP_STATUSES = ("pending", "succeeded", "failed", "unknown")
 DELIVERY_STATUSES = ("pending", "delivered", "failed", "cancelled")
 ATTEMPT_OUTCOMES = ("success", "http_error", "network_error")
 QUEUE_STATES = ("ready", "delayed", "in_progress", "dead")
+
+
+def _gauge(name: str, documentation: str, labels: list[str]):
+    """A prometheus-client gauge family. The library is imported here, at scrape time, not
+    with this module: it picks its storage when it is first imported, and that is the
+    process's start-up to decide (:mod:`telemetry.metrics`)."""
+    from prometheus_client.core import GaugeMetricFamily
+    return GaugeMetricFamily(name, documentation, labels=labels)
 
 
 class RecordCollector:
@@ -41,9 +46,8 @@ class RecordCollector:
         self._tables: set[str] = set()
 
     def collect(self):
-        up = GaugeMetricFamily("topup_metrics_source_up",
-                               "1 when this scrape could read the source, else 0.",
-                               labels=["source"])
+        up = _gauge("topup_metrics_source_up", "1 when this scrape could read the source, else 0.",
+                    labels=["source"])
         if self.database is not None:
             try:
                 families = list(self._ledger())
@@ -74,17 +78,16 @@ class RecordCollector:
 
     def _ledger(self):
         topups = self._grouped("SELECT status, COUNT(*) FROM top_up GROUP BY status")
-        family = GaugeMetricFamily("topup_topups", "Top-ups in the ledger, by status.",
-                                   labels=["status"])
+        family = _gauge("topup_topups", "Top-ups in the ledger, by status.", labels=["status"])
         for status in sorted(set(TOPUP_STATUSES) | set(topups)):
             family.add_metric([status], topups.get(status, 0))
         yield family
         if self._has_table("webhook_delivery"):
             deliveries = self._grouped(
                 "SELECT status, COUNT(*) FROM webhook_delivery GROUP BY status")
-            family = GaugeMetricFamily("topup_webhook_deliveries",
-                                       "Webhook deliveries (one event for one endpoint), "
-                                       "by status.", labels=["status"])
+            family = _gauge("topup_webhook_deliveries",
+                            "Webhook deliveries (one event for one endpoint), by status.",
+                            labels=["status"])
             for status in sorted(set(DELIVERY_STATUSES) | set(deliveries)):
                 family.add_metric([status], deliveries.get(status, 0))
             yield family
@@ -93,10 +96,10 @@ class RecordCollector:
                 "SELECT CASE WHEN status_code BETWEEN 200 AND 299 THEN 'success' "
                 "WHEN status_code IS NULL THEN 'network_error' ELSE 'http_error' END, "
                 "COUNT(*) FROM webhook_attempt GROUP BY 1")
-            family = GaugeMetricFamily("topup_webhook_attempts",
-                                       "Webhook delivery attempts, by outcome: success (2xx), "
-                                       "http_error (another status), network_error (no answer).",
-                                       labels=["outcome"])
+            family = _gauge("topup_webhook_attempts",
+                            "Webhook delivery attempts, by outcome: success (2xx), "
+                            "http_error (another status), network_error (no answer).",
+                            labels=["outcome"])
             for outcome in ATTEMPT_OUTCOMES:
                 family.add_metric([outcome], attempts.get(outcome, 0))
             yield family
@@ -105,15 +108,15 @@ class RecordCollector:
 
     def _queues(self):
         counts = self.queues.counts(self.declared)
-        messages = GaugeMetricFamily(
+        messages = _gauge(
             "topup_queue_messages",
             "Messages in each Dramatiq queue, by state: ready, delayed, in_progress (fetched by "
             "a worker, not yet acknowledged), dead (dead-lettered).", labels=["queue", "state"])
-        ages = GaugeMetricFamily(
+        ages = _gauge(
             "topup_queue_oldest_ready_age_seconds",
             "How long the oldest ready message has waited to be picked up (0 when none waits).",
             labels=["queue"])
-        stranded = GaugeMetricFamily(
+        stranded = _gauge(
             "topup_queue_held_by_dead_workers",
             "In-progress messages held by workers whose heartbeat stopped.", labels=["queue"])
         for queue in counts:

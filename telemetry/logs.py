@@ -10,16 +10,17 @@ Redaction runs on the whole line (message, extras, tracebacks, the keys of neste
 and whatever an unusual object turns into on the way to JSON), so a caller that forgets to
 mask a phone still writes ``2547****5678``.
 
-Each entrypoint configures its process once:
+Each process's start-up (:func:`bootstrap.configure`) calls :func:`configure` once:
 
-- ``gunicorn "app:create_app()"``: :func:`configure` from the app factory (root and
-  gunicorn's own loggers in the worker processes);
-- ``dramatiq workers``: Dramatiq sets up logging before it imports ``workers``, so importing
-  ``workers`` calls :func:`configure` with ``add_handler=False``, which only reformats the
-  plain stream handlers Dramatiq installed on the root logger. A worker process's handler
-  writes into Dramatiq's pipe to the ``dramatiq`` parent, which writes each line whole to
-  its standard error (or its ``--log-file``), so lines of several processes never mix;
-- ``topupctl``: :func:`configure` in ``main()``.
+- ``gunicorn "app:create_app()"``: from the app factory (root and gunicorn's own loggers in
+  the worker processes);
+- ``dramatiq workers``: Dramatiq sets up logging before it imports ``workers``, so the
+  start-up that import runs calls :func:`configure` with ``add_handler=False``, which only
+  reformats the plain stream handlers Dramatiq installed on the root logger. A worker
+  process's handler writes into Dramatiq's pipe to the ``dramatiq`` parent, which writes each
+  line whole to its standard error (or its ``--log-file``), so lines of several processes
+  never mix;
+- ``topupctl``: in ``main()``.
 """
 from __future__ import annotations
 
@@ -174,8 +175,8 @@ def configure(service: str, *, secrets: Iterable[str | None] = (), level: int | 
     """Make this process write JSON lines. Safe to call again (it only reformats).
 
     - the plain stream and file handlers already on the root logger and on gunicorn's
-      loggers get the JSON formatter (with ``add_handler=False``, as a library import does,
-      one that an entrypoint set up already is left as it is);
+      loggers get the JSON formatter (with ``add_handler=False``, as in a ``dramatiq``
+      process, one that an entrypoint set up already is left as it is);
     - with ``add_handler`` and no handler at all on the root logger, one writing to
       ``stream`` (standard error) is added, at ``level`` (INFO unless given).
     """

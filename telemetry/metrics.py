@@ -18,9 +18,12 @@ directory per server run, under the system's temporary directory, named after it
 directory, a restart starts from zero, and directories of runs that ended are removed.
 Anywhere else (tests, ``topupctl``) the values live in the process.
 
-This module must be imported before anything else imports ``prometheus_client``: the
-library picks its storage when it is first imported. In a server process that imported it
-first, importing this module fails and says so, rather than let the metrics go missing.
+Importing this module does nothing. prometheus-client picks its storage once, when it is
+first imported, from the ``PROMETHEUS_MULTIPROC_DIR`` environment variable; so the process's
+start-up (:mod:`bootstrap`) calls :func:`choose_storage` first, and the metrics, with the
+library, are created on first use (:func:`instruments`). A server process that imported the
+library before its start-up chose a directory is refused, rather than let its metrics go
+missing.
 """
 from __future__ import annotations
 
@@ -30,8 +33,12 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+from typing import MutableMapping
 
 BASE_DIR_NAME = "topup-metrics"
+# prometheus-client's switch to multiprocess mode (it also reads the lower-case spelling)
+DIRECTORY_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 
 
 def _process_start(pid: int) -> str | None:
@@ -45,7 +52,8 @@ def _process_start(pid: int) -> str | None:
 
 
 def server_kind(argv: list[str] | None = None) -> str | None:
-    """``"api"`` in a gunicorn worker, ``"workers"`` in a ``dramatiq`` child process."""
+    """``"api"`` in a gunicorn process, ``"workers"`` in a process the ``dramatiq`` command
+    started (its worker processes and its forks), else None."""
     argv = sys.argv if argv is None else argv
     program = argv[0] if argv else ""
     name = os.path.basename(program)
@@ -70,10 +78,10 @@ def _remove_finished_runs(base: str) -> None:
             shutil.rmtree(os.path.join(base, entry), ignore_errors=True)
 
 
-def choose_directory(kind: str | None, environ=None) -> str | None:
-    """Where this process's values go, or None to keep them in the process."""
-    environ = os.environ if environ is None else environ
-    explicit = environ.get("PROMETHEUS_MULTIPROC_DIR") or environ.get("prometheus_multiproc_dir")
+def choose_directory(kind: str | None, environ: MutableMapping[str, str]) -> str | None:
+    """Where this process's values go (created if need be), or None to keep them in the
+    process."""
+    explicit = next((environ[name] for name in DIRECTORY_VARIABLES if environ.get(name)), None)
     if explicit:
         os.makedirs(explicit, exist_ok=True)
         return explicit
@@ -89,119 +97,156 @@ def choose_directory(kind: str | None, environ=None) -> str | None:
     return path
 
 
-# prometheus_client reads PROMETHEUS_MULTIPROC_DIR once, when it is first imported.
-_STORAGE_CHOSEN_IN_PROCESS = "prometheus_client" in sys.modules and not (
-    os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"))
-MULTIPROCESS_DIR = choose_directory(server_kind())
-if MULTIPROCESS_DIR:
-    if _STORAGE_CHOSEN_IN_PROCESS:
-        # Its values would stay in this process while a scrape reads the shared directory:
-        # the server's metrics would go missing without a word.
-        raise RuntimeError(
-            "prometheus_client was imported before telemetry.metrics in a server process, so "
-            "it keeps this process's metrics to itself: import telemetry.metrics first, or "
-            "set PROMETHEUS_MULTIPROC_DIR before the server starts")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = MULTIPROCESS_DIR
+_directory: str | None = None
 
-import prometheus_client  # noqa: E402  (after the directory is chosen)
-from prometheus_client import (  # noqa: E402
-    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest,
-)
-from prometheus_client import multiprocess  # noqa: E402
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+def choose_storage(environ: MutableMapping[str, str], argv: list[str] | None = None
+                   ) -> str | None:
+    """Decide where this process's values go, before anything counts: the directory its
+    server's processes share (written to ``environ``, the process's environment, for
+    prometheus-client to read when it is imported), or None to keep them in the process."""
+    global _directory
+    directory = choose_directory(server_kind(argv), environ)
+    if directory:
+        named_before = any(environ.get(name) for name in DIRECTORY_VARIABLES)
+        if "prometheus_client" in sys.modules and not named_before:
+            # Its values would stay in this process while a scrape reads the shared
+            # directory: the server's metrics would go missing without a word.
+            raise RuntimeError(
+                "prometheus_client was imported before this server process's start-up chose "
+                "where its metrics go, so it keeps them to itself: configure the process "
+                "(bootstrap.configure) before anything imports prometheus_client, or set "
+                "PROMETHEUS_MULTIPROC_DIR before the server starts")
+        environ[DIRECTORY_VARIABLES[0]] = directory
+    _directory = directory
+    return directory
 
-# The process's own metrics (not the library's global registry, which others may fill).
-PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
 
-DARAJA_CALLS = Counter(
-    "topup_daraja_calls_total",
-    "HTTP calls to Daraja, by endpoint (oauth, stkpush, stkquery) and outcome "
-    "(ok, pending, invalid_token, connection_failed, ambiguous, throttled, ...).",
-    ["endpoint", "outcome"], registry=PROCESS_REGISTRY)
-DARAJA_SECONDS = Histogram(
-    "topup_daraja_call_duration_seconds",
-    "How long Daraja took to answer, by endpoint and outcome.",
-    ["endpoint", "outcome"], registry=PROCESS_REGISTRY,
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30))
-CALLBACK_ACK_SECONDS = Histogram(
-    "topup_callback_ack_duration_seconds",
-    "From a Daraja callback's arrival to its answer (the body is stored durably first), "
-    "by HTTP status of the answer.",
-    ["status"], registry=PROCESS_REGISTRY,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-CREDIT_SECONDS = Histogram(
-    "topup_credit_latency_seconds",
-    "From Daraja accepting the STK push to the wallet's ledger entry, by what confirmed "
-    "the payment (callback or query).",
-    ["source"], registry=PROCESS_REGISTRY,
-    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400))
-WORKER_MESSAGES = Counter(
-    "topup_worker_messages_total",
-    "Messages the workers finished, by queue, actor and outcome (ok, error, skipped).",
-    ["queue", "actor", "outcome"], registry=PROCESS_REGISTRY)
-WORKER_MESSAGE_SECONDS = Histogram(
-    "topup_worker_message_duration_seconds",
-    "How long a worker spent on a message, by queue and actor.",
-    ["queue", "actor"], registry=PROCESS_REGISTRY,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-WORKER_DEAD_LETTERS = Counter(
-    "topup_worker_dead_letters_total",
-    "Messages the workers moved to a dead-letter queue, by queue and actor.",
-    ["queue", "actor"], registry=PROCESS_REGISTRY)
+def directory() -> str | None:
+    """The directory this process counts into (None: its values live in the process)."""
+    return _directory
+
+
+# --- the metrics -----------------------------------------------------------------------------
+
+class Instruments:
+    """The metrics this process counts, on a registry of their own (not the library's global
+    one, which others may fill)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.daraja_calls = Counter(
+            "topup_daraja_calls_total",
+            "HTTP calls to Daraja, by endpoint (oauth, stkpush, stkquery) and outcome "
+            "(ok, pending, invalid_token, connection_failed, ambiguous, throttled, ...).",
+            ["endpoint", "outcome"], registry=self.registry)
+        self.daraja_seconds = Histogram(
+            "topup_daraja_call_duration_seconds",
+            "How long Daraja took to answer, by endpoint and outcome.",
+            ["endpoint", "outcome"], registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30))
+        self.callback_ack_seconds = Histogram(
+            "topup_callback_ack_duration_seconds",
+            "From a Daraja callback's arrival to its answer (the body is stored durably first), "
+            "by HTTP status of the answer.",
+            ["status"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.credit_seconds = Histogram(
+            "topup_credit_latency_seconds",
+            "From Daraja accepting the STK push to the wallet's ledger entry, by what confirmed "
+            "the payment (callback or query).",
+            ["source"], registry=self.registry,
+            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400))
+        self.worker_messages = Counter(
+            "topup_worker_messages_total",
+            "Messages the workers finished, by queue, actor and outcome (ok, error, skipped).",
+            ["queue", "actor", "outcome"], registry=self.registry)
+        self.worker_message_seconds = Histogram(
+            "topup_worker_message_duration_seconds",
+            "How long a worker spent on a message, by queue and actor.",
+            ["queue", "actor"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.worker_dead_letters = Counter(
+            "topup_worker_dead_letters_total",
+            "Messages the workers moved to a dead-letter queue, by queue and actor.",
+            ["queue", "actor"], registry=self.registry)
+        # Every message a worker finishes is counted: its label children are looked up once
+        # per (queue, actor, outcome), not through labels() each time (its checks and lock,
+        # ~2.5 us).
+        self.finished: dict[tuple[str, str, str], tuple] = {}
+
+
+_instruments: Instruments | None = None
+_instruments_lock = threading.Lock()
+
+
+def instruments() -> Instruments:
+    """This process's metrics, created on first use: after its start-up chose their storage."""
+    global _instruments
+    if _instruments is None:
+        with _instruments_lock:
+            if _instruments is None:
+                _instruments = Instruments()
+    return _instruments
 
 
 # --- observing -------------------------------------------------------------------------------
 
 def daraja_call(endpoint: str, outcome: str, seconds: float) -> None:
     """The Daraja client's ``on_call`` hook."""
-    DARAJA_CALLS.labels(endpoint, outcome).inc()
-    DARAJA_SECONDS.labels(endpoint, outcome).observe(max(seconds, 0.0))
+    counted = instruments()
+    counted.daraja_calls.labels(endpoint, outcome).inc()
+    counted.daraja_seconds.labels(endpoint, outcome).observe(max(seconds, 0.0))
 
 
 def callback_acknowledged(status: int, seconds: float) -> None:
-    CALLBACK_ACK_SECONDS.labels(str(status)).observe(max(seconds, 0.0))
+    instruments().callback_ack_seconds.labels(str(status)).observe(max(seconds, 0.0))
 
 
 def credited(pushed_at: dt.datetime | None, credited_at: dt.datetime | None, source: str) -> None:
     """A top-up was credited: how long after Daraja accepted its push."""
     if pushed_at is None or credited_at is None:
         return
-    CREDIT_SECONDS.labels(source).observe(max((credited_at - pushed_at).total_seconds(), 0.0))
-
-
-# Every message a worker finishes is counted: its label children are looked up once per
-# (queue, actor, outcome), not through labels() each time (its checks and lock, ~2.5 us).
-_FINISHED: dict[tuple[str, str, str], tuple] = {}
+    instruments().credit_seconds.labels(source).observe(
+        max((credited_at - pushed_at).total_seconds(), 0.0))
 
 
 def message_finished(queue: str, actor: str, outcome: str, seconds: float | None) -> None:
-    children = _FINISHED.get((queue, actor, outcome))
+    counted = instruments()
+    children = counted.finished.get((queue, actor, outcome))
     if children is None:
-        children = _FINISHED[(queue, actor, outcome)] = (
-            WORKER_MESSAGES.labels(queue, actor, outcome),
-            WORKER_MESSAGE_SECONDS.labels(queue, actor))
+        children = counted.finished[(queue, actor, outcome)] = (
+            counted.worker_messages.labels(queue, actor, outcome),
+            counted.worker_message_seconds.labels(queue, actor))
     children[0].inc()
     if seconds is not None:
         children[1].observe(max(seconds, 0.0))
 
 
 def dead_lettered(queue: str, actor: str) -> None:
-    WORKER_DEAD_LETTERS.labels(queue, actor).inc()
+    instruments().worker_dead_letters.labels(queue, actor).inc()
 
 
 # --- answering a scrape ----------------------------------------------------------------------
 
 class _ThisProcess:
     def collect(self):
-        return PROCESS_REGISTRY.collect()
+        return instruments().registry.collect()
+
+
+def content_type() -> str:
+    """The media type of :func:`render`'s answer."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+    return CONTENT_TYPE_LATEST
 
 
 def render(collectors=(), directory: str | None = None) -> bytes:
     """The Prometheus text exposition: the counted metrics (summed over the server's
     processes when they share a directory) and whatever ``collectors`` read now."""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
     registry = CollectorRegistry(auto_describe=False)
-    directory = directory or MULTIPROCESS_DIR
+    directory = directory or _directory
     if directory:
         multiprocess.MultiProcessCollector(registry, path=directory)
     else:
@@ -209,7 +254,3 @@ def render(collectors=(), directory: str | None = None) -> bytes:
     for collector in collectors:
         registry.register(collector)
     return generate_latest(registry)
-
-
-__all__ = ["CONTENT_TYPE", "MULTIPROCESS_DIR", "render", "daraja_call", "callback_acknowledged",
-           "credited", "message_finished", "dead_lettered", "prometheus_client"]

@@ -1,12 +1,12 @@
 """The workers' ``/metrics``: one small HTTP server per ``dramatiq workers`` command.
 
 Dramatiq starts it as a *fork* (a process of its own beside the worker processes, see
-:class:`workers.observability.Metrics`); it answers with what every worker process of that
-command counted, summed from their shared directory (:mod:`telemetry.metrics`). It listens on
-``WORKER_METRICS_PORT`` (default 9191, ``0`` turns it off) on ``WORKER_METRICS_HOST`` (default
-127.0.0.1: it asks for no token); when the port
-is taken (a second ``dramatiq workers`` on the same host) it says so and stops, and the
-workers carry on without it.
+:func:`workers.observability.serve_metrics`); it answers with what every worker process of
+that command counted, summed from their shared directory (:mod:`telemetry.metrics`). It
+listens on ``WORKER_METRICS_PORT`` (default 9191, ``0`` turns it off) on
+``WORKER_METRICS_HOST`` (default 127.0.0.1: it asks for no token); when the port is taken (a
+second ``dramatiq workers`` on the same host) it says so and stops, and the workers carry on
+without it.
 """
 from __future__ import annotations
 
@@ -14,12 +14,9 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from telemetry import logs, metrics
+from telemetry import metrics
 
 log = logging.getLogger("telemetry.worker_metrics")
-
-# Dramatiq set up this process's logging before importing us: make it JSON.
-logs.configure("workers", add_handler=False)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -28,7 +25,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (the http.server API)
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            body, content_type, status = metrics.render(), metrics.CONTENT_TYPE, 200
+            body, content_type, status = metrics.render(), metrics.content_type(), 200
         elif path == "/healthz":
             body, content_type, status = b'{"status": "ok"}', "application/json", 200
         else:
@@ -49,26 +46,19 @@ def make_server(host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
-def serve() -> int:
-    """The fork's body: serve until the process is told to stop."""
-    import settings
-    try:
-        loaded = settings.load()
-    except settings.ConfigError as exc:
-        log.warning("worker metrics off: %s", exc)
-        return 0
-    port = loaded.worker_metrics_port
+def serve(host: str, port: int) -> int:
+    """Serve on ``host``:``port`` (port 0: not at all) until the process is told to stop."""
     if not port:
         return 0
     try:
-        server = make_server(loaded.worker_metrics_host, port)
+        server = make_server(host, port)
     except OSError as exc:
         log.warning("worker metrics off: port %s is taken (%s)", port, exc.strerror)
         # Stay, idle, until Dramatiq stops its forks: a fork that returned at once was left
         # behind as a defunct process for as long as the workers ran.
         threading.Event().wait()
         return 0
-    log.info("worker metrics on :%s/metrics", port, extra={"directory": metrics.MULTIPROCESS_DIR})
+    log.info("worker metrics on :%s/metrics", port, extra={"directory": metrics.directory()})
     try:
         server.serve_forever()
     finally:

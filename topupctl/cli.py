@@ -4,43 +4,51 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import NamedTuple
 
 import settings as settings_module
 
 
-def _settings(need_callback_token=False):
+class Needs(NamedTuple):
+    """What a command needs of the start-up (:func:`bootstrap.configure`)."""
+    database: bool
+    workers: bool = False          # the broker and the actors: the queues
+    callback_token: bool = False   # only what builds callback URLs needs it
+
+
+LEDGER = Needs(database=True)
+QUEUES = Needs(database=False, workers=True)
+EVERYTHING = Needs(database=True, workers=True, callback_token=True)
+
+
+def start_up(needs: Needs) -> None:
+    """Configure this process for a command: once, before the command runs."""
+    import bootstrap  # here: `--help` and the simulator need none of the gateway loaded
     try:
-        return settings_module.load(need_callback_token=need_callback_token)
+        loaded = settings_module.load(need_callback_token=needs.callback_token)
     except settings_module.ConfigError as exc:
         sys.exit(f"topupctl: configuration error: {exc}")
-
-
-def _bind():
-    from ledger import db
-    db.bind(_settings().database_url)
-    return db
+    bootstrap.configure("topupctl", loaded, database=needs.database, workers=needs.workers)
 
 
 def cmd_db_upgrade(args):
-    from ledger import migrate
-    db = _bind()
+    from ledger import db, migrate
     with db.connection():
         applied = migrate.upgrade()
     print(json.dumps({"applied": applied}))
 
 
 def cmd_accounts_create(args):
-    from ledger import accounts
-    db = _bind()
+    from ledger import accounts, db
     with db.connection():
         account, key = accounts.create_account(args.name)
     print(json.dumps({"account": account.id, "api_key": key}))
 
 
 def cmd_orphans(args):
+    from ledger import db
     from ledger.models import OrphanPayment
     from ledger.phones import mask
-    db = _bind()
     with db.connection():
         query = OrphanPayment.select().order_by(OrphanPayment.seq)
         if not args.all:
@@ -61,8 +69,7 @@ def cmd_orphans(args):
 
 
 def cmd_callbacks_quarantined(args):
-    from ledger import settlement
-    db = _bind()
+    from ledger import db, settlement
     with db.connection():
         rows = [{"callback": c.seq, "received_at": c.received_at.isoformat() + "Z",
                  "checkout_request_id": c.checkout_request_id,
@@ -80,23 +87,31 @@ def cmd_callbacks_quarantined(args):
 
 def cmd_simulator(args):
     from simulator.server import SimulatorConfig, serve
+    _simulator_logs()
     config = SimulatorConfig()
     if args.callback_delay is not None:
         config = SimulatorConfig(callback_delay_s=args.callback_delay)
     serve(host=args.host, port=args.port, config=config)
 
 
-def cmd_scheduler(args):
-    import redis
+def _simulator_logs() -> None:
+    """The simulator stands in for Safaricom: it needs none of the gateway's start-up, only
+    JSON logs, without the gateway's secrets when its environment has them (the callback URLs
+    it posts to carry the callback token)."""
+    from telemetry import logs
+    try:
+        secrets = logs.secrets_of(settings_module.load(need_callback_token=False))
+    except settings_module.ConfigError:
+        secrets = []
+    logs.configure("topupctl", secrets=secrets)
 
-    # the scheduler enqueues onto the workers' broker: importing them configures it
-    import workers  # noqa: F401
-    from workers import scheduler, sweeps
-    settings = _settings(need_callback_token=True)
-    scheduler.run(redis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                       socket_connect_timeout=3),
-                  give_up_after_s=settings.stk_give_up_after_s, interval_s=args.interval,
-                  thresholds=sweeps.Thresholds.from_settings(settings))
+
+def cmd_scheduler(args):
+    from workers import runtime, scheduler, sweeps
+    configured = runtime.get()
+    scheduler.run(configured.redis, give_up_after_s=configured.settings.stk_give_up_after_s,
+                  interval_s=args.interval,
+                  thresholds=sweeps.Thresholds.from_settings(configured.settings))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,28 +121,28 @@ def build_parser() -> argparse.ArgumentParser:
     dbp = sub.add_parser("db", help="the ledger's schema").add_subparsers(dest="db_command",
                                                                           required=True)
     dbp.add_parser("upgrade", help="create or migrate the schema (safe to run again)"
-                   ).set_defaults(func=cmd_db_upgrade)
+                   ).set_defaults(func=cmd_db_upgrade, needs=LEDGER)
 
     acc = sub.add_parser("accounts", help="accounts").add_subparsers(dest="accounts_command",
                                                                      required=True)
     create = acc.add_parser("create", help="create an account; prints its API key once")
     create.add_argument("name")
-    create.set_defaults(func=cmd_accounts_create)
+    create.set_defaults(func=cmd_accounts_create, needs=LEDGER)
 
     from topupctl import keys  # keys create|list|revoke
-    keys.add_parser(sub, _bind)
+    keys.add_parser(sub)
 
     orph = sub.add_parser("orphans", help="payments M-Pesa confirmed that no top-up knows")
     orph.add_argument("--json", action="store_true")
     orph.add_argument("--all", action="store_true", help="include resolved ones")
-    orph.set_defaults(func=cmd_orphans)
+    orph.set_defaults(func=cmd_orphans, needs=LEDGER)
 
     cbs = sub.add_parser("callbacks", help="stored Daraja callbacks").add_subparsers(
         dest="callbacks_command", required=True)
     quarantined = cbs.add_parser("quarantined", help="paid callbacks that cannot be applied, "
                                  "kept with their reason for an operator")
     quarantined.add_argument("--json", action="store_true")
-    quarantined.set_defaults(func=cmd_callbacks_quarantined)
+    quarantined.set_defaults(func=cmd_callbacks_quarantined, needs=LEDGER)
 
     from topupctl import ops  # queues [dead], topups show
     ops.register(sub)
@@ -137,21 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8900)
     sim.add_argument("--callback-delay", type=float, default=None,
                      help="seconds between the push's answer and its callback")
-    sim.set_defaults(func=cmd_simulator)
+    sim.set_defaults(func=cmd_simulator, needs=None)
 
     sch = sub.add_parser("scheduler", help="periodic sweeps: lost pushes, callbacks, queries")
     sch.add_argument("--interval", type=float, default=5.0)
-    sch.set_defaults(func=cmd_scheduler)
+    sch.set_defaults(func=cmd_scheduler, needs=EVERYTHING)
 
     from topupctl import reconcile as reconcile_cmd  # reconcile STATEMENT.csv [--apply] …
-    reconcile_cmd.add_parser(sub, _bind)
+    reconcile_cmd.add_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    from topupctl import ops
-    ops.configure_logging()  # JSON lines on standard error
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help and usage errors end here, untouched
+    if args.needs is not None:
+        start_up(args.needs)  # and its logs: JSON lines on standard error
     args.func(args)
     return 0
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 import json
 import sys
 
+from topupctl.cli import LEDGER
+
 
 def _iso(value):
     return value.replace(microsecond=0).isoformat() + "Z" if value else None
 
 
-def cmd_create(args, bind):
-    from ledger import accounts
+def cmd_create(args):
+    from ledger import accounts, db
     from ledger.models import Account
-    db = bind()
     with db.connection():
         if Account.get_or_none(Account.id == args.account) is None:
             sys.exit(f"topupctl: no account {args.account!r}")
@@ -25,10 +26,9 @@ def cmd_create(args, bind):
                       "api_key": key}))
 
 
-def cmd_list(args, bind):
-    from ledger import accounts
+def cmd_list(args):
+    from ledger import accounts, db
     from ledger.models import Account
-    db = bind()
     with db.connection():
         if Account.get_or_none(Account.id == args.account) is None:
             sys.exit(f"topupctl: no account {args.account!r}")
@@ -42,10 +42,9 @@ def cmd_list(args, bind):
         print(f"{row['id']}  {row['prefix']}…  created {row['created_at']}  {state}")
 
 
-def cmd_revoke(args, bind):
-    from ledger import accounts
+def cmd_revoke(args):
+    from ledger import accounts, db
     from ledger.models import ApiKey
-    db = bind()
     with db.connection():
         if accounts.revoke_api_key(args.key_id):
             print(json.dumps({"id": args.key_id, "revoked": True}))
@@ -55,16 +54,16 @@ def cmd_revoke(args, bind):
              else f"topupctl: no key {args.key_id!r}")
 
 
-def add_parser(sub, bind) -> None:
+def add_parser(sub) -> None:
     keys = sub.add_parser("keys", help="API keys: create, list, revoke").add_subparsers(
         dest="keys_command", required=True)
     create = keys.add_parser("create", help="a new API key for ACCOUNT; printed this once")
     create.add_argument("account")
-    create.set_defaults(func=lambda args: cmd_create(args, bind))
+    create.set_defaults(func=cmd_create, needs=LEDGER)
     listing = keys.add_parser("list", help="ACCOUNT's keys by prefix (never the key)")
     listing.add_argument("account")
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=lambda args: cmd_list(args, bind))
+    listing.set_defaults(func=cmd_list, needs=LEDGER)
     revoke = keys.add_parser("revoke", help="stop a key working at once")
     revoke.add_argument("key_id")
-    revoke.set_defaults(func=lambda args: cmd_revoke(args, bind))
+    revoke.set_defaults(func=cmd_revoke, needs=LEDGER)

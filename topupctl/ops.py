@@ -18,26 +18,9 @@ import logging
 import sys
 import time
 
-import settings as settings_module
+from topupctl.cli import LEDGER, QUEUES
 
 log = logging.getLogger("topupctl")
-
-
-def configure_logging() -> None:
-    """topupctl's own log lines: JSON on standard error, secrets of the settings removed."""
-    from telemetry import logs
-    try:
-        secrets = logs.secrets_of(settings_module.load(need_callback_token=False))
-    except settings_module.ConfigError:
-        secrets = []
-    logs.configure("topupctl", secrets=secrets)
-
-
-def _settings():
-    try:
-        return settings_module.load(need_callback_token=False)
-    except settings_module.ConfigError as exc:
-        sys.exit(f"topupctl: configuration error: {exc}")
 
 
 def _queues():
@@ -45,23 +28,16 @@ def _queues():
 
     from telemetry import logs
     from telemetry.queues import Queues
-    settings = _settings()
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    from workers import runtime
+    client = redis.Redis.from_url(runtime.get().settings.redis_url, socket_timeout=10,
+                                  socket_connect_timeout=5)
     return Queues(client, redactor=logs.redactor())
 
 
 def declared_queues() -> set[str]:
-    """The queues this code's actors use, so that an empty one is listed too. Importing the
-    worker package needs its whole configuration; without it, only the queues Redis holds
-    keys for are listed."""
-    try:
-        import dramatiq
-
-        import workers  # noqa: F401  (declares the actors on its broker)
-        return set(dramatiq.get_broker().get_declared_queues())
-    except Exception as exc:
-        log.info("listing only the queues found in Redis: %s", exc)
-        return set()
+    """The queues this code's actors use, so that an empty one is listed too."""
+    from workers import runtime
+    return set(runtime.get().broker.get_declared_queues())
 
 
 # --- topupctl queues -------------------------------------------------------------------------
@@ -192,7 +168,6 @@ def cmd_topups_show(args, *, out=None) -> int:
     from ledger import db, history
     from telemetry import logs
     out = out or sys.stdout
-    db.bind(_settings().database_url)
     with db.connection():
         found = history.find(args.key)
         steps = history.history(found.topup) if found.topup else []
@@ -250,7 +225,7 @@ def register(sub) -> None:
                                                             "refresh with --watch)")
     queues.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     queues.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
-    queues.set_defaults(func=cmd_queues)
+    queues.set_defaults(func=cmd_queues, needs=QUEUES)
     queues_sub = queues.add_subparsers(dest="queues_command")
     dead = queues_sub.add_parser("dead", help="dead letters: list, --requeue or --purge")
     dead.add_argument("--queue", help="only this queue")
@@ -261,7 +236,7 @@ def register(sub) -> None:
     action.add_argument("--requeue", action="store_true",
                         help="put them back on their queue, retries reset")
     action.add_argument("--purge", action="store_true", help="delete them for good")
-    dead.set_defaults(func=cmd_queues_dead)
+    dead.set_defaults(func=cmd_queues_dead, needs=QUEUES)
 
     topups = sub.add_parser("topups", help="look up top-ups").add_subparsers(
         dest="topups_command", required=True)
@@ -269,4 +244,4 @@ def register(sub) -> None:
                                           "CheckoutRequestID, M-Pesa receipt or phone")
     show.add_argument("key")
     show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_topups_show)
+    show.set_defaults(func=cmd_topups_show, needs=LEDGER)

@@ -12,9 +12,11 @@ import datetime as dt
 import json
 import sys
 
+from topupctl.cli import LEDGER
 
-def add_parser(sub, bind) -> None:
-    """Register the subcommand; ``bind()`` binds the ledger and returns the db module."""
+
+def add_parser(sub) -> None:
+    """Register the subcommand (on the ledger bound by topupctl's start-up)."""
     from ledger.reconcile import DEFAULT_WINDOW
 
     rec = sub.add_parser("reconcile", help="hold an M-Pesa organisation-portal statement "
@@ -31,7 +33,7 @@ def add_parser(sub, bind) -> None:
                      default=DEFAULT_WINDOW.total_seconds() / 60,
                      help="how far apart a payment and a top-up's push may be to match by "
                           "phone, amount and time (default %(default)g)")
-    rec.set_defaults(func=lambda args: run(args, bind))
+    rec.set_defaults(func=run, needs=LEDGER)
 
 
 def _bound(end: bool):
@@ -44,8 +46,8 @@ def _bound(end: bool):
     return parse
 
 
-def run(args, bind) -> None:
-    from ledger import reconcile
+def run(args) -> None:
+    from ledger import db, reconcile
     try:
         statement = reconcile.read_file(args.statement)
     except OSError as exc:
@@ -54,7 +56,6 @@ def run(args, bind) -> None:
     except reconcile.MalformedStatement as exc:
         print(f"topupctl: {args.statement}: {exc} (nothing was changed)", file=sys.stderr)
         sys.exit(2)
-    db = bind()
     with db.connection():
         report = reconcile.run(statement, since=args.since, until=args.until,
                                window=dt.timedelta(minutes=args.window), apply_safe=args.apply)

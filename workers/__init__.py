@@ -1,22 +1,14 @@
-"""The Dramatiq workers: ``dramatiq workers`` imports this package.
+"""The Dramatiq workers: the actors (:mod:`workers.actors`, :mod:`workers.webhooks`), the tasks
+they run, the broker and its middleware, the scheduler's sweeps.
 
-Importing it reads the settings (a worker refuses to start on a bad one), installs the
-Redis broker and declares the actors.
+``dramatiq workers`` imports this package in every process it starts, then runs the actors
+declared on Dramatiq's global broker: in those processes, and only there, the import is the
+workers' start-up (see :mod:`bootstrap`). Anywhere else (the API, ``topupctl``, the tests)
+importing the package or its modules does nothing; they configure themselves.
 """
-import dramatiq
+from telemetry.metrics import server_kind
 
-import settings as _settings
-from telemetry import logs as _logs
-from workers import broker as _broker, observability as _observability, runtime as _runtime
+if server_kind() == "workers":  # a process of the `dramatiq` command
+    import bootstrap
 
-_loaded = _settings.load()
-# `dramatiq workers` set up logging before importing us: its lines become JSON from here on.
-_logs.configure("workers", secrets=_logs.secrets_of(_loaded), add_handler=False)
-_worker_broker = _broker.build(_loaded.redis_url)
-for _middleware in _observability.middleware():  # log context, metrics, dead-letter notes
-    _worker_broker.add_middleware(_middleware)
-dramatiq.set_broker(_worker_broker)
-_runtime.configure(_loaded)
-
-from workers import actors  # noqa: E402,F401  (declared on the broker installed above)
-from workers import webhooks  # noqa: E402,F401  (the webhook actor, and its after-commit hook)
+    bootstrap.configure("workers")

@@ -1,6 +1,7 @@
 """The one broker module: Dramatiq's ``RedisBroker`` as shipped, built from REDIS_URL, and
-swapped for a StubBroker in unit tests. Every broker gets the same middleware, so what a test
-sees is what production runs.
+swapped for a StubBroker in unit tests. Every broker gets the same middleware (:func:`equip`,
+which the start-up calls on the broker it installs, built or given), so what a test sees is
+what production runs.
 
 How soon an idle worker picks up a new message is Dramatiq's own ``worker_timeout``: a
 consumer that finds its queue empty polls again after a growing backoff of at most that
@@ -19,6 +20,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Retries, TimeLimit
 
+from workers import observability
 from workers.middleware import DatabaseConnections
 
 
@@ -31,7 +33,9 @@ def dramatiq_middleware():
 
 
 def our_middleware():
-    return [DatabaseConnections()]
+    """A message's database connection given back; its log context, metrics and, when it
+    dies, why (:mod:`workers.observability`)."""
+    return [DatabaseConnections(), *observability.middleware()]
 
 
 def build(redis_url: str) -> RedisBroker:
@@ -40,21 +44,13 @@ def build(redis_url: str) -> RedisBroker:
     # connection arguments given next to it.
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5,
                                   health_check_interval=30)
-    broker = RedisBroker(client=client, middleware=dramatiq_middleware())
-    for middleware in our_middleware():
-        broker.add_middleware(middleware)
-    return broker
+    return equip(RedisBroker(client=client, middleware=dramatiq_middleware()))
 
 
-def install(broker: dramatiq.Broker) -> dramatiq.Broker:
-    """Make ``broker`` the one every actor sends to and is consumed from."""
-    previous = dramatiq.get_broker()
+def equip(broker: dramatiq.Broker) -> dramatiq.Broker:
+    """Add our middleware that ``broker`` lacks (safe to call again on the same broker)."""
     have = {type(m) for m in broker.middleware}
     for middleware in our_middleware():
         if type(middleware) not in have:
             broker.add_middleware(middleware)
-    for actor in list(previous.actors.values()):
-        actor.broker = broker
-        broker.declare_actor(actor)
-    dramatiq.set_broker(broker)
     return broker

@@ -4,8 +4,7 @@
   ``message_id``. The tasks add the ``topup_id`` and ``checkout_request_id`` of the top-up
   the message is about as soon as they have read them (:func:`telemetry.logs.amend`).
 - :class:`Metrics`: messages finished by queue, actor and outcome, their duration, dead
-  letters; and the fork process that serves the workers' ``/metrics``
-  (:func:`telemetry.worker_metrics.serve`).
+  letters; and the fork process that serves the workers' ``/metrics`` (:func:`serve_metrics`).
 - :class:`DeadLetterNotes`: a message about to be dead-lettered is written back to its own
   entry in Dramatiq's hash first, with the final error, so that ``topupctl queues dead``
   shows why it died (Dramatiq's Retries keeps only the previous attempt's traceback there,
@@ -21,6 +20,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from telemetry import logs, metrics
+from workers import runtime
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,7 @@ class Metrics(dramatiq.Middleware):
 
     @property
     def forks(self):
-        from telemetry.worker_metrics import serve
-        return [serve]
+        return [serve_metrics]
 
     def _started(self) -> dict:
         if not hasattr(self._local, "started"):
@@ -123,3 +122,13 @@ class DeadLetterNotes(dramatiq.Middleware):
 
 def middleware() -> list[dramatiq.Middleware]:
     return [LogContext(), Metrics(), DeadLetterNotes()]
+
+
+def serve_metrics() -> int:
+    """The body of the fork Dramatiq starts beside the worker processes: the workers'
+    ``/metrics`` (:mod:`telemetry.worker_metrics`). To run it, Dramatiq imports this module,
+    and so the ``workers`` package, which sets up this process of the ``dramatiq`` command as
+    it does the worker processes: logs, the metrics directory they share, the settings."""
+    from telemetry import worker_metrics
+    settings = runtime.get().settings
+    return worker_metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)

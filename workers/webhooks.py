@@ -18,7 +18,7 @@ import dramatiq
 import peewee
 import standardwebhooks
 
-from ledger import db, events, idempotency, webhooks
+from ledger import db, idempotency, webhooks
 from ledger.models import utcnow
 from telemetry import logs
 from workers import runtime, webhook_urls
@@ -97,12 +97,11 @@ def send_later(delivery_id: str, delay_s: float) -> None:
 
 
 def enqueue(delivery_ids: list[str]) -> None:
+    """Send the deliveries now. The start-up installs this as the ledger's notifier
+    (:func:`ledger.events.set_notifier`): deliveries created by a committed event are sent
+    from the thread that committed it."""
     for delivery_id in delivery_ids:
         deliver_webhook.send(delivery_id)
-
-
-# Deliveries created by a committed event are sent from the thread that committed it.
-events.set_notifier(enqueue)
 
 
 def sweep(now: dt.datetime | None = None) -> dict:

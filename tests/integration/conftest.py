@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.system import configure_test_process
 from tests.servers import PostgresServer, RedisServer, servers_available
 
 INTEGRATION_DIR = Path(__file__).resolve().parent
@@ -71,7 +72,8 @@ def ledger_pg(postgres_server):
     """A migrated ledger of its own on the session's PostgreSQL, bound in this process, with
     one account: its id."""
     from ledger import accounts, db, migrate
-    database = db.bind(postgres_server.create_database(f"ledger_{next(_ledgers)}"))
+    configure_test_process(postgres_server.create_database(f"ledger_{next(_ledgers)}"))
+    database = db.database.obj
     with db.connection():
         migrate.upgrade()
         account, _ = accounts.create_account("hot")
@@ -89,7 +91,8 @@ def ledger(request, tmp_path):
     else:
         url = request.getfixturevalue("postgres_server").create_database(
             f"ledger_{next(_ledgers)}")
-    database = db.bind(url)
+    configure_test_process(url)
+    database = db.database.obj
     with db.connection():
         migrate.upgrade()
         account, _ = accounts.create_account("acme")

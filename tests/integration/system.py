@@ -15,13 +15,30 @@ import sys
 import urllib.request
 
 import requests
+from dramatiq.brokers.stub import StubBroker
 
+import bootstrap
+import settings
 from ledger import accounts, db, migrate
 from tests.servers import find_free_port
 from tests.waiting import wait_until
+from workers import broker as worker_broker
 
 BIN = os.path.dirname(sys.executable)
 CALLBACK_TOKEN = "feedface" * 4
+# nothing listens there: the test process itself never reaches for the servers' Redis
+UNREACHABLE_REDIS = "redis://127.0.0.1:9/0"
+
+
+def configure_test_process(database_url: str) -> None:
+    """This process, configured by the bootstrap to read and write the ledger at
+    ``database_url``. What it sends goes to a StubBroker: the real processes under test
+    have the real one."""
+    configured = settings.load({"DATABASE_URL": database_url, "REDIS_URL": UNREACHABLE_REDIS},
+                               need_callback_token=False)
+    bootstrap.configure("tests", configured,
+                        broker=StubBroker(middleware=worker_broker.dramatiq_middleware()),
+                        logging=False)
 
 
 class System:
@@ -42,7 +59,7 @@ class System:
             **(extra_env or {}),
         }
         self.processes: dict[str, subprocess.Popen] = {}
-        db.bind(database_url)
+        configure_test_process(database_url)
         with db.connection():
             migrate.upgrade()
 

@@ -10,7 +10,6 @@ import pytest
 import redis as redis_lib
 import requests
 
-import workers  # noqa: F401  (configures itself on import: before a fixture binds the ledger)
 from app import create_app
 from ledger import db
 from ledger.models import LedgerEntry, Wallet, WebhookAttempt, WebhookDelivery

@@ -1,50 +1,62 @@
-"""Unit-test fixtures: SQLite ledger, StubBroker and stub worker, the app's test client."""
+"""Unit-test fixtures: every test runs in a process configured for it by the bootstrap
+(``gateway``): its own settings and SQLite ledger, the StubBroker, fakeredis. Then the stub
+worker, the app's test client, accounts."""
 from __future__ import annotations
-
-import dataclasses
 
 import dramatiq
 import fakeredis
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
+import bootstrap
 import settings as settings_module
-import workers  # noqa: F401  (configures itself on import: do it before any fixture binds)
 from ledger import accounts, db, migrate
 from workers import broker as worker_broker
 
 CALLBACK_TOKEN = "c0ffee" * 6
+# nothing listens there: a test that reaches for a real Redis fails at once
+UNREACHABLE_REDIS = "redis://127.0.0.1:9/0"
 
 
 @pytest.fixture
 def settings(tmp_path):
-    return dataclasses.replace(
-        settings_module.load({"DARAJA_CALLBACK_TOKEN": CALLBACK_TOKEN}),
-        database_url=f"sqlite:///{tmp_path}/ledger.db",
-        redis_url="redis://127.0.0.1:9/0")
+    return settings_module.load({"DARAJA_CALLBACK_TOKEN": CALLBACK_TOKEN,
+                                 "DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db",
+                                 "REDIS_URL": UNREACHABLE_REDIS})
 
 
 @pytest.fixture
-def database(settings):
-    database = db.bind(settings.database_url)
+def stub_broker():
+    broker = StubBroker(middleware=worker_broker.dramatiq_middleware())
+    yield broker
+    broker.flush_all()
+    broker.close()
+
+
+@pytest.fixture(autouse=True)
+def gateway(settings, stub_broker, fake_redis):
+    """This process as a worker process has it, configured by the bootstrap for this test:
+    the test's settings and ledger, the StubBroker with the actors declared on it, fakeredis,
+    a Daraja client for the settings' base URL. Logging is pytest's."""
+    configured = bootstrap.configure("tests", settings, broker=stub_broker, redis=fake_redis,
+                                     logging=False)
+    stub_broker.emit_after("process_boot")
+    return configured
+
+
+@pytest.fixture
+def database(gateway):
+    """The ledger the bootstrap bound, migrated."""
     with db.connection():
         migrate.upgrade()
+    database = db.database.obj
     yield database
     if not database.is_closed():
         database.close()
 
 
 @pytest.fixture
-def stub_broker():
-    broker = worker_broker.install(StubBroker(middleware=worker_broker.dramatiq_middleware()))
-    broker.emit_after("process_boot")
-    yield broker
-    broker.flush_all()
-    broker.close()
-
-
-@pytest.fixture
-def stub_worker(stub_broker):
+def stub_worker(stub_broker, gateway):
     worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=2)
     worker.start()
     yield worker

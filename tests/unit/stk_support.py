@@ -14,11 +14,11 @@ import fakeredis
 import pytest
 import requests
 
+import bootstrap
 from daraja import DarajaClient, MemoryTokenCache
 from ledger import accounts, db, topups
 from ledger.models import TopUp, TopUpEvent
 from simulator.server import SimulatorConfig, SimulatorServer
-from workers import runtime
 
 
 @pytest.fixture
@@ -36,14 +36,15 @@ def fake_redis():
 
 
 @pytest.fixture
-def stk(settings, database, daraja_sim, fake_redis):
+def stk(settings, database, daraja_sim, fake_redis, stub_broker):
     """What a worker has: settings, a Daraja client talking to the simulator, Redis."""
     configured = dataclasses.replace(settings, daraja_base_url=daraja_sim.url,
                                      public_base_url="http://127.0.0.1:9")
-    daraja = DarajaClient(dataclasses.replace(runtime.daraja_config(configured), read_timeout=0.5),
+    daraja = DarajaClient(dataclasses.replace(bootstrap.daraja_config(configured),
+                                              read_timeout=0.5),
                           token_cache=MemoryTokenCache())
-    runtime.configure(configured, daraja=daraja, redis_client=fake_redis, bind_database=False)
-    return runtime.get()
+    return bootstrap.configure("tests", configured, broker=stub_broker, redis=fake_redis,
+                               daraja=daraja, database=False, logging=False)
 
 
 @pytest.fixture

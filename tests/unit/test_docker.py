@@ -59,7 +59,7 @@ def test_the_image_is_slim_pinned_and_runs_as_a_numeric_non_root_user():
     assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
     # every package the console scripts import is in the image
     for package in ("app", "workers", "ledger", "daraja", "settings", "telemetry", "topupctl",
-                    "simulator"):
+                    "simulator", "bootstrap"):
         assert re.search(rf"^COPY {package} ", text, re.M), package
 
 

@@ -3,10 +3,11 @@ unless its push certainly never left; a late word from Daraja still settles it."
 import dataclasses
 import datetime as dt
 
+import bootstrap
 from ledger import db, inbox, pushes, settlement
 from ledger.models import FAILED, PENDING, SUCCEEDED, UNKNOWN, TopUp, utcnow
 from tests.unit.stk_support import kinds, new_topup, row, sim, success_callback
-from workers import actors, runtime, sweeps, tasks
+from workers import actors, sweeps, tasks
 
 
 def pushed(stk, account_id, phone="254712345678") -> str:
@@ -61,9 +62,10 @@ def test_a_topup_whose_query_keeps_answering_an_undocumented_code_ends_unknown(
 def test_the_query_chain_of_an_undocumented_code_runs_until_it_gives_up_as_unknown(
         stk, account_id, stub_broker, stub_worker):
     # the actor's own retries, with a short deadline and short delays
-    runtime.configure(dataclasses.replace(stk.settings, stk_give_up_after_s=1,
-                                          stk_query_backoff_s=0.05),
-                      daraja=stk.daraja, redis_client=stk.redis, bind_database=False)
+    bootstrap.configure("tests", dataclasses.replace(stk.settings, stk_give_up_after_s=1,
+                                                     stk_query_backoff_s=0.05),
+                        broker=stk.broker, daraja=stk.daraja, redis=stk.redis, database=False,
+                        logging=False)
     topup_id = pushed(stk, account_id, phone="254700000042")
     actors.schedule_query(topup_id, delay_s=0)
     stub_broker.join(actors.QUERIES_QUEUE, timeout=20_000)

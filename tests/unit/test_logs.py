@@ -123,11 +123,11 @@ def test_configure_reformats_plain_handlers_and_leaves_others_alone(root_handler
     assert not isinstance(capture.formatter, logs.GatewayJsonFormatter)
 
 
-def test_an_import_time_reformat_keeps_the_service_its_entrypoint_chose(root_handlers):
+def test_a_later_reformat_keeps_the_service_its_entrypoint_chose(root_handlers):
     stream = io.StringIO()
     root_handlers.handlers[:] = []
     logs.configure("api", stream=stream)           # the entrypoint
-    logs.configure("workers", add_handler=False)   # `import workers` afterwards
+    logs.configure("workers", add_handler=False)   # a workers' start-up in the same process
     logging.getLogger("tests.root_logs.service").warning("hello")
     assert json.loads(stream.getvalue())["service"] == "api"
 

@@ -6,10 +6,11 @@ import fakeredis
 import pytest
 import requests
 
+import bootstrap
 from ledger import db, inbox, pushes, topups
 from ledger.models import FAILED, PENDING, PUSH_AMBIGUOUS, SUCCEEDED, UNKNOWN, TopUp, utcnow
 from simulator.server import SimulatorConfig, SimulatorServer
-from workers import runtime, scheduler, sweeps
+from workers import scheduler, sweeps
 
 
 @pytest.fixture
@@ -21,10 +22,11 @@ def simulator():
 
 
 @pytest.fixture
-def worker_runtime(settings, database, simulator):
+def worker_runtime(settings, database, simulator, stub_broker):
     configured = dataclasses.replace(settings, daraja_base_url=simulator.url,
                                      public_base_url="http://127.0.0.1:9")
-    runtime.configure(configured, redis_client=fakeredis.FakeRedis(), bind_database=False)
+    bootstrap.configure("tests", configured, broker=stub_broker, redis=fakeredis.FakeRedis(),
+                        database=False, logging=False)
     return configured
 
 

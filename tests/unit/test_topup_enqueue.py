@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import logging
 
-import dramatiq
 import fakeredis
 import pytest
 from dramatiq.brokers.redis import RedisBroker
@@ -15,7 +14,7 @@ from dramatiq.brokers.redis import RedisBroker
 from ledger import db
 from ledger.models import PUSH_QUEUED, TopUp
 from tests.unit.contract_support import dev_settings, make_app  # noqa: F401
-from workers import broker as worker_broker, sweeps
+from workers import sweeps
 
 GOOD = {"provider": "mpesa", "amount": 1000, "phone": "0712 345 678"}
 
@@ -27,10 +26,8 @@ def redis_server():
 
 @pytest.fixture
 def redis_broker(redis_server):
-    previous = dramatiq.get_broker()
     broker = RedisBroker(client=fakeredis.FakeRedis(server=redis_server))
     yield broker
-    worker_broker.install(previous)
     broker.close()
 
 

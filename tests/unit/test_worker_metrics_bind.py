@@ -4,13 +4,14 @@ import socket
 
 import pytest
 
-import settings as settings_module
+import bootstrap
 from telemetry import worker_metrics
+from workers.observability import serve_metrics
 
 
-def test_the_workers_metrics_listen_on_loopback_unless_configured(monkeypatch):
-    loaded = settings_module.load({"DARAJA_CALLBACK_TOKEN": "ab" * 16})
-    assert loaded.worker_metrics_host == "127.0.0.1"
+def test_the_workers_metrics_listen_on_loopback_unless_configured(
+        monkeypatch, settings, stub_broker):
+    assert settings.worker_metrics_host == "127.0.0.1"
     bound, real_make_server = [], worker_metrics.make_server
 
     class Bound(Exception):
@@ -20,10 +21,10 @@ def test_the_workers_metrics_listen_on_loopback_unless_configured(monkeypatch):
         bound.append(host)
         raise Bound()
     monkeypatch.setattr(worker_metrics, "make_server", make_server)
-    monkeypatch.setattr(settings_module, "load",
-                        lambda *a, **k: dataclasses.replace(loaded, worker_metrics_port=9))
+    bootstrap.configure("tests", dataclasses.replace(settings, worker_metrics_port=9),
+                        broker=stub_broker, database=False, logging=False)
     with pytest.raises(Bound):
-        worker_metrics.serve()
+        serve_metrics()   # the body of the fork Dramatiq starts
     assert bound == ["127.0.0.1"]
 
     server = real_make_server("127.0.0.1", 0)

@@ -11,12 +11,12 @@ import dramatiq
 import fakeredis
 import pytest
 
+import bootstrap
 from ledger import db, inbox, topups
 from simulator.server import SimulatorConfig, SimulatorServer
 from telemetry import logs, metrics
 from tests.unit.test_crediting import pushed, success_body  # noqa: F401 (a fixture)
-from workers import runtime, tasks
-from workers.observability import LogContext, Metrics
+from workers import tasks
 
 
 def value(metric, *labels) -> float:
@@ -29,13 +29,6 @@ def histogram_count(metric, *labels) -> float:
 
 
 @pytest.fixture
-def saved_runtime():
-    saved = runtime._current
-    yield
-    runtime._current = saved
-
-
-@pytest.fixture
 def simulator():
     sim = SimulatorServer(host="127.0.0.1", port=0, config=SimulatorConfig(callback_delay_s=30))
     sim.start()
@@ -44,39 +37,35 @@ def simulator():
 
 
 def test_every_daraja_call_is_counted_by_endpoint_and_outcome(settings, simulator,
-                                                              saved_runtime):
-    rt = runtime.configure(dataclasses.replace(settings, daraja_base_url=simulator.url),
-                           redis_client=fakeredis.FakeRedis(), bind_database=False)
-    before = {(e, o): value(metrics.DARAJA_CALLS, e, o)
+                                                              stub_broker):
+    rt = bootstrap.configure("tests", dataclasses.replace(settings, daraja_base_url=simulator.url),
+                             broker=stub_broker, redis=fakeredis.FakeRedis(), database=False,
+                             logging=False)
+    counted = metrics.instruments()
+    before = {(e, o): value(counted.daraja_calls, e, o)
               for e, o in [("oauth", "ok"), ("stkpush", "ok"), ("stkpush", "rejected")]}
     rt.daraja.stk_push(amount=10, phone="254708374149", account_reference="A1")
     with pytest.raises(Exception):
         rt.daraja.stk_push(amount=10, phone="254700020001", account_reference="A2")  # refused
-    assert value(metrics.DARAJA_CALLS, "oauth", "ok") - before[("oauth", "ok")] == 1
-    assert value(metrics.DARAJA_CALLS, "stkpush", "ok") - before[("stkpush", "ok")] == 1
-    assert value(metrics.DARAJA_CALLS, "stkpush", "rejected") - \
+    assert value(counted.daraja_calls, "oauth", "ok") - before[("oauth", "ok")] == 1
+    assert value(counted.daraja_calls, "stkpush", "ok") - before[("stkpush", "ok")] == 1
+    assert value(counted.daraja_calls, "stkpush", "rejected") - \
         before[("stkpush", "rejected")] == 1
-    assert histogram_count(metrics.DARAJA_SECONDS, "stkpush", "ok") >= 1
+    assert histogram_count(counted.daraja_seconds, "stkpush", "ok") >= 1
 
 
 def test_a_credit_is_timed_from_push_to_ledger_once(pushed):  # noqa: F811
-    before = histogram_count(metrics.CREDIT_SECONDS, "callback")
+    credit_seconds = metrics.instruments().credit_seconds
+    before = histogram_count(credit_seconds, "callback")
     with db.connection():
         for _ in range(3):  # the same callback delivered three times credits once
             row, _ = inbox.store_callback(success_body("ws_CO_1"), "127.0.0.1")
             tasks.apply_callback(row.seq)
-    assert histogram_count(metrics.CREDIT_SECONDS, "callback") - before == 1
+    assert histogram_count(credit_seconds, "callback") - before == 1
 
 
-@pytest.fixture
-def observed_broker(stub_broker):
-    stub_broker.add_middleware(Metrics())
-    stub_broker.add_middleware(LogContext())
-    return stub_broker
-
-
-def test_finished_and_dead_lettered_messages_are_counted(observed_broker):
-    @dramatiq.actor(broker=observed_broker, queue_name="probe", max_retries=0,
+def test_finished_and_dead_lettered_messages_are_counted(stub_broker):
+    @dramatiq.actor(broker=stub_broker, queue_name="probe", max_retries=0,
                     actor_name="probe_outcomes")
     def probe(fail):
         if fail:
@@ -84,24 +73,25 @@ def test_finished_and_dead_lettered_messages_are_counted(observed_broker):
 
     ok = ("probe", "probe_outcomes", "ok")
     error = ("probe", "probe_outcomes", "error")
-    before = (value(metrics.WORKER_MESSAGES, *ok), value(metrics.WORKER_MESSAGES, *error),
-              value(metrics.WORKER_DEAD_LETTERS, "probe", "probe_outcomes"))
-    worker = dramatiq.Worker(observed_broker, worker_timeout=50, worker_threads=1)
+    counted = metrics.instruments()
+    before = (value(counted.worker_messages, *ok), value(counted.worker_messages, *error),
+              value(counted.worker_dead_letters, "probe", "probe_outcomes"))
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
     worker.start()
     try:
         for fail in (False, False, True):
             probe.send(fail)
-        observed_broker.join("probe", fail_fast=False)
+        stub_broker.join("probe", fail_fast=False)
         worker.join()
     finally:
         worker.stop()
-    assert value(metrics.WORKER_MESSAGES, *ok) - before[0] == 2
-    assert value(metrics.WORKER_MESSAGES, *error) - before[1] == 1
-    assert value(metrics.WORKER_DEAD_LETTERS, "probe", "probe_outcomes") - before[2] == 1
+    assert value(counted.worker_messages, *ok) - before[0] == 2
+    assert value(counted.worker_messages, *error) - before[1] == 1
+    assert value(counted.worker_dead_letters, "probe", "probe_outcomes") - before[2] == 1
 
 
 def test_lines_logged_while_handling_a_message_carry_its_actor_and_message_id(
-        observed_broker):
+        stub_broker):
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(logs.GatewayJsonFormatter("workers"))
@@ -109,15 +99,15 @@ def test_lines_logged_while_handling_a_message_carry_its_actor_and_message_id(
     probe_log.addHandler(handler)
     probe_log.setLevel(logging.INFO)
 
-    @dramatiq.actor(broker=observed_broker, queue_name="probe", actor_name="probe_context")
+    @dramatiq.actor(broker=stub_broker, queue_name="probe", actor_name="probe_context")
     def probe(topup_id):
         probe_log.info("working on it")
 
-    worker = dramatiq.Worker(observed_broker, worker_timeout=50, worker_threads=1)
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
     worker.start()
     try:
         message = probe.send("tu_1")
-        observed_broker.join("probe")
+        stub_broker.join("probe")
         worker.join()
     finally:
         worker.stop()
@@ -144,15 +134,15 @@ def worker_lines():
 
 
 def test_a_push_names_its_checkout_request_id_once_daraja_gave_it(
-        stk, account_id, observed_broker, worker_lines):
+        stk, account_id, stub_broker, worker_lines):
     from tests.unit.stk_support import new_topup
     from workers.actors import push_topup
     topup_id = new_topup(account_id, "254712345678")
-    worker = dramatiq.Worker(observed_broker, worker_timeout=50, worker_threads=1)
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
     worker.start()
     try:
         push_topup.send(topup_id)
-        observed_broker.join("topups")
+        stub_broker.join("topups")
     finally:
         worker.stop()
     with db.connection():
@@ -164,15 +154,15 @@ def test_a_push_names_its_checkout_request_id_once_daraja_gave_it(
 
 
 def test_a_callback_message_names_its_topup_once_the_task_has_read_it(
-        pushed, observed_broker, worker_lines):  # noqa: F811
+        pushed, stub_broker, worker_lines):  # noqa: F811
     from workers.actors import apply_callback
     with db.connection():
         row, _ = inbox.store_callback(success_body("ws_CO_1"), "127.0.0.1")
-    worker = dramatiq.Worker(observed_broker, worker_timeout=50, worker_threads=1)
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
     worker.start()
     try:
         apply_callback.send(row.seq)
-        observed_broker.join("callbacks")
+        stub_broker.join("callbacks")
     finally:
         worker.stop()
     [applied] = [line for line in worker_lines() if line["message"] == "callback applied"]
