@@ -122,9 +122,10 @@ def run(bench: Bench) -> dict:
                         content_type="application/json"))
     units["POST /v1/topups (API)"] = _measure(post_topup, 2 * k)
 
-    import workers  # noqa: F401  (what a worker process has: settings, broker, runtime)
-    from workers import actors, runtime, webhooks as worker_webhooks
-    runtime.configure(settings)   # this database, the simulator, a Redis client
+    import bootstrap
+    from workers import actors, webhooks as worker_webhooks
+    # what a worker process has: this database, the broker, the simulator, a Redis client
+    bootstrap.configure("workers", settings)
     with db.connection():
         queued = [t.id for t in TopUp.select(TopUp.id).where(TopUp.push_state == "queued")
                   .order_by(TopUp.seq)]

@@ -66,7 +66,8 @@ def run(bench: Bench) -> dict:
     seconds = ROUND_SECONDS[bench.quick]
     account_id, _, wallet_id = bench.account(url, "hot wallet (workers)")
     _, _, pg_wallet = bench.account(url, "hot wallet (pgbench)")
-    import workers  # noqa: F401  (the broker and the actors, as the API sends them)
+    import bootstrap
+    bootstrap.configure("workers")  # the broker and the actors, as the API sends them
 
     tags = _tags()
     rows = []

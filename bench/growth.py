@@ -152,7 +152,8 @@ def _bulk_load(stack, url: str, account_id: str, wallet_id: int, n: int) -> list
 
 
 def _credit_latency(bench: Bench, dbs: dict) -> dict:
-    import workers  # noqa: F401  (settings, broker, runtime: what a worker process has)
+    import bootstrap
+    bootstrap.configure("workers")  # settings, broker, runtime: what a worker process has
     from ledger import db
     from workers import tasks
     databases = {label: db.open_database(info["url"]) for label, info in dbs.items()}
