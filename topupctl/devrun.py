@@ -21,9 +21,6 @@ import threading
 import time
 import urllib.request
 
-API_PORT = int(os.environ.get("TOPUP_API_PORT", "8000"))
-SIM_PORT = int(os.environ.get("TOPUP_SIMULATOR_PORT", "8900"))
-HOOK_PORT = int(os.environ.get("TOPUP_WEBHOOK_PORT", "8901"))
 VAR = os.path.abspath("var")
 DEMO = os.path.join(VAR, "demo.json")          # the demo account, its key and endpoint
 RUN_ENV = os.path.join(VAR, "run.env")         # what `make topupctl` needs, while up
@@ -172,7 +169,10 @@ def main() -> int:
     # does SIGINT sent to a `make run` started in the background, where it came ignored.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
-    for port, what in ((API_PORT, "API"), (SIM_PORT, "simulator"), (HOOK_PORT, "webhooks")):
+    api_port = int(os.environ.get("TOPUP_API_PORT", "8000"))
+    sim_port = int(os.environ.get("TOPUP_SIMULATOR_PORT", "8900"))
+    hook_port = int(os.environ.get("TOPUP_WEBHOOK_PORT", "8901"))
+    for port, what in ((api_port, "API"), (sim_port, "simulator"), (hook_port, "webhooks")):
         if not port_free(port):
             raise SystemExit(f"[make run] port {port} ({what}) is in use; stop what holds it "
                              f"or set TOPUP_API_PORT / TOPUP_SIMULATOR_PORT")
@@ -180,8 +180,8 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("DATABASE_URL", f"sqlite:///{os.path.join(VAR, 'topup.db')}")
     env.setdefault("DARAJA_CALLBACK_TOKEN", secrets.token_hex(24))
-    env.setdefault("DARAJA_BASE_URL", f"http://127.0.0.1:{SIM_PORT}")
-    env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{API_PORT}")
+    env.setdefault("DARAJA_BASE_URL", f"http://127.0.0.1:{sim_port}")
+    env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{api_port}")
     env.setdefault("STK_QUERY_AFTER_S", "20")
     # an idle worker picks up a new message within 0.2 s (the trade-off: workers/broker.py)
     env.setdefault("dramatiq_worker_timeout", "200")
@@ -193,34 +193,42 @@ def main() -> int:
         env["REDIS_URL"] = env.get("REDIS_URL") or start_redis(procs, env)
         os.environ.update(env)
 
+        import bootstrap
+        import settings
         from ledger import db, migrate
-        db.bind(env["DATABASE_URL"])
+        try:
+            configured = settings.load(env)
+        except settings.ConfigError as exc:
+            raise SystemExit(f"[make run] configuration error: {exc}") from None
+        # this process migrates the ledger and keeps the demo account: its own output stays
+        # plain, and the broker is the processes' below
+        bootstrap.configure("topupctl", configured, workers=False, logging=False)
         with db.connection():
             migrate.upgrade()
         say(f"ledger: {env['DATABASE_URL']} (migrated)")
         from topupctl.dev_webhooks import PATH, DevReceiver
-        demo = demo_account(f"http://127.0.0.1:{HOOK_PORT}{PATH}")
+        demo = demo_account(f"http://127.0.0.1:{hook_port}{PATH}")
         env.setdefault("OPS_TOKEN", demo["ops_token"])
         os.environ.update(env)
         write_run_env(env)
-        receiver = DevReceiver(HOOK_PORT, demo["webhook_secret"], say).start()
+        receiver = DevReceiver(hook_port, demo["webhook_secret"], say).start()
 
         procs.start("simulator", [os.path.join(bin_dir, "topupctl"), "simulator",
-                                  "--port", str(SIM_PORT)], env)
+                                  "--port", str(sim_port)], env)
         procs.start("api", [os.path.join(bin_dir, "gunicorn"), "app:create_app()",
-                            "--bind", f"127.0.0.1:{API_PORT}", "--workers", "2",
+                            "--bind", f"127.0.0.1:{api_port}", "--workers", "2",
                             "--threads", "4", "--graceful-timeout", "20"], env)
         procs.start("worker", [os.path.join(bin_dir, "dramatiq"), "workers",
                                "--processes", "1", "--threads", "8"], env)
         procs.start("scheduler", [os.path.join(bin_dir, "topupctl"), "scheduler"], env)
-        wait_for(f"http://127.0.0.1:{SIM_PORT}/__sim/stats", "the simulator")
-        wait_for(f"http://127.0.0.1:{API_PORT}/healthz", "the API")
+        wait_for(f"http://127.0.0.1:{sim_port}/__sim/stats", "the simulator")
+        wait_for(f"http://127.0.0.1:{api_port}/healthz", "the API")
 
         key = demo["api_key"]
         body = json.dumps({"provider": "mpesa", "amount": 1000, "phone": "0708 374 149",
                            "reference": "DEMO1"})
-        api = f"http://127.0.0.1:{API_PORT}"
-        say(f"simulator (Daraja) on http://127.0.0.1:{SIM_PORT}, API on {api}; logs in var/log/")
+        api = f"http://127.0.0.1:{api_port}"
+        say(f"simulator (Daraja) on http://127.0.0.1:{sim_port}, API on {api}; logs in var/log/")
         post_topup = (f"curl -s {api}/v1/topups -H 'Authorization: Bearer {key}' "
                       f"-H 'Content-Type: application/json' -d '{body}'")
         print(f"""
