@@ -6,7 +6,9 @@ exits 0 when every invariant held, 1 when one did not, 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import logging
 import secrets
+import signal
 import sys
 import time
 from pathlib import Path
@@ -66,8 +68,33 @@ def main(argv=None) -> int:
     options = Options(seed=seed, n=args.n, rate=args.rate, workdir=workdir,
                       faults=default_faults(args.n) if args.faults is None else args.faults,
                       fault_kinds=args.fault_kinds, left_out=args.leave_out)
-    outcome = run(options, say=lambda line: print(line, flush=True))
+    # SIGTERM or SIGHUP (a stopped job, a closed terminal) unwinds the run like Ctrl-C, so
+    # that everything it started is stopped: the servers it restarts during faults are not
+    # tied to its life by the kernel (tests/servers.py does that only from the main thread)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _simulator_log_to(workdir / "simulator.log")
+    try:
+        outcome = run(options, say=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print("soak: stopped; everything it started has been stopped", flush=True)
+        return 1
     return 0 if outcome.passed else 1
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _simulator_log_to(path: Path) -> None:
+    """The simulator's warnings (a callback the gateway did not take, as when PostgreSQL is
+    down) go to a file of the run's, not between the progress lines."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    simulator_log = logging.getLogger("simulator")
+    simulator_log.addHandler(handler)
+    simulator_log.propagate = False
 
 
 if __name__ == "__main__":
