@@ -41,12 +41,12 @@ from peewee import fn
 
 from ledger.db import database
 from ledger.models import (
-    PENDING, PUSH_AMBIGUOUS, PUSH_SENDING, UNKNOWN, Callback, OrphanPayment, TopUp, utcnow,
+    PENDING, PUSH_AMBIGUOUS, PUSH_SENDING, Callback, OrphanPayment, TopUp, utcnow,
 )
+from ledger.topups import SETTLEABLE
 
 MATCH_WINDOW = dt.timedelta(hours=24)
 CLOCK_SKEW = dt.timedelta(minutes=1)
-SETTLEABLE = (PENDING, UNKNOWN)
 
 
 def push_in_flight(phone: str | None, *, now: dt.datetime | None = None) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from ledger import orphans, pushes, settlement
+from ledger import orphans, pushes, settlement, topups
 from ledger.models import (
     PENDING, PUSH_AMBIGUOUS, PUSH_QUEUED, PUSH_SENDING, PUSH_SENT, Callback, OrphanPayment,
     TopUp, utcnow,
@@ -68,7 +68,7 @@ def phones_with_orphans_to_match(now: dt.datetime | None = None) -> list[str]:
     query = (TopUp.select(TopUp.phone).distinct()
              .join(OrphanPayment, on=(OrphanPayment.phone == TopUp.phone))
              .where((TopUp.push_state == PUSH_AMBIGUOUS) & TopUp.checkout_request_id.is_null()
-                    & TopUp.status.in_(orphans.SETTLEABLE)
+                    & TopUp.status.in_(topups.SETTLEABLE)
                     & (TopUp.push_started_at >= since)
                     & OrphanPayment.resolved_topup.is_null()
                     & (OrphanPayment.created_at >= since))
