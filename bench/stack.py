@@ -1,9 +1,9 @@
 """The system under measurement, started for real on 127.0.0.1: redis-server, PostgreSQL,
 the Daraja simulator, gunicorn and ``dramatiq workers`` as separate processes.
 
-The servers come from ``tests/servers.py`` (free ports, root-safe, killed with us); the
-gateway's processes are started the way the README starts them, with the environment of
-contract §2. Every process started here is stopped by :meth:`Stack.close`.
+The servers come from ``topupctl.devservers`` (free ports, root-safe, killed with us), as the
+integration tests' do; the gateway's processes are started the way the README starts them,
+with the environment of contract §2. Every process started here is stopped by :meth:`Stack.close`.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg2
@@ -18,14 +19,27 @@ import redis
 import requests
 
 from bench.machine import Roles
-from tests.servers import PostgresServer, RedisServer, find_free_port
-from tests.waiting import wait_until
+from topupctl.devservers import PostgresServer, RedisServer, find_free_port
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 CALLBACK_TOKEN = "b3ac4c11" * 4
 # The API's gunicorn settings, for the gateway and for the baseline alike (README).
 API_WORKERS, API_THREADS = 2, 4
+
+
+def wait_until(predicate, timeout: float, *, interval: float = 0.05,
+               message: str = "the condition"):
+    """Poll ``predicate`` until it answers something truthy (returned); TimeoutError after
+    ``timeout`` seconds, so that every wait of the bench is bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
 
 
 class Proc:

@@ -17,7 +17,7 @@ import urllib.request
 import requests
 
 from ledger import accounts, db, migrate
-from tests.servers import find_free_port
+from topupctl.devservers import find_free_port
 from tests.waiting import wait_until
 
 BIN = os.path.dirname(sys.executable)
