@@ -1,32 +1,27 @@
-"""What every measurement shares: the stack, the load generator, the CPU meter, the ledger
-bound in this process (to set up rows and read results), and the report's notes."""
+"""What every measurement shares: the stack, the load generator, the machine's load around a
+figure, the ledger bound in this process (to set up rows and read results), and the report's
+notes."""
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import json
 import os
-import time
 from pathlib import Path
 
 from bench.load import Load
-from bench.machine import CpuMeter, Roles
-from bench.profile import Spy
+from bench.machine import Machine
 from bench.stack import CALLBACK_TOKEN, Stack
 
 
 class Bench:
-    def __init__(self, out: Path, *, quick: bool, profile: bool = True):
+    def __init__(self, out: Path, *, quick: bool):
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.quick = quick
-        self.profile_enabled = profile
-        self.roles = Roles()
-        self.stack = Stack(self.out / "stack", self.roles)
+        self.stack = Stack(self.out / "stack")
         self.load = Load(self.out / "load")
-        self.load.on_start = lambda pid: self.roles.add(pid, "load generator")
         self._run_number = 9
-        self._started = time.monotonic()
 
     # --- life -----------------------------------------------------------------------------
     def start(self) -> "Bench":
@@ -42,9 +37,6 @@ class Bench:
     def close(self) -> None:
         self.stack.close()
 
-    def elapsed(self) -> float:
-        return time.monotonic() - self._started
-
     def run_number(self) -> int:
         """A fresh two-digit number for a load's phones and ids (10..99)."""
         self._run_number += 1
@@ -53,13 +45,9 @@ class Bench:
         return self._run_number
 
     # --- measuring ------------------------------------------------------------------------
-    def meter(self) -> CpuMeter:
-        return CpuMeter(self.roles)
-
-    def spy(self, pid: int, seconds: float, name: str) -> Spy | None:
-        if not self.profile_enabled:
-            return None
-        return Spy(pid, seconds, self.out / f"pyspy-{name}.raw")
+    def machine(self) -> Machine:
+        """``with bench.machine() as m:`` around a figure: what else the machine did."""
+        return Machine()
 
     # --- the ledger, from this process ----------------------------------------------------
     def bind(self, url: str):

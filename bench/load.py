@@ -55,8 +55,6 @@ class Load:
         self.wrk, self.generator = ensure_wrk()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.pids = []   # wrk processes, for CPU accounting (the harness registers them)
-        self.on_start = None
 
     # --- wrk -------------------------------------------------------------------------------
     def _script(self, name: str) -> Path:
@@ -90,14 +88,13 @@ class Load:
         elif script == "topups":
             argv += [str(-(-limit // threads) if limit else 0), str(int(delay_ms))]
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if self.on_start:
-            self.on_start(process.pid)
         if stop_when is not None:
+            # bounded by wrk's own duration: it exits then, and the loop with it
             while process.poll() is None:
                 if stop_when():
                     process.send_signal(signal.SIGINT)  # wrk prints its figures and exits
                     break
-                time.sleep(0.05)
+                time.sleep(0.2)   # a query each time: seldom, to weigh little on the load
         out, err = process.communicate(timeout=duration_s + 60)
         line = next((out_line for out_line in out.splitlines()
                      if out_line.startswith("WRKJSON ")), None)

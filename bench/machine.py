@@ -1,13 +1,14 @@
-"""The machine under the benchmark: load, who used the CPU, and how much memory.
+"""The machine under the benchmark: its load average, and the share of its CPU that other
+people's processes took while a figure was measured.
 
-The bench runs on a 2-core machine that other people share, so every measurement records
-the load average around it and splits the CPU time it saw into ours (this harness and every
-process it started, by role) and foreign (everything else), from /proc.
+The bench runs on a 2-core machine that others share, so a figure is only read beside what
+else ran meanwhile. Ours is this process and every process it started (their CPU time, with
+that of their children already ended, from /proc); the machine's busy time less ours is
+everyone else's.
 """
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 NCPU = os.cpu_count() or 1
@@ -19,6 +20,14 @@ def loadavg() -> list[float]:
         return [float(x) for x in handle.read().split()[:3]]
 
 
+def memory_gb() -> float:
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
 def _busy_jiffies() -> int:
     """All CPUs' non-idle time since boot (user nice system irq softirq steal)."""
     with open("/proc/stat") as handle:
@@ -27,19 +36,11 @@ def _busy_jiffies() -> int:
     return sum(fields[:8]) - idle
 
 
-def _proc_jiffies(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def descendants(root: int) -> dict[int, int]:
-    """{pid: parent pid} for every live descendant of ``root`` (one pass over /proc)."""
-    parents = {}
+def _tree_jiffies(root: int) -> int:
+    """CPU time of ``root`` and its live descendants, each with its ended children's: a
+    process that ends is counted in its parent's once reaped, so the sum holds across the
+    end of wrk, pgbench or a gunicorn worker."""
+    parents, times = {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -48,135 +49,47 @@ def descendants(root: int) -> dict[int, int]:
                 stat = handle.read().decode("ascii", "replace")
         except OSError:
             continue
-        parents[int(entry)] = int(stat[stat.rfind(")") + 2:].split()[1])
-    found, frontier = {}, [root]
+        fields = stat[stat.rfind(")") + 2:].split()
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
     children: dict[int, list[int]] = {}
     for pid, ppid in parents.items():
         children.setdefault(ppid, []).append(pid)
-    while frontier:
+    total, frontier = times.get(root, 0), [root]
+    for _ in range(len(parents) + 1):   # bounded: each process is popped once at most
+        if not frontier:
+            break
         pid = frontier.pop()
         for child in children.get(pid, ()):
-            found[child] = pid
+            total += times.get(child, 0)
             frontier.append(child)
-    return found
+    return total
 
 
-class Roles:
-    """Which process is which: a started process's pid names a role (``api``, ``workers``,
-    ``postgres`` …) that its descendants inherit; this harness is ``harness``."""
-
-    def __init__(self):
-        self._roots: dict[int, str] = {os.getpid(): "harness"}
-        self._lock = threading.Lock()
-
-    def add(self, pid: int, role: str) -> None:
-        with self._lock:
-            self._roots[pid] = role
-
-    def classify(self) -> dict[int, str]:
-        tree = descendants(os.getpid())
-        with self._lock:
-            roots = dict(self._roots)
-        roles = {os.getpid(): "harness"}
-        for pid in tree:
-            chain, cursor = [], pid
-            while cursor not in roots and cursor in tree:
-                chain.append(cursor)
-                cursor = tree[cursor]
-            role = roots.get(cursor, "harness")
-            roles[pid] = role
-        return roles
-
-
-class CpuMeter:
-    """CPU seconds by role over a window, and the machine's CPU used by everyone else.
-
-    A thread samples every process of ours every ``interval`` s and keeps the last value seen,
-    so a process that ends inside the window (wrk, pgbench) still counts up to its last sample.
-    """
-
-    def __init__(self, roles: Roles, interval: float = 0.25):
-        self.roles = roles
-        self.interval = interval
-        self._first: dict[int, int] = {}
-        self._last: dict[int, int] = {}
-        self._role: dict[int, str] = {}
-        self._stop = threading.Event()
-        self._thread = None
-
-    def _sample(self, first: bool = False) -> None:
-        for pid, role in self.roles.classify().items():
-            value = _proc_jiffies(pid)
-            if value is None:
-                continue
-            self._role[pid] = role
-            if pid not in self._first:
-                # a process born inside the window counts from zero
-                self._first[pid] = value if first else 0
-            self._last[pid] = value
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
+class Machine:
+    """``with Machine() as m: …`` then ``m.summary()``: the load average around the window
+    and the share of the machine's CPU that processes not ours took during it."""
 
     def __enter__(self):
         self._t0 = time.monotonic()
-        self._busy0 = _busy_jiffies()
         self._load0 = loadavg()
-        self._sample(first=True)
-        self._thread = threading.Thread(target=self._run, name="cpu-meter", daemon=True)
-        self._thread.start()
+        self._busy0 = _busy_jiffies()
+        self._ours0 = _tree_jiffies(os.getpid())
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._sample()
         self.wall_s = time.monotonic() - self._t0
-        self.busy_s = (_busy_jiffies() - self._busy0) / TICK
+        busy = (_busy_jiffies() - self._busy0) / TICK
+        ours = (_tree_jiffies(os.getpid()) - self._ours0) / TICK
+        self.others_s = max(0.0, busy - ours)
+        self.busy_s = busy
         self.load = [self._load0, loadavg()]
-        by_role: dict[str, float] = {}
-        for pid, last in self._last.items():
-            role = self._role[pid]
-            by_role[role] = by_role.get(role, 0.0) + (last - self._first.get(pid, 0)) / TICK
-        self.by_role = {k: round(v, 3) for k, v in sorted(by_role.items(), key=lambda kv: -kv[1])}
-        ours = sum(by_role.values())
-        self.ours_s = ours
-        self.foreign_s = max(0.0, self.busy_s - ours)
         return False
 
     def summary(self) -> dict:
         capacity = self.wall_s * NCPU
-        return {
-            "wall_s": round(self.wall_s, 2),
-            "loadavg_start": self.load[0], "loadavg_end": self.load[1],
-            "cpu_busy_share": round(self.busy_s / capacity, 3) if capacity else None,
-            "cpu_ours_s": round(self.ours_s, 2),
-            "cpu_foreign_s": round(self.foreign_s, 2),
-            # the share of the machine's CPU that other people's processes took meanwhile
-            "cpu_foreign_share": round(self.foreign_s / capacity, 3) if capacity else None,
-            "cpu_s_by_role": self.by_role,
-        }
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """The kernel's high-water mark of a process's resident memory (VmHWM), in MiB."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
-
-
-def process_tree(pid: int) -> list:
-    """``pid`` and its descendants (psutil processes). psutil is imported here: it is a bench
-    dependency (``.[bench]``), and the unit tests import this module's neighbours without it."""
-    import psutil
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
+        return {"wall_s": round(self.wall_s, 2),
+                "loadavg_start": self.load[0], "loadavg_end": self.load[1],
+                "cpu_busy_share": round(self.busy_s / capacity, 3) if capacity else None,
+                # the share of the machine's CPU that other people's processes took
+                "cpu_others_share": round(self.others_s / capacity, 3) if capacity else None}

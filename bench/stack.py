@@ -1,9 +1,9 @@
 """The system under measurement, started for real on 127.0.0.1: redis-server, PostgreSQL,
 the Daraja simulator, gunicorn and ``dramatiq workers`` as separate processes.
 
-The servers come from ``tests/servers.py`` (free ports, root-safe, killed with us); the
-gateway's processes are started the way the README starts them, with the environment of
-contract §2. Every process started here is stopped by :meth:`Stack.close`.
+The servers come from ``topupctl.devservers`` (free ports, root-safe, killed with us), as the
+integration tests' do; the gateway's processes are started the way the README starts them.
+Every process started here is stopped by :meth:`Stack.close`.
 """
 from __future__ import annotations
 
@@ -11,21 +11,37 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg2
 import redis
 import requests
 
-from bench.machine import Roles
-from tests.servers import PostgresServer, RedisServer, find_free_port
-from tests.waiting import wait_until
+from topupctl.devservers import PostgresServer, RedisServer, find_free_port
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 CALLBACK_TOKEN = "b3ac4c11" * 4
-# The API's gunicorn settings, for the gateway and for the baseline alike (README).
+# The API's gunicorn settings (README), for the gateway and for the trivial baseline alike.
 API_WORKERS, API_THREADS = 2, 4
+# The workers' settings in every measurement: the same as in the runs before, so that the
+# figures compare with theirs.
+WORKER_PROCESSES, WORKER_THREADS = 2, 4
+
+
+def wait_until(predicate, timeout: float, *, interval: float = 0.05,
+               message: str = "the condition"):
+    """Poll ``predicate`` until it answers something truthy (returned); TimeoutError after
+    ``timeout`` seconds, so that every wait of the bench is bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
 
 
 class Proc:
@@ -47,10 +63,9 @@ class Proc:
 
 
 class Stack:
-    def __init__(self, workdir: Path, roles: Roles):
+    def __init__(self, workdir: Path):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.roles = roles
         self.redis = RedisServer(self.dir / "redis")
         self.postgres = PostgresServer(self.dir / "postgres")
         self.procs: dict[str, Proc] = {}
@@ -59,15 +74,13 @@ class Stack:
     # --- servers --------------------------------------------------------------------------
     def start(self) -> "Stack":
         self.redis.start()
-        self.roles.add(self.redis.pid, "redis")
         self.postgres.start()
-        self.roles.add(self.postgres.pid, "postgres")
         port = find_free_port()
         self.sim_url = f"http://127.0.0.1:{port}"
         self.spawn("simulator", [str(BIN / "topupctl"), "simulator", "--host", "127.0.0.1",
                                  "--port", str(port), "--callback-delay", "0"],
-                   env=dict(os.environ), role="simulator")
-        wait_until(lambda: self._answers(self.sim_url + "/__sim/stats"), timeout=20,
+                   env=dict(os.environ))
+        wait_until(lambda: self.answers(self.sim_url + "/__sim/stats"), timeout=20,
                    message="the simulator")
         return self
 
@@ -82,14 +95,15 @@ class Stack:
         """A fresh PostgreSQL database with the gateway's schema (``topupctl db upgrade``)."""
         url = self.postgres.create_database(name)
         subprocess.run([str(BIN / "topupctl"), "db", "upgrade"], check=True, cwd=ROOT,
-                       env=self.env(url), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                       env=self.env(url), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       timeout=120)
         return url
 
     def pg(self, url: str):
         """A psycopg2 connection (autocommit) to a database of the stack."""
         name = url.rsplit("/", 1)[1]
         conn = psycopg2.connect(host=self.postgres.host, port=self.postgres.port,
-                                user="topup", dbname=name)
+                                user="topup", dbname=name, connect_timeout=10)
         conn.autocommit = True
         return conn
 
@@ -97,7 +111,7 @@ class Stack:
         return f"redis://127.0.0.1:{self.redis.port}/{db}"
 
     def flush_redis(self) -> None:
-        redis.Redis.from_url(self.redis_url()).flushall()
+        redis.Redis.from_url(self.redis_url(), socket_timeout=10).flushall()
 
     def sim(self, method: str, path: str, body: dict | None = None) -> dict:
         answer = requests.request(method, self.sim_url + path, json=body, timeout=10)
@@ -119,58 +133,54 @@ class Stack:
             # where Daraja calls back: the API's URL, given by the caller once the API runs;
             # until then the discard port, never a default port someone else may be using
             "PUBLIC_BASE_URL": "http://127.0.0.1:9",
-            # as deployed: an idle worker picks up a new message within 0.2 s
-            # (workers/broker.py)
+            # as deployed (README): an idle worker picks up a new message within 0.2 s
             "dramatiq_worker_timeout": "200",
             "PYTHONUNBUFFERED": "1",
             **{k: str(v) for k, v in extra.items()},
         }
 
-    def spawn(self, name: str, argv: list[str], *, env: dict, role: str) -> Proc:
+    def spawn(self, name: str, argv: list[str], *, env: dict) -> Proc:
         if name in self.procs:
             self.stop(name)
         log = self.dir / f"{name}.log"
-        handle = open(log, "ab")
-        popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                 stdout=handle, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-        handle.close()
+        with open(log, "ab") as handle:
+            popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                     stdout=handle, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         proc = Proc(name, popen, log)
         self.procs[name] = proc
-        self.roles.add(popen.pid, role)
         return proc
 
-    def start_api(self, name: str, env: dict, *, app: str = "app:create_app()",
-                  workers: int = API_WORKERS, threads: int = API_THREADS) -> tuple[Proc, str]:
+    def start_api(self, name: str, env: dict, *,
+                  app: str = "app:create_app()") -> tuple[Proc, str]:
         port = find_free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**env, "PUBLIC_BASE_URL": url}
         proc = self.spawn(name, [str(BIN / "gunicorn"), app, "--bind", f"127.0.0.1:{port}",
-                                 "--workers", str(workers), "--threads", str(threads),
-                                 "--backlog", "2048"], env=env, role="api")
+                                 "--workers", str(API_WORKERS), "--threads", str(API_THREADS),
+                                 "--backlog", "2048"], env=env)
 
         def up():
             if not proc.alive():
                 raise RuntimeError(f"{name} exited:\n{proc.tail()}")
-            return self._answers(url + "/healthz", ok=(200, 404))
+            return self.answers(url + "/healthz", ok=(200, 404))
         wait_until(up, timeout=30, message=f"{name} to answer")
         # every gunicorn worker booted (the master answers through them)
-        wait_until(lambda: len(_children(proc.pid)) >= workers, timeout=30,
+        wait_until(lambda: len(children(proc.pid)) >= API_WORKERS, timeout=30,
                    message=f"{name}'s workers")
         return proc, url
 
-    def start_workers(self, name: str, env: dict, *, processes: int, threads: int,
-                      module: str = "workers", queues: list[str] | None = None) -> Proc:
-        argv = [str(BIN / "dramatiq"), module, "--processes", str(processes),
-                "--threads", str(threads)]
+    def start_workers(self, name: str, env: dict, *, queues: list[str] | None = None) -> Proc:
+        argv = [str(BIN / "dramatiq"), "workers", "--processes", str(WORKER_PROCESSES),
+                "--threads", str(WORKER_THREADS)]
         if queues:
             argv += ["--queues", *queues]
-        proc = self.spawn(name, argv, env=env, role="workers")
+        proc = self.spawn(name, argv, env=env)
 
         def booted():
             if not proc.alive():
                 raise RuntimeError(f"{name} exited:\n{proc.tail()}")
-            return len(_children(proc.pid)) >= processes
+            return len(children(proc.pid)) >= WORKER_PROCESSES
         wait_until(booted, timeout=30, message=f"{name}'s processes")
         return proc
 
@@ -188,14 +198,14 @@ class Stack:
             pass
 
     @staticmethod
-    def _answers(url: str, ok=(200,)) -> bool:
+    def answers(url: str, ok=(200,)) -> bool:
         try:
             return requests.get(url, timeout=1).status_code in ok
         except requests.RequestException:
             return False
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as handle:
             return [int(x) for x in handle.read().split()]

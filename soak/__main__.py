@@ -70,7 +70,7 @@ def main(argv=None) -> int:
                       fault_kinds=args.fault_kinds, left_out=args.leave_out)
     # SIGTERM or SIGHUP (a stopped job, a closed terminal) unwinds the run like Ctrl-C, so
     # that everything it started is stopped: the servers it restarts during faults are not
-    # tied to its life by the kernel (tests/servers.py does that only from the main thread)
+    # tied to its life by the kernel (topupctl/devservers.py does that only from the main thread)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop)
     workdir.mkdir(parents=True, exist_ok=True)

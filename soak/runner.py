@@ -1,7 +1,7 @@
 """One soak run: servers, the gateway's processes and the simulator started; the plan's load
 and faults run; the system left to settle; the invariants checked; the summary printed.
 
-Everything listens on 127.0.0.1 only. Redis and PostgreSQL come from ``tests/servers.py``
+Everything listens on 127.0.0.1 only. Redis and PostgreSQL come from ``topupctl/devservers.py``
 (this run's own, unless the caller hands in running ones, as the integration test does); the
 gateway runs as in ``tests/integration/system.py``: gunicorn, two ``dramatiq workers`` groups
 (so that one may be killed or stopped while the other goes on) and ``topupctl scheduler``,
@@ -35,7 +35,7 @@ from soak.observed import history, read
 from soak.plan import DEFAULT_N, DEFAULT_RATE, FAULT_KINDS, WORKER_GROUPS, Plan, make_plan
 from tests.integration.checks import FAST, every_callback_delivered_and_applied
 from tests.integration.system import System
-from tests.servers import PostgresServer, RedisServer
+from topupctl.devservers import PostgresServer, RedisServer
 from tests.waiting import WaitTimedOut, wait_until
 
 # The simulator: an outcome is final, and called back, this long after the push; a late

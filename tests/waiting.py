@@ -4,9 +4,8 @@ from __future__ import annotations
 import time
 
 
-class WaitTimedOut(AssertionError, TimeoutError):
-    """A wait that ran past its deadline: a failed assertion in a test, a TimeoutError to the
-    benchmark that handles one."""
+class WaitTimedOut(AssertionError):
+    """A wait that ran past its deadline: a failed assertion."""
 
 
 def wait_until(predicate, timeout: float = 10.0, *, interval: float = 0.05,

@@ -3,7 +3,7 @@
 Both are session-scoped (one redis-server and one PostgreSQL cluster per test run, started on
 first use, stopped at the end). Tests that need a database of their own call
 ``postgres_server.create_database(name)``; tests that restart or kill a server start a
-private one with :mod:`tests.servers` instead of disturbing the shared ones.
+private one with :mod:`topupctl.devservers` instead of disturbing the shared ones.
 
 Without redis-server or PostgreSQL on this machine the tests are skipped, unless
 ``TOPUP_REQUIRE_SERVERS=1`` (set by ``.ci/run``): then they fail, so CI never passes by
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.system import configure_test_process
-from tests.servers import PostgresServer, RedisServer, servers_available
+from topupctl.devservers import PostgresServer, RedisServer, servers_available
 
 INTEGRATION_DIR = Path(__file__).resolve().parent
 
@@ -45,7 +45,7 @@ def _require_servers() -> None:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    """A started :class:`tests.servers.RedisServer` (AOF everysec, noeviction); ``.url``."""
+    """A started :class:`topupctl.devservers.RedisServer` (AOF everysec, noeviction); ``.url``."""
     _require_servers()
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
@@ -55,7 +55,7 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory):
-    """A started :class:`tests.servers.PostgresServer`; ``.url`` is the ``topup`` database,
+    """A started :class:`topupctl.devservers.PostgresServer`; ``.url`` is the ``topup`` database,
     ``.create_database(name)`` gives an isolated one."""
     _require_servers()
     server = PostgresServer(tmp_path_factory.mktemp("postgres"))

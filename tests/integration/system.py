@@ -20,7 +20,7 @@ from dramatiq.brokers.stub import StubBroker
 import bootstrap
 import settings
 from ledger import accounts, db, migrate
-from tests.servers import find_free_port
+from topupctl.devservers import find_free_port
 from tests.waiting import wait_until
 from workers import broker as worker_broker
 

@@ -21,7 +21,7 @@ from ledger import db, inbox, pushes, topups
 from ledger.models import Callback, LedgerEntry, TopUp
 from tests.integration.system import BIN, sim_call
 from tests.waiting import wait_until
-from tests.servers import find_free_port
+from topupctl.devservers import find_free_port
 from tests.unit.test_crediting import success_body
 from tests.webhook_receiver import Receiver
 

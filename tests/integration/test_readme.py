@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.servers import find_free_port
+from topupctl.devservers import find_free_port
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 import redis
 
-from tests.servers import PostgresServer, RedisServer, ServerStartError
+from topupctl.devservers import PostgresServer, RedisServer, ServerStartError
 
 
 def unique_name() -> str:

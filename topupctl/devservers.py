@@ -1,8 +1,10 @@
-"""Real redis-server and PostgreSQL processes for tests and benchmarks.
+"""Real redis-server and PostgreSQL processes on 127.0.0.1, for development tools: the
+integration tests and the benchmark (``bench/``) both start their servers with it, so it lives
+in the package, which both may import, and neither imports the other.
 
 Importable without pytest::
 
-    from tests.servers import RedisServer, PostgresServer, find_free_port, servers_available
+    from topupctl.devservers import RedisServer, PostgresServer, find_free_port, servers_available
 
     r = RedisServer(tmpdir); r.start(); r.url      # redis://127.0.0.1:P/0
     p = PostgresServer(tmpdir); p.start(); p.url   # postgresql://topup@127.0.0.1:P/topup
@@ -14,7 +16,7 @@ Both bind 127.0.0.1 on a free port (never 6379/5432, which a developer may be us
 server's output goes to a log file in its tmpdir; a start that fails or times out raises
 :class:`ServerStartError` with the last lines of that log.
 
-Redis runs with the broker settings production uses (docker/compose.yaml): ``appendonly yes``,
+Redis runs with the broker's production settings: ``appendonly yes``,
 ``appendfsync everysec``, no RDB snapshots, ``maxmemory-policy noeviction``.
 
 PostgreSQL refuses to run as root. When the effective uid is 0, initdb and postgres run as
@@ -163,7 +165,8 @@ def _parent_death_signal():
     PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only used from the
     main thread; it runs after Popen has switched user, since a uid change clears it.
     """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+    if (not sys.platform.startswith("linux")
+            or threading.current_thread() is not threading.main_thread()):
         return None
     try:
         import ctypes
@@ -270,7 +273,7 @@ class _Server:
 
     def _log_line(self, text: str) -> None:
         with open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} tests/servers.py: {text}\n")
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} devservers: {text}\n")
 
     def start(self, timeout: float | None = None) -> "_Server":
         """Start and wait until the server answers; raise ServerStartError otherwise.
