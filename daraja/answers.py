@@ -13,7 +13,7 @@ from typing import Any, Callable
 from daraja import errors
 
 __all__ = ["Answer", "StkPushAccepted", "StkQueryResult", "TokenRefused",
-           "read_oauth", "read_push", "read_query", "PENDING_RESULT_CODE"]
+           "read_oauth", "read_push", "read_query", "error_for", "PENDING_RESULT_CODE"]
 
 PENDING_RESULT_CODE = "4999"
 
@@ -303,7 +303,7 @@ def read_push(answer: Answer, scrub: Scrub) -> StkPushAccepted:
             raise _error(errors.AmbiguousResponse,
                          f"Daraja answered the push with ResponseCode {code!r}", answer, scrub,
                          code, _text(body.get("ResponseDescription")))
-    raise _raise_for("stkpush", answer, scrub)
+    raise error_for("stkpush", answer, scrub)
 
 
 def read_query(answer: Answer, scrub: Scrub) -> StkQueryResult:
@@ -328,8 +328,10 @@ def read_query(answer: Answer, scrub: Scrub) -> StkQueryResult:
         # the older "still pending" form (HTTP 500)
         return StkQueryResult(result_code=None, result_desc=message or "", pending=True,
                               merchant_request_id=None, checkout_request_id=None, raw=body or {})
-    raise _raise_for("stkquery", answer, scrub)
+    raise error_for("stkquery", answer, scrub)
 
 
-def _raise_for(endpoint: str, answer: Answer, scrub: Scrub) -> Exception:
+def error_for(endpoint: str, answer: Answer, scrub: Scrub) -> Exception:
+    """The error (to raise) an answer that is not a success stands for, by the rules every
+    endpoint shares (the readers above, and those of :mod:`daraja.c2b`)."""
     return _classify(endpoint, answer, scrub)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import http.cookiejar
 import inspect
 import logging
@@ -22,19 +23,24 @@ import requests.auth
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
-from daraja import answers, errors
+from daraja import answers, c2b, errors
 from daraja.answers import StkPushAccepted, StkQueryResult
 from daraja.config import DarajaConfig
-from daraja.security import Scrubber, mask_phone, nairobi_timestamp, stk_password
+from daraja.security import NAIROBI, Scrubber, mask_phone, nairobi_timestamp, stk_password
 from daraja.tokens import MemoryTokenCache
+from daraja.urls import refused_word
 
-__all__ = ["DarajaClient", "OAUTH_PATH", "STK_PUSH_PATH", "STK_QUERY_PATH"]
+__all__ = ["DarajaClient", "OAUTH_PATH", "STK_PUSH_PATH", "STK_QUERY_PATH", "C2B_REGISTER_PATH",
+           "PULL_REGISTER_PATH", "PULL_QUERY_PATH"]
 
 log = logging.getLogger("daraja.client")
 
 OAUTH_PATH = "/oauth/v1/generate?grant_type=client_credentials"
 STK_PUSH_PATH = "/mpesa/stkpush/v1/processrequest"
 STK_QUERY_PATH = "/mpesa/stkpushquery/v1/query"
+C2B_REGISTER_PATH = "/mpesa/c2b/v2/registerurl"
+PULL_REGISTER_PATH = "/pulltransactions/v1/register"
+PULL_QUERY_PATH = "/pulltransactions/v1/query"
 
 ACCOUNT_REFERENCE_MAX = 12
 TRANSACTION_DESC_MAX = 13
@@ -81,7 +87,8 @@ class DarajaClient:
     ``token_cache`` defaults to a :class:`MemoryTokenCache`, which is right for one process
     only: a fleet must share a :class:`RedisTokenCache`. ``clock`` gives Unix time (Timestamp,
     token expiry). ``on_call(endpoint, outcome, seconds)`` is told about every HTTP call:
-    endpoint in {"oauth", "stkpush", "stkquery"}, outcome "ok", "pending" (query), "invalid_token"
+    endpoint in {"oauth", "stkpush", "stkquery", "c2bregister", "pullregister", "pull"}, outcome
+    "ok", "pending" (query), "invalid_token"
     (answered by a refresh and one retry) or the error class's ``outcome`` label
     ("connection_failed", "ambiguous", "throttled", …). Exceptions from the hook are logged and
     ignored. Thread-safe: share one client between a process's threads.
@@ -181,6 +188,52 @@ class DarajaClient:
                  checkout_request_id, result.result_code, result.pending,
                  extra={**context, "result_code": result.result_code, "pending": result.pending})
         return result
+
+    # -- paybill (C2B) -------------------------------------------------------------------
+
+    def register_c2b_urls(self, *, shortcode: str, confirmation_url: str, validation_url: str,
+                          response_type: str = "Completed") -> c2b.UrlsRegistered:
+        """Register the paybill's confirmation and validation URLs (C2B v2). ``response_type``
+        (``Completed`` or ``Cancelled``) is what Daraja does with a payment when the
+        validation URL cannot be reached. A URL holding a word Daraja refuses is refused
+        here, before anything is sent."""
+        if response_type not in c2b.RESPONSE_TYPES:
+            raise errors.InvalidRequest(
+                f"response_type must be one of {', '.join(c2b.RESPONSE_TYPES)}")
+        _daraja_url("ConfirmationURL", confirmation_url)
+        _daraja_url("ValidationURL", validation_url)
+        body = {"ShortCode": _shortcode(shortcode), "ResponseType": response_type,
+                "ConfirmationURL": confirmation_url, "ValidationURL": validation_url}
+        return self._authorized("c2bregister", C2B_REGISTER_PATH, body, c2b.read_register_urls,
+                                secrets=(), context={"shortcode": body["ShortCode"]})
+
+    def register_pull(self, *, shortcode: str, nominated_number: str,
+                      callback_url: str) -> c2b.PullRegistered:
+        """Register the paybill for Pull Transactions, once (a second time answers that it is
+        registered already: ``already``)."""
+        _daraja_url("CallBackURL", callback_url)
+        phone = _msisdn(nominated_number)
+        body = {"ShortCode": _shortcode(shortcode), "RequestType": "Pull",
+                "NominatedNumber": phone, "CallBackURL": callback_url}
+        return self._authorized("pullregister", PULL_REGISTER_PATH, body,
+                                c2b.read_register_pull, secrets=(),
+                                context={"shortcode": body["ShortCode"],
+                                         "phone": mask_phone(phone)})
+
+    def pull_transactions(self, *, shortcode: str, start: datetime.datetime,
+                          end: datetime.datetime, offset: int = 0) -> c2b.PullPage:
+        """One page of the paybill's payments between ``start`` and ``end`` (naive UTC, or
+        aware; sent in Nairobi time as Daraja wants), from record ``offset`` on. Daraja keeps
+        the last 48 hours. Safe to repeat: a pull changes nothing."""
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise errors.InvalidRequest("offset must be a whole number of records")
+        body = {"ShortCode": _shortcode(shortcode), "StartDate": _nairobi_date(start),
+                "EndDate": _nairobi_date(end), "OffSetValue": str(offset)}
+        page = self._authorized("pull", PULL_QUERY_PATH, body, c2b.read_pull, secrets=(),
+                                context={"shortcode": body["ShortCode"], "offset": offset})
+        log.info("pull transactions offset=%s rows=%s", offset, len(page.transactions),
+                 extra={"offset": offset, "rows": len(page.transactions)})
+        return page
 
     # -- internals ------------------------------------------------------------------------
 
@@ -334,6 +387,31 @@ def _msisdn(phone: Any) -> str:
     if not _PHONE.fullmatch(text):
         raise errors.InvalidRequest(f"phone must be 254XXXXXXXXX, got {mask_phone(text)!r}")
     return text
+
+
+def _shortcode(shortcode: Any) -> str:
+    text = str(shortcode or "").strip()
+    if not text.isdigit() or not 5 <= len(text) <= 7:
+        raise errors.InvalidRequest("shortcode must be 5 to 7 digits")
+    return text
+
+
+def _daraja_url(name: str, url: Any) -> None:
+    text = str(url or "")
+    if not text.lower().startswith(("https://", "http://")) or any(c.isspace() for c in text):
+        raise errors.InvalidRequest(f"{name} must be an http(s) URL without spaces")
+    word = refused_word(text)
+    if word is not None:
+        raise errors.InvalidRequest(f"{name} contains {word!r}, which Daraja refuses in a URL")
+
+
+def _nairobi_date(when: Any) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` in Nairobi time; a naive datetime is UTC."""
+    if not isinstance(when, datetime.datetime):
+        raise errors.InvalidRequest("start and end must be datetimes")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.astimezone(NAIROBI).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _account_reference(reference: Any) -> str:
