@@ -40,6 +40,9 @@ class SimulatorConfig:
     query_pending_times: int = 0           # queries answered "pending" before the final one
     query_pending_form: str = "4999"       # "4999" (HTTP 200) or "500" (the older form)
     slow_answer_s: float = 20.0            # how long the slow_answer behaviour holds a push
+    c2b_echo_stk: str | None = None        # "before"/"after": a paid push is also reported as
+    #                                        a C2B confirmation, before or after its callback
+    pull_page_size: int = 100              # Pull Transactions rows per page
 
     # plumbing (constructor only)
     callback_timeout_s: float = 5.0        # every callback POST gives up after this
@@ -98,6 +101,18 @@ def _pending_form(value):
     return value
 
 
+def _echo(value):
+    if value not in (None, "before", "after"):
+        raise ValueError('null, "before" or "after"')
+    return value
+
+
+def _page_size(value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+        raise ValueError("an integer from 1 to 10000")
+    return value
+
+
 RUNTIME_FIELDS = {
     "callback_delay_s": _seconds,
     "lock_subscriber": _flag,
@@ -113,6 +128,8 @@ RUNTIME_FIELDS = {
     "query_pending_form": _pending_form,
     "slow_answer_s": _seconds,
     "require_https_callback": _flag,
+    "c2b_echo_stk": _echo,
+    "pull_page_size": _page_size,
 }
 
 

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 from urllib.parse import parse_qs
 
-from . import ids, rules
+from . import c2b, ids, rules
 from .callbacks import Scheduler, post_json
 from .config import SimulatorConfig, updated
 from .rules import DarajaError
@@ -133,6 +133,7 @@ class Daraja:
         self._seq = 0                  # never reset: ids stay unique across resets
         self._receipts: set[str] = set()
         self._generation = 0
+        self.paybill = c2b.Paybill(self)   # the C2B side: registrations, payments, pulls
         self._clear(self._initial)
 
     def _clear(self, config: SimulatorConfig) -> None:
@@ -150,6 +151,7 @@ class Daraja:
         self._stats = dict.fromkeys(STAT_NAMES, 0)
         self._decimal_next = False
         self._generation += 1
+        self.paybill.clear()
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -204,6 +206,19 @@ class Daraja:
             if receipt not in self._receipts:
                 self._receipts.add(receipt)
                 return receipt
+
+    def new_receipt(self) -> str:
+        """A receipt no payment had, STK or C2B."""
+        with self._lock:
+            return self._new_receipt()
+
+    def token_ok(self, authorization: str | None) -> bool:
+        """Whether the Bearer token of a call (C2B, Pull Transactions) is valid now."""
+        with self._lock:
+            return self._token_valid(authorization, self._clock())
+
+    def wall(self) -> float:
+        return self._wall()
 
     # --- OAuth ----------------------------------------------------------------------------
 
@@ -417,6 +432,8 @@ class Daraja:
             due = txn.created_mono + txn.first_callback_in + copy * DUPLICATE_SPACING_S
             self.scheduler.call_at(due, lambda first=(copy == 0): self._deliver(
                 txn, done if first else None))
+        # c2b_echo_stk: the payment reported as a C2B confirmation too, near its callback
+        self.paybill.echo(txn, txn.created_mono + txn.first_callback_in)
         return done
 
     def _deliver(self, txn: Transaction, done: threading.Event | None) -> None:
@@ -495,6 +512,7 @@ class Daraja:
             stats = dict(self._stats)
             stats["transactions"] = len(self._transactions)
         stats["callbacks_due"] = self.scheduler.pending()
+        stats.update(self.paybill.stats())
         return stats
 
     def reset(self) -> None:
@@ -520,6 +538,9 @@ class Daraja:
             return self.faults()
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1_000_000:
             raise ValueError("count must be an integer from 1 to 1000000")
+        if name in c2b.FAULTS:   # strikes the next paybill payments, not pushes
+            self.paybill.queue_fault(name, count)
+            return self.faults()
         kind, value = rules.parse_fault(name)
         with self._lock:
             self._faults.append([name, kind, value, count])
@@ -575,8 +596,9 @@ class Daraja:
 
     def faults(self) -> list[dict]:
         with self._lock:
-            return [{"fault": name, "remaining": remaining}
-                    for name, _, _, remaining in self._faults]
+            queued = [{"fault": name, "remaining": remaining}
+                      for name, _, _, remaining in self._faults]
+        return queued + self.paybill.faults()
 
     def transactions(self, phone: str | None = None, limit: int | None = None) -> list[dict]:
         now = self._clock()

@@ -44,3 +44,8 @@ def checkout_request_id(now_eat: datetime, seq: int) -> str:
 def request_id(seq: int) -> str:
     """Like ``11559-988723-1``."""
     return f"{_random.randint(10000, 99999)}-{seq}-1"
+
+
+def conversation_id() -> str:
+    """Like ``AG_20191219_00004e48cf7e3533f581``: an OriginatorCoversationID or ResponseRefID."""
+    return f"AG_{_random.randint(10**7, 10**8 - 1)}_{_random.getrandbits(80):020x}"

@@ -180,7 +180,9 @@ def parse_fault(name) -> tuple[str, object]:
             return "refuse", DarajaError(status_for(parts[1]), parts[1], parts[2])
         raise ValueError('a refusal is "refuse:<errorCode>:<errorMessage>"')
     raise ValueError(f"unknown fault {name!r}: one of {', '.join(sorted(BEHAVIOUR_NAMES))}, "
-                     "refuse:<errorCode>:<errorMessage>, expire_token_early")
+                     "refuse:<errorCode>:<errorMessage>, expire_token_early; for paybill "
+                     "payments drop_confirmation, duplicate_confirmation, "
+                     "validation_unreachable")
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -217,6 +219,11 @@ def _matches(pattern: re.Pattern, value) -> str | None:
 def parse_shortcode(value) -> str | None:
     """A BusinessShortCode: 5 to 7 digits, as a string or a JSON number."""
     return _matches(_SHORTCODE, value)
+
+
+def parse_phone(value) -> str | None:
+    """A phone as Daraja takes it: ``2547…`` or ``2541…``, as a string or a JSON number."""
+    return _matches(_PHONE, value)
 
 
 def parse_timestamp(value) -> tuple[str, datetime] | None:

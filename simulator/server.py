@@ -156,6 +156,12 @@ class _Handler(BaseHTTPRequestHandler):
             if method != "GET":
                 return daraja.error_reply(rules.METHOD_NOT_ALLOWED)
             return daraja.oauth(query, headers.get("Authorization"))
+        paybill = _PAYBILL_ROUTES.get(path)
+        if paybill is not None:
+            if method != "POST":
+                return daraja.error_reply(rules.METHOD_NOT_ALLOWED)
+            return paybill(daraja.paybill, headers.get("Authorization"),
+                           headers.get("Content-Type"), body)
         if path.startswith("/__sim/"):
             return self._control(daraja, method, path[len("/__sim/"):], query, body)
         return daraja.error_reply(rules.RESOURCE_NOT_FOUND)
@@ -183,8 +189,18 @@ class _Handler(BaseHTTPRequestHandler):
                 return json_reply(404, {"error": "no such CheckoutRequestID"})
             return json_reply(200, found)
         if method == "GET" and name == "statement.csv":
-            return Reply(200, statement.to_csv(daraja.paid_transactions()),
+            return Reply(200, statement.to_csv(daraja.paid_transactions(),
+                                               daraja.paybill.paid_payments()),
                          "text/csv; charset=utf-8")
+        if method == "POST" and name == "c2b/pay":
+            try:
+                return json_reply(200, daraja.paybill.pay(_json_object(body)))
+            except ValueError as exc:
+                return json_reply(400, {"error": str(exc)})
+        if method == "GET" and name == "c2b/payments":
+            return json_reply(200, {"data": daraja.paybill.payments()})
+        if method == "GET" and name == "c2b/registrations":
+            return json_reply(200, {"data": daraja.paybill.registrations()})
         if name == "config" and method in ("GET", "POST"):
             if method == "POST":
                 try:
@@ -212,6 +228,16 @@ class _Handler(BaseHTTPRequestHandler):
                     return json_reply(400, {"error": str(exc)})
             return json_reply(200, {"data": daraja.faults()})
         return json_reply(404, {"error": f"no control endpoint {method} /__sim/{name}"})
+
+
+# Daraja's paybill endpoints: (Paybill, Authorization, Content-Type, body) → Reply
+_PAYBILL_ROUTES = {
+    "/mpesa/c2b/v1/registerurl": lambda p, *a: p.register_urls(*a, version="v1"),
+    "/mpesa/c2b/v2/registerurl": lambda p, *a: p.register_urls(*a, version="v2"),
+    "/mpesa/c2b/v1/simulate": lambda p, *a: p.simulate(*a),
+    "/pulltransactions/v1/register": lambda p, *a: p.register_pull(*a),
+    "/pulltransactions/v1/query": lambda p, *a: p.pull(*a),
+}
 
 
 def _json_object(body: bytes) -> dict:

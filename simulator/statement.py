@@ -5,7 +5,9 @@ BOM, the portal's thirteen columns in the portal's order, amounts with thousands
 (``"1,000.00"``), Completion Time as ``DD-MM-YYYY HH:MM:SS`` in Nairobi time, newest first.
 
 Every paid transaction whose outcome is final is on it, whatever became of its callbacks
-(dropped, late, failed, duplicated): the statement is what moved, not what was reported.
+(dropped, late, failed, duplicated), and every paybill payment a customer made (Reason Type
+``Pay Bill``, ``A/C No.`` the account number typed), whatever became of its confirmation:
+the statement is what moved, not what was reported.
 Paid In is what the customer paid (the push's Amount), even where the ``amount_mismatch``
 behaviour made the callback say one shilling less. The oldest payment also carries its
 business charge: a Withdrawn row with the payment's Receipt No. in Linked Transaction ID,
@@ -38,10 +40,22 @@ def charge_cents(amount_cents: int) -> int:
     return min(CHARGE_CAP_CENTS, max(1, (amount_cents * CHARGE_RATE_BP + 5_000) // 10_000))
 
 
-def to_csv(transactions) -> bytes:
-    """The statement of ``transactions`` (paid and final, any order) as the portal's CSV."""
+def to_csv(transactions, payments=()) -> bytes:
+    """The statement of ``transactions`` (paid and final, any order) and of the customers'
+    paybill ``payments`` (``simulator.c2b.Payment``, paid) as the portal's CSV."""
     entries = []   # (completion, row without the balance, change in cents)
     paid = sorted(transactions, key=lambda t: (t.transaction_date, t.created_at))
+    for payment in payments:
+        completed = payment.paid_at.astimezone(EAT).replace(tzinfo=None)
+        party = f"{payment.phone} - SIM CUSTOMER {payment.phone[-4:]}"
+        entries.append((completed, {
+            "Receipt No.": payment.receipt, "Completion Time": completed.strftime(TIME_FORMAT),
+            "Initiation Time": completed.strftime(TIME_FORMAT),
+            "Details": f"Pay Bill from {party} Acc. {payment.bill_ref}",
+            "Transaction Status": "Completed", "Paid In": money(payment.amount_cents),
+            "Withdrawn": "", "Balance Confirmed": "true", "Reason Type": "Pay Bill",
+            "Other Party Info": party, "Linked Transaction ID": "",
+            "A/C No.": payment.bill_ref}, payment.amount_cents))
     for index, txn in enumerate(paid):
         completed = datetime.strptime(str(txn.transaction_date), TIMESTAMP_FORMAT)
         initiated = datetime.fromisoformat(txn.created_at.replace("Z", "+00:00"))
@@ -67,6 +81,7 @@ def to_csv(transactions) -> bytes:
                                         "Paid In": "", "Withdrawn": money(-fee),
                                         "Reason Type": f"{online} Charge",
                                         "Linked Transaction ID": txn.receipt}, -fee))
+    entries.sort(key=lambda entry: entry[0])   # stable: a charge stays after its payment
     balance = 0
     for _, row, change in entries:
         balance += change
