@@ -39,11 +39,12 @@ def create_app(test_config: dict | None = None) -> Flask:
         if not db.database.is_closed():
             db.database.close()
 
-    from app import daraja_callback, errors, health, v1
+    from app import c2b, daraja_callback, errors, health, v1
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(v1.bp)
     app.register_blueprint(daraja_callback.bp)
+    app.register_blueprint(c2b.bp)
 
     # The client's contract: debits, webhook endpoints, events, rate limits, the OpenAPI document.
     from app import events, openapi, ratelimit, wallet_debits, webhooks

@@ -39,8 +39,10 @@ def caller_address(remote_addr: str | None, forwarded_for: str | None, trusted_h
     return address
 
 
-@bp.post("/daraja/callback/<token>")
-def receive(token: str):
+def require_daraja(token: str) -> None:
+    """What every URL Daraja posts to checks first (the STK callback, the C2B validation and
+    confirmation): the path token, compared in constant time (404 when wrong), then the
+    caller's address against DARAJA_CALLBACK_ALLOWED_IPS when it is set (403)."""
     settings = current_app.config["SETTINGS"]
     expected = settings.daraja_callback_token
     if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
@@ -53,6 +55,11 @@ def receive(token: str):
             log.warning("callback from an address outside the allowlist",
                         extra={"remote_addr": str(address)})
             raise ApiError(403, "forbidden", "This address may not post callbacks.")
+
+
+@bp.post("/daraja/callback/<token>")
+def receive(token: str):
+    require_daraja(token)
     row, parsed = inbox.store_callback(request.get_data(cache=False), request.remote_addr)
     if parsed is None:
         # Kept for an operator to read, but not something we can act on.

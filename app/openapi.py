@@ -49,13 +49,17 @@ TOPUP = {
         "status": {"enum": ["pending", "succeeded", "failed", "unknown"]},
         "amount": {"type": "integer", "description": "whole shillings"},
         "currency": {"const": "KES"},
-        "phone": {"type": "string", "pattern": "^254[17][0-9]{8}$"},
-        "reference": {"type": "string"},
+        "phone": {"type": "string", "pattern": "^[0-9* ]{0,32}$",
+                  "description": "stk_push: 2547XXXXXXXX or 2541XXXXXXXX; c2b: as Daraja gave "
+                                 "it, masked (2547 ***** 126)"},
+        "reference": {"type": "string", "description": "the AccountReference of a push; the "
+                                                       "account number of a c2b top-up"},
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
         "checkout_request_id": _nullable(), "mpesa_receipt": _nullable(),
         "failure_code": _nullable(), "failure_reason": _nullable(),
-        "channel": {"enum": ["stk_push"], "description": "how the money came: a prompt the "
-                    "client asked for"},
+        "channel": {"enum": ["stk_push", "c2b"], "description": "how the money came: a "
+                    "prompt the client asked for (stk_push), or a paybill payment the customer "
+                    "made from the phone's menu (c2b: created succeeded)"},
         "flagged": {**_nullable(), "description": "null, or why the credit was unusual: an "
                     "amount other than the one asked, a push whose answer was lost, two "
                     "receipts"},
@@ -99,10 +103,17 @@ SCHEMAS = {
     "TopUpList": _list_of("TopUp"),
     "Wallet": {
         "type": "object",
-        "required": ["object", "currency", "balance", "balance_cents", "updated_at"],
+        "required": ["object", "currency", "balance", "balance_cents", "paybill",
+                     "account_number", "updated_at"],
         "properties": {"object": {"const": "wallet"}, "currency": {"const": "KES"},
                        "balance": {"type": "string", "pattern": r"^[0-9]+\.[0-9]{2}$"},
                        "balance_cents": {"type": "integer", "minimum": 0},
+                       "paybill": {"type": "string", "pattern": "^[0-9]{5,7}$",
+                                   "description": "the paybill a customer pays into "
+                                                  "(DARAJA_C2B_SHORTCODE)"},
+                       "account_number": {"type": "string", "pattern": "^[0-9A-Z]{6,10}$",
+                                          "description": "what the customer types as the "
+                                                         "account number to fund this wallet"},
                        "updated_at": _TIME},
     },
     "LedgerEntry": {
@@ -177,6 +188,23 @@ SCHEMAS = {
     "CallbackAccepted": {
         "type": "object", "required": ["ResultCode", "ResultDesc"],
         "properties": {"ResultCode": {"const": 0}, "ResultDesc": {"const": "Accepted"}},
+    },
+    "C2BPayment": {
+        "type": "object", "required": ["TransID", "TransAmount"],
+        "description": "Daraja's C2B validation and confirmation body: every value a string, "
+                       "MSISDN masked in C2B v2",
+        "properties": {name: {"type": "string"} for name in (
+            "TransactionType", "TransID", "TransTime", "TransAmount", "BusinessShortCode",
+            "BillRefNumber", "InvoiceNumber", "OrgAccountBalance", "ThirdPartyTransID",
+            "MSISDN", "FirstName", "MiddleName", "LastName")},
+    },
+    "C2BVerdict": {
+        "type": "object", "required": ["ResultCode", "ResultDesc"],
+        "properties": {"ResultCode": {"enum": ["0", "C2B00012", "C2B00013", "C2B00016"],
+                                      "description": "0: accepted; C2B00012: no account has "
+                                                     "this account number; C2B00013: amount "
+                                                     "out of range; C2B00016: not a payment"},
+                       "ResultDesc": {"type": "string"}},
     },
     "Health": {"type": "object", "required": ["status"],
                "properties": {"status": {"type": "string"},
@@ -343,6 +371,29 @@ PATHS = {
                                "404": _r("NotFound"), "413": _r("PayloadTooLarge"),
                                "503": _r("Unavailable")}},
     },
+    "/daraja/c2b/validation/{token}": {
+        "post": {"operationId": "darajaC2BValidation",
+                 "summary": "Daraja's C2B validation: a paybill payment about to be made, "
+                            "accepted or refused from the ledger alone",
+                 "parameters": [_path_id("token", "DARAJA_CALLBACK_TOKEN")],
+                 "requestBody": {"required": True, "content": {"application/json": {
+                     "schema": _ref("C2BPayment")}}},
+                 "responses": {"200": _json("C2BVerdict", "the verdict, whatever the body"),
+                               "403": _r("Forbidden"), "404": _r("NotFound"),
+                               "413": _r("PayloadTooLarge"), "503": _r("Unavailable")}},
+    },
+    "/daraja/c2b/confirmation/{token}": {
+        "post": {"operationId": "darajaC2BConfirmation",
+                 "summary": "Daraja's C2B confirmation: a paybill payment made; stored, "
+                            "acknowledged, credited by a worker",
+                 "parameters": [_path_id("token", "DARAJA_CALLBACK_TOKEN")],
+                 "requestBody": {"required": True, "content": {"application/json": {
+                     "schema": _ref("C2BPayment")}}},
+                 "responses": {"200": _json("CallbackAccepted", "stored"),
+                               "400": _r("InvalidJson"), "403": _r("Forbidden"),
+                               "404": _r("NotFound"), "413": _r("PayloadTooLarge"),
+                               "503": _r("Unavailable")}},
+    },
     "/healthz": {"get": {"operationId": "healthz", "summary": "200 while the process lives",
                          "responses": {"200": _json("Health", "alive")}}},
     "/readyz": {"get": {"operationId": "readyz",
@@ -385,8 +436,9 @@ PATHS = {
 DOCUMENT = {
     "openapi": "3.1.0",
     "info": {"title": "topup-gateway", "version": "1",
-             "description": "Prepaid KES wallet top-ups over M-Pesa (Daraja STK push). "
-                            "Every error is application/problem+json."},
+             "description": "Prepaid KES wallet top-ups over M-Pesa: STK push, and paybill "
+                            "payments (C2B) to each wallet's account number. Every error is "
+                            "application/problem+json."},
     "servers": [{"url": "/"}],
     "paths": PATHS,
     "components": {

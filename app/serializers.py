@@ -7,10 +7,12 @@ from ledger.events import timestamp, topup_object
 topup = topup_object
 
 
-def wallet(row) -> dict:
+def wallet(row, *, paybill: str, account_number: str | None) -> dict:
+    """The wallet, with what a customer types to fund it from the phone (contract §6)."""
     cents = row.balance_cents
     return {"object": "wallet", "currency": row.currency,
             "balance": f"{cents // 100}.{cents % 100:02d}", "balance_cents": cents,
+            "paybill": paybill, "account_number": account_number,
             "updated_at": timestamp(row.updated_at)}
 
 

@@ -1,7 +1,7 @@
 """The client API (contract §3): views parse, call one ledger function, and answer."""
 from __future__ import annotations
 
-from flask import Blueprint, g, request
+from flask import Blueprint, current_app, g, request
 
 from app import ids, serializers, validation
 from app.auth import require_account
@@ -61,7 +61,9 @@ def list_topups():
 
 @bp.get("/wallet")
 def get_wallet():
-    return serializers.wallet(wallets.get_wallet(g.account.id))
+    return serializers.wallet(wallets.get_wallet(g.account.id),
+                              paybill=current_app.config["SETTINGS"].daraja_c2b_shortcode,
+                              account_number=g.account.account_number)
 
 
 @bp.get("/wallet/transactions")

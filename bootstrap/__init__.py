@@ -49,11 +49,11 @@ from daraja import DarajaClient, DarajaConfig, RedisTokenCache
 from ledger import db, events
 from settings import Settings
 from telemetry import logs, metrics
-from workers import actors, broker as worker_broker, runtime, webhooks
+from workers import actors, broker as worker_broker, c2b, runtime, webhooks
 from workers.runtime import Runtime
 
 # The modules whose actors the workers run.
-ACTOR_MODULES = (actors, webhooks)
+ACTOR_MODULES = (actors, webhooks, c2b)
 
 
 def configure(service: str, settings: Settings | None = None, *,

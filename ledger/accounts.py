@@ -1,10 +1,14 @@
-"""Accounts, their wallet and their API keys (only a hash of a key is ever stored)."""
+"""Accounts, their wallet, their account number and their API keys (only a hash of a key is
+ever stored)."""
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
 
+import peewee as pw
+
+from ledger import account_numbers
 from ledger.db import write_transaction
 from ledger.ids import new_id
 from ledger.models import Account, ApiKey, Wallet, utcnow
@@ -22,12 +26,30 @@ def _new_key_text() -> str:
 
 
 def create_account(name: str) -> tuple[Account, str]:
-    """A new account with its KES wallet and a first API key, returned in plain text once."""
-    with write_transaction():
-        account = Account.create(id=new_id("acct"), name=name)
-        Wallet.create(account=account)
-        _, key = _create_key(account)
-    return account, key
+    """A new account with its KES wallet, its account number and a first API key, returned in
+    plain text once."""
+    for attempt in range(5):
+        try:
+            # the unique index on the account number decides a collision: drawn again
+            with write_transaction():
+                account = Account.create(id=new_id("acct"), name=name,
+                                         account_number=account_numbers.generate())
+                Wallet.create(account=account)
+                _, key = _create_key(account)
+            return account, key
+        except pw.IntegrityError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def find_by_account_number(typed: str | None) -> Account | None:
+    """The account a customer meant by what they typed after the paybill (case, spaces,
+    dashes and look-alike characters forgiven: :func:`ledger.account_numbers.normalize`)."""
+    number = account_numbers.normalize(typed)
+    if number is None:
+        return None
+    return Account.get_or_none(Account.account_number == number)
 
 
 def create_api_key(account_id: str) -> tuple[ApiKey, str]:

@@ -22,7 +22,7 @@ from typing import Callable
 from ledger import pages
 from ledger.db import database
 from ledger.ids import new_id
-from ledger.models import Event, WebhookDelivery, WebhookEndpoint, utcnow
+from ledger.models import STK_PUSH, Event, WebhookDelivery, WebhookEndpoint, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def topup_object(row) -> dict:
         "reference": row.reference, "metadata": json.loads(row.metadata or "{}"),
         "checkout_request_id": row.checkout_request_id, "mpesa_receipt": row.mpesa_receipt,
         "failure_code": row.failure_code, "failure_reason": row.failure_reason,
-        "channel": "stk_push", "flagged": row.flagged,
+        "channel": row.channel or STK_PUSH, "flagged": row.flagged,
         "created_at": timestamp(row.created_at), "updated_at": timestamp(row.updated_at),
         "completed_at": timestamp(row.completed_at),
     }

@@ -4,7 +4,8 @@ A customer writes "I paid but my wallet is empty" with whatever they have: the t
 the M-Pesa receipt from their SMS, their phone number, or (from a client's logs) the
 CheckoutRequestID. :func:`find` takes any of these; :func:`history` gathers, in the order it
 happened, every step the ledger recorded (``topup_event``: the request, the push and Daraja's
-answer, queries, the settlement), every callback Daraja sent for it, its ledger entry, the
+answer, queries, the settlement), every callback Daraja sent for it, every paybill report (a
+C2B confirmation, a Pull Transactions row) that credited it or came again, its ledger entry, the
 events published about it and every webhook attempt for them (when those tables exist).
 
 Phones are masked everywhere; nothing here writes.
@@ -15,6 +16,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 
+from ledger import c2b
 from ledger.callbacks import MalformedCallback, parse
 from ledger.db import database
 from ledger.models import Callback, LedgerEntry, OrphanPayment, TopUp, TopUpEvent
@@ -104,6 +106,21 @@ def _callback_detail(row: Callback) -> dict:
     return {k: v for k, v in detail.items() if v is not None}
 
 
+def _c2b_detail(row) -> dict:
+    """A paybill payment's report (a C2B confirmation or a Pull Transactions row), phone
+    masked."""
+    detail = {"c2b_confirmation": row.seq, "source": row.source, "outcome": row.outcome,
+              "applied_at": iso(row.applied_at), "remote_addr": row.remote_addr}
+    try:
+        payment = (c2b.parse_pulled(row.body) if row.source == c2b.PULL
+                   else c2b.parse_confirmation(row.body))
+    except c2b.MalformedPayment:
+        return {k: v for k, v in detail.items() if v is not None}
+    detail.update(mpesa_receipt=payment.receipt, amount_cents=payment.amount_cents,
+                  bill_ref_number=payment.bill_ref, phone=mask(payment.phone))
+    return {k: v for k, v in detail.items() if v is not None}
+
+
 def _webhook_steps(topup_id: str) -> list[Step]:
     if not (_table_exists("event") and _table_exists("webhook_delivery")
             and _table_exists("webhook_attempt")):
@@ -149,6 +166,8 @@ def history(topup: TopUp) -> list[Step]:
                   for c in Callback.select().where(
                       Callback.checkout_request_id == topup.checkout_request_id)
                   .order_by(Callback.seq)]
+    steps += [Step(c.received_at, "c2b_confirmation", _c2b_detail(c), order=0)
+              for c in c2b.for_topup(topup.id)]
     entry = LedgerEntry.get_or_none(LedgerEntry.topup == topup.id)
     if entry is not None:
         steps.append(Step(entry.created_at, "ledger_entry", {
@@ -168,6 +187,7 @@ def summary(topup: TopUp) -> dict:
         "amount": topup.amount, "currency": "KES", "phone": mask(topup.phone),
         "reference": topup.reference, "checkout_request_id": topup.checkout_request_id,
         "mpesa_receipt": topup.mpesa_receipt, "credited_cents": topup.credited_cents,
+        "channel": topup.channel,
         "flagged": topup.flagged, "failure_code": topup.failure_code,
         "failure_reason": topup.failure_reason, "push_state": topup.push_state,
         "push_attempts": topup.push_attempts, "query_attempts": topup.query_attempts,
@@ -180,4 +200,5 @@ def orphan_summary(orphan: OrphanPayment) -> dict:
     return {"checkout_request_id": orphan.checkout_request_id,
             "mpesa_receipt": orphan.mpesa_receipt, "amount_cents": orphan.amount_cents,
             "phone": mask(orphan.phone), "received_at": iso(orphan.created_at),
-            "resolved_topup": orphan.resolved_topup_id, "resolved_at": iso(orphan.resolved_at)}
+            "resolved_topup": orphan.resolved_topup_id, "resolved_at": iso(orphan.resolved_at),
+            "bill_ref_number": orphan.bill_ref_number, "reason": orphan.reason}

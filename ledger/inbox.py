@@ -41,14 +41,19 @@ def store_callback(body: bytes,
     else:
         row.update(checkout_request_id=None, result_code=None, applied_at=now,
                    outcome="malformed")
-    if not is_sqlite():
-        # PostgreSQL's text cannot hold NUL: the INSERT would fail (a 500, and Daraja's
-        # retries would fail the same way). Replaced as undecodable bytes are.
-        row = {column: value.replace("\x00", "\ufffd") if isinstance(value, str) else value
-               for column, value in row.items()}
     with connection():
-        seq = Callback.insert(**row).execute()
+        seq = Callback.insert(**storable(row)).execute()
     return StoredCallback(seq), parsed
+
+
+def storable(row: dict) -> dict:
+    """A row of text as received, made storable: PostgreSQL's text cannot hold NUL (the
+    INSERT would fail, a 500, and Daraja's retries would fail the same way), so NULs are
+    replaced as undecodable bytes are. SQLite keeps them."""
+    if is_sqlite():
+        return row
+    return {column: value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+            for column, value in row.items()}
 
 
 @dataclass(frozen=True)

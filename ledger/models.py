@@ -2,7 +2,9 @@
 
 Every "at most once" is a unique index here, not a check in Python:
 - a CheckoutRequestID belongs to one top-up (``topup.checkout_request_id``);
-- an M-Pesa receipt credits once, across top-ups and orphans (``ledger_entry.mpesa_receipt``);
+- an M-Pesa receipt credits once, across top-ups and orphans (``ledger_entry.mpesa_receipt``),
+  whichever way it arrives (an STK callback, a C2B confirmation, a Pull Transactions row, a
+  statement);
 - a top-up is credited once (``ledger_entry.topup``);
 - an idempotency key names one request per account (``topup.account, idempotency_key``).
 NULLs never collide in a unique index (PostgreSQL and SQLite alike), so a top-up still
@@ -32,6 +34,9 @@ class Account(BaseModel):
     id = pw.CharField(max_length=40, primary_key=True)
     name = pw.CharField(max_length=200)
     created_at = pw.DateTimeField(default=utcnow)
+    # what a customer types after the paybill (ledger.account_numbers); every account has one
+    # (migration 004 gave the older ones theirs)
+    account_number = pw.CharField(max_length=10, null=True, unique=True)
 
 
 class ApiKey(BaseModel):
@@ -60,6 +65,11 @@ PENDING, SUCCEEDED, FAILED, UNKNOWN = "pending", "succeeded", "failed", "unknown
 # sent again, because a second prompt could charge the customer twice.
 PUSH_QUEUED, PUSH_SENDING, PUSH_SENT = "queued", "sending", "sent"
 PUSH_AMBIGUOUS, PUSH_REFUSED = "ambiguous", "refused"
+# A top-up the customer paid from the phone's menu (C2B) had no push at all.
+PUSH_NONE = "none"
+
+# How the money came: a prompt the client asked for, or a paybill payment (contract §6).
+STK_PUSH, C2B = "stk_push", "c2b"
 
 
 class TopUp(BaseModel):
@@ -69,8 +79,9 @@ class TopUp(BaseModel):
     provider = pw.CharField(max_length=16, default="mpesa")
     status = pw.CharField(max_length=16, default=PENDING, index=True)
     amount = pw.IntegerField()                    # whole shillings, as pushed
-    phone = pw.CharField(max_length=12, index=True)
-    reference = pw.CharField(max_length=12)
+    # 2547XXXXXXXX for a push; for a paybill payment, as Daraja gave it ("2547 ***** 126")
+    phone = pw.CharField(max_length=32, index=True)
+    reference = pw.CharField(max_length=12, index=True)  # a C2B confirmation names it too
     metadata = pw.TextField(default="{}")         # JSON object
     idempotency_key = pw.CharField(max_length=255, null=True)
     request_fingerprint = pw.CharField(max_length=64, null=True)
@@ -90,6 +101,7 @@ class TopUp(BaseModel):
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
     completed_at = pw.DateTimeField(null=True)
+    channel = pw.CharField(max_length=16, null=True, default=STK_PUSH)  # STK_PUSH | C2B
 
     class Meta:
         indexes = ((("account", "idempotency_key"), True),)
@@ -105,7 +117,8 @@ class LedgerEntry(BaseModel):
     topup = pw.ForeignKeyField(TopUp, field="id", null=True, unique=True, on_delete="RESTRICT")
     mpesa_receipt = pw.CharField(max_length=32, null=True, unique=True)
     description = pw.CharField(max_length=255, default="")
-    source = pw.CharField(max_length=16, default="callback")  # callback | query | statement | api
+    # callback | query | statement | api | c2b | pull
+    source = pw.CharField(max_length=16, default="callback")
     created_at = pw.DateTimeField(default=utcnow)
 
     class Meta:
@@ -126,16 +139,23 @@ class Callback(BaseModel):
 
 
 class OrphanPayment(BaseModel):
-    """Money M-Pesa says moved for a CheckoutRequestID that no top-up knows: kept, never dropped."""
+    """Money M-Pesa says moved that no top-up or account claims: kept, never dropped.
+
+    An STK callback's for a CheckoutRequestID no top-up knows; or a paybill payment (C2B)
+    whose account number no account has (no CheckoutRequestID then: ``bill_ref_number`` holds
+    what the customer typed)."""
     seq = pw.BigAutoField()
-    checkout_request_id = pw.CharField(max_length=128, unique=True)
+    checkout_request_id = pw.CharField(max_length=128, null=True, unique=True)
     mpesa_receipt = pw.CharField(max_length=32, null=True, unique=True)
     amount_cents = pw.BigIntegerField(null=True)
-    phone = pw.CharField(max_length=12, null=True)
+    phone = pw.CharField(max_length=32, null=True)
     callback = pw.ForeignKeyField(Callback, null=True, on_delete="SET NULL")
     created_at = pw.DateTimeField(default=utcnow)
     resolved_topup = pw.ForeignKeyField(TopUp, field="id", null=True, on_delete="SET NULL")
     resolved_at = pw.DateTimeField(null=True)
+    bill_ref_number = pw.CharField(max_length=64, null=True)   # C2B: the account number typed
+    reason = pw.CharField(max_length=200, null=True)           # C2B: why no account took it
+    c2b_confirmation = pw.BigIntegerField(null=True)           # C2B: its c2b_confirmation row
 
     class Meta:
         table_name = "orphan_payment"
@@ -269,3 +289,44 @@ class Reconciliation(BaseModel):
 
 
 ALL_MODELS.append(Reconciliation)
+
+
+# --- paybill payments (C2B) -------------------------------------------------------------------
+
+class C2BConfirmation(BaseModel):
+    """A paybill payment as Daraja reported it, stored before it is acknowledged and applied by
+    a worker: a C2B confirmation exactly as received (``source`` ``c2b``), or a Pull
+    Transactions row no confirmation brought (``pull``), its item as read."""
+    seq = pw.BigAutoField()
+    received_at = pw.DateTimeField(default=utcnow)
+    source = pw.CharField(max_length=16, default="c2b")
+    remote_addr = pw.CharField(max_length=64, null=True)
+    body = pw.TextField()
+    trans_id = pw.CharField(max_length=32, null=True, index=True)   # the M-Pesa receipt
+    well_formed = pw.BooleanField(default=True)
+    applied_at = pw.DateTimeField(null=True, index=True)
+    outcome = pw.CharField(max_length=64, null=True)   # what applying it did
+    topup_id = pw.CharField(max_length=40, null=True, index=True)  # the top-up it credited
+
+    class Meta:
+        table_name = "c2b_confirmation"
+
+
+class PullRun(BaseModel):
+    """One read of Daraja's Pull Transactions: the window asked for (naive UTC) and what came
+    of it. The next run starts where the last complete one ended, less an overlap."""
+    seq = pw.BigAutoField()
+    started_at = pw.DateTimeField(default=utcnow)
+    finished_at = pw.DateTimeField(null=True, index=True)
+    window_start = pw.DateTimeField()
+    window_end = pw.DateTimeField()
+    pages = pw.IntegerField(default=0)
+    transactions = pw.IntegerField(default=0)   # rows Daraja gave
+    fed = pw.IntegerField(default=0)            # rows the ledger did not know, applied
+    error = pw.CharField(max_length=255, null=True)
+
+    class Meta:
+        table_name = "c2b_pull"
+
+
+ALL_MODELS += [C2BConfirmation, PullRun]

@@ -41,7 +41,7 @@ from peewee import fn
 
 from ledger.db import database
 from ledger.models import (
-    PENDING, PUSH_AMBIGUOUS, PUSH_SENDING, Callback, OrphanPayment, TopUp, utcnow,
+    PENDING, PUSH_AMBIGUOUS, PUSH_SENDING, Callback, LedgerEntry, OrphanPayment, TopUp, utcnow,
 )
 from ledger.topups import SETTLEABLE
 
@@ -114,6 +114,7 @@ def payments_to_retry(phone: str | None, *,
             .switch(OrphanPayment)
             .join(Callback, pw.JOIN.LEFT_OUTER, on=(Callback.seq == OrphanPayment.callback))
             .where(OrphanPayment.resolved_topup.is_null() & TopUp.id.is_null()
+                   & OrphanPayment.checkout_request_id.is_null(False)   # not a paybill payment
                    & (OrphanPayment.phone == phone) & (OrphanPayment.created_at >= since))
             .order_by(OrphanPayment.seq.desc()).limit(limit).objects())
     return [(row, row.received_at or row.created_at) for row in rows]
@@ -142,3 +143,22 @@ def keep(checkout_request_id: str, amount_cents: int | None, receipt: str | None
                           amount_cents=amount_cents, phone=phone, callback=callback_seq,
                           created_at=utcnow())
      .on_conflict_ignore().execute())
+
+
+def resolve_credited(limit: int = 500) -> int:
+    """Resolve the orphan payments whose receipt a credit carries: the same payment reached
+    the ledger by another road (an STK callback, a C2B confirmation, a Pull Transactions row),
+    and the credit was written while the orphan was being kept, so it could not see it. The
+    scheduler's sweep runs this; the unique index on ``ledger_entry.mpesa_receipt`` refuses a
+    second credit of such a payment meanwhile. Returns how many it resolved."""
+    rows = list(OrphanPayment.select(OrphanPayment.seq, LedgerEntry.topup.alias("topup_id"))
+                .join(LedgerEntry, on=(LedgerEntry.mpesa_receipt == OrphanPayment.mpesa_receipt))
+                .where(OrphanPayment.resolved_topup.is_null() & LedgerEntry.topup.is_null(False))
+                .limit(limit).dicts())
+    now = utcnow()
+    resolved = 0
+    for row in rows:
+        resolved += (OrphanPayment.update(resolved_topup=row["topup_id"], resolved_at=now)
+                     .where((OrphanPayment.seq == row["seq"])
+                            & OrphanPayment.resolved_topup.is_null()).execute())
+    return resolved

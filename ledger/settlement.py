@@ -18,7 +18,7 @@ from ledger.callbacks import MalformedCallback, parse, why_unappliable
 from ledger.db import write_transaction
 from ledger.ids import new_id
 from ledger.models import (
-    FAILED, PENDING, PUSH_QUEUED, SUCCEEDED, UNKNOWN, Callback, LedgerEntry, OrphanPayment,
+    C2B, FAILED, PENDING, PUSH_QUEUED, SUCCEEDED, UNKNOWN, Callback, LedgerEntry, OrphanPayment,
     TopUp, Wallet, utcnow,
 )
 from ledger.phones import mask
@@ -177,6 +177,29 @@ def settle_success(checkout_request_id: str, *, amount_cents: int | None, receip
                           recheck_orphan=False)
 
 
+def settle_topup(topup_id: str, *, amount_cents: int | None, receipt: str | None,
+                 phone: str | None, source: str) -> str:
+    """M-Pesa says the money for this top-up moved, and the caller knows the top-up itself
+    rather than a CheckoutRequestID: a paybill payment's own top-up, or a push that a C2B
+    confirmation names by its AccountReference (``ledger.c2b``). Credited once, by the same
+    path as :func:`settle_success`; inside the caller's transaction when there is one.
+
+    Returns what :func:`settle_success` does, or ``failed_topup`` (Daraja said the push failed:
+    the caller keeps the payment) or ``missing``."""
+    try:
+        with events.publishing(), write_transaction():
+            topup = TopUp.get_or_none(TopUp.id == topup_id)
+            if topup is None:
+                return "missing"
+            if topup.status == FAILED:
+                return "failed_topup"
+            return _credit(topup, topup.checkout_request_id, amount_cents, receipt, phone,
+                           source, False)
+    except pw.IntegrityError:
+        # the receipt credited another top-up meanwhile: nothing is credited here
+        return "receipt_conflict"
+
+
 def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, callback_seq,
                     paid_at, confirmed_by_query):
     topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
@@ -191,6 +214,16 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
                          by="phone and amount")
             topup = TopUp.get(TopUp.id == lost.id)
             matched_by_phone_and_amount = True
+    if topup is None and receipt is not None:
+        credited = (LedgerEntry.select(LedgerEntry.topup)
+                    .where(LedgerEntry.mpesa_receipt == receipt).scalar())
+        if credited is not None:
+            # The same payment, credited already by another road (a C2B confirmation or a
+            # Pull Transactions row that named the push by its AccountReference before its
+            # CheckoutRequestID was known): this report attaches to that credit.
+            record_event(credited, "duplicate_success", receipt=receipt, source=source,
+                         checkout_request_id=checkout_request_id)
+            return "duplicate"
     if topup is None or topup.status == FAILED:
         # No top-up knows this CheckoutRequestID (or Daraja earlier said it failed):
         # the money moved all the same, so it is kept for reconciliation.
@@ -217,7 +250,8 @@ def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
     requested_cents = topup.amount * 100
     credit_cents = amount_cents if amount_cents is not None else requested_cents
     flags = []
-    if amount_cents is not None and amount_cents != requested_cents:
+    # a paybill payment asked for nothing: its amount is simply what was paid
+    if amount_cents is not None and amount_cents != requested_cents and topup.channel != C2B:
         flags.append(f"amount: requested {requested_cents} cents, M-Pesa confirmed {amount_cents}")
     if phone and phone != topup.phone:
         flags.append(f"phone: paid from {mask(phone)}")
@@ -238,8 +272,8 @@ def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
     # pace (make bench, "Crediting one hot wallet"). So what does not need the new balance is
     # written first, and the balance comes back with the UPDATE instead of a second SELECT.
     (OrphanPayment.update(resolved_topup=topup.id, resolved_at=now)
-     .where((OrphanPayment.checkout_request_id == checkout_request_id)
-            & OrphanPayment.resolved_topup.is_null()).execute())
+     .where(_orphans_of(checkout_request_id, receipt) & OrphanPayment.resolved_topup.is_null())
+     .execute())
     credited = list(Wallet.update(balance_cents=Wallet.balance_cents + credit_cents,
                                   updated_at=now)
                     .where(Wallet.account == topup.account_id).returning(Wallet).execute())
@@ -255,6 +289,17 @@ def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
                  flagged=flags or None)
     events.topup_credited(settled_topup, wallet, entry)
     return "credited"
+
+
+def _orphans_of(checkout_request_id: str | None, receipt: str | None):
+    """The orphan payments a credit resolves: kept under its CheckoutRequestID, or with its
+    receipt (a paybill payment kept before the push it paid was known, which has none)."""
+    mine = OrphanPayment.checkout_request_id == checkout_request_id
+    if checkout_request_id is None:
+        mine = OrphanPayment.mpesa_receipt == receipt
+    elif receipt is not None:
+        mine |= OrphanPayment.mpesa_receipt == receipt
+    return mine
 
 
 def _already_settled(topup: TopUp, receipt: str | None, source: str) -> str:
@@ -286,6 +331,9 @@ def _already_settled(topup: TopUp, receipt: str | None, source: str) -> str:
         if filled:
             LedgerEntry.update(mpesa_receipt=receipt).where(
                 (LedgerEntry.topup == topup.id) & LedgerEntry.mpesa_receipt.is_null()).execute()
+            (OrphanPayment.update(resolved_topup=topup.id, resolved_at=utcnow())
+             .where((OrphanPayment.mpesa_receipt == receipt)
+                    & OrphanPayment.resolved_topup.is_null()).execute())
             record_event(topup.id, "receipt_filled", receipt=receipt, source=source)
             return "receipt_filled"
     record_event(topup.id, "duplicate_success", receipt=receipt, source=source)

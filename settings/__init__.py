@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from daraja.urls import refused_word
+
 SANDBOX_PASSKEY = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c919"
 SIMULATOR_CONSUMER_KEY = "sim-consumer-key"
 SIMULATOR_CONSUMER_SECRET = "sim-consumer-secret"
-
-# Daraja refuses a CallBackURL containing any of these, in any case.
-_WORDS_DARAJA_REFUSES = ("mpesa", "m-pesa", "safaricom", "exe", "exec", "cmd", "sql", "query")
 
 
 class ConfigError(ValueError):
@@ -46,6 +45,11 @@ class Settings:
     stk_query_backoff_s: float = 10.0
     ops_token: str | None = field(default=None, repr=False)
     webhook_allow_private: bool = False
+    # paybill payments (contract §6): the paybill customers pay into (DARAJA_SHORTCODE when
+    # not set), and whether and how often the scheduler reads Pull Transactions
+    daraja_c2b_shortcode: str = "174379"
+    daraja_pull: bool = False
+    daraja_pull_every_s: int = 600
     # not in the contract: where `dramatiq workers` serves its /metrics (0: nowhere)
     worker_metrics_port: int = 9191
     worker_metrics_host: str = "127.0.0.1"
@@ -61,6 +65,16 @@ class Settings:
     @property
     def callback_url(self) -> str:
         return f"{self.public_base_url.rstrip('/')}/daraja/callback/{self.daraja_callback_token}"
+
+    @property
+    def c2b_validation_url(self) -> str:
+        return (f"{self.public_base_url.rstrip('/')}/daraja/c2b/validation/"
+                f"{self.daraja_callback_token}")
+
+    @property
+    def c2b_confirmation_url(self) -> str:
+        return (f"{self.public_base_url.rstrip('/')}/daraja/c2b/confirmation/"
+                f"{self.daraja_callback_token}")
 
 
 def _text(env, name, default):
@@ -149,11 +163,10 @@ def load(environ: Mapping[str, str] | None = None, *, need_callback_token: bool 
     if token and not re.fullmatch(r"[0-9a-fA-F]{16,128}", token):
         raise ConfigError("DARAJA_CALLBACK_TOKEN must be 16 to 128 hex digits "
                           "(Daraja refuses callback URLs containing some words)")
-    lowered = public_base_url.lower()
-    for word in _WORDS_DARAJA_REFUSES:
-        if word in lowered:
-            raise ConfigError(f"PUBLIC_BASE_URL contains {word!r}, which Daraja refuses "
-                              "in a CallBackURL")
+    word = refused_word(public_base_url)
+    if word is not None:
+        raise ConfigError(f"PUBLIC_BASE_URL contains {word!r}, which Daraja refuses "
+                          "in a CallBackURL")
 
     shortcode = _text(env, "DARAJA_SHORTCODE", Settings.daraja_shortcode)
     if not re.fullmatch(r"\d{5,7}", shortcode):
@@ -162,6 +175,9 @@ def load(environ: Mapping[str, str] | None = None, *, need_callback_token: bool 
     if transaction_type not in ("CustomerPayBillOnline", "CustomerBuyGoodsOnline"):
         raise ConfigError("DARAJA_TRANSACTION_TYPE must be CustomerPayBillOnline or "
                           f"CustomerBuyGoodsOnline, got {transaction_type!r}")
+    c2b_shortcode = _text(env, "DARAJA_C2B_SHORTCODE", shortcode)
+    if not re.fullmatch(r"\d{5,7}", c2b_shortcode):
+        raise ConfigError(f"DARAJA_C2B_SHORTCODE must be 5 to 7 digits, got {c2b_shortcode!r}")
     party_b = _text(env, "DARAJA_PARTY_B", None)
     if party_b is not None and not re.fullmatch(r"\d{5,8}", party_b):
         raise ConfigError("DARAJA_PARTY_B must be a till or paybill number (digits)")
@@ -190,6 +206,9 @@ def load(environ: Mapping[str, str] | None = None, *, need_callback_token: bool 
         stk_query_backoff_s=_float(env, "STK_QUERY_BACKOFF_S", 10.0, minimum=0.05),
         ops_token=_text(env, "OPS_TOKEN", None),
         webhook_allow_private=_flag(env, "WEBHOOK_ALLOW_PRIVATE"),
+        daraja_c2b_shortcode=c2b_shortcode,
+        daraja_pull=_flag(env, "DARAJA_PULL"),
+        daraja_pull_every_s=_int(env, "DARAJA_PULL_EVERY_S", 600, minimum=1),
         worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9191),
         # the workers' /metrics asks for no token: this machine only unless said otherwise
         worker_metrics_host=_text(env, "WORKER_METRICS_HOST", "127.0.0.1"),

@@ -21,14 +21,16 @@ QUEUES = Needs(database=False, workers=True)
 EVERYTHING = Needs(database=True, workers=True, callback_token=True)
 
 
-def start_up(needs: Needs) -> None:
-    """Configure this process for a command: once, before the command runs."""
+def start_up(needs: Needs) -> settings_module.Settings:
+    """Configure this process for a command: once, before the command runs. The settings
+    loaded, for the command."""
     import bootstrap  # here: `--help` and the simulator need none of the gateway loaded
     try:
         loaded = settings_module.load(need_callback_token=needs.callback_token)
     except settings_module.ConfigError as exc:
         sys.exit(f"topupctl: configuration error: {exc}")
     bootstrap.configure("topupctl", loaded, database=needs.database, workers=needs.workers)
+    return loaded
 
 
 def cmd_db_upgrade(args):
@@ -42,7 +44,10 @@ def cmd_accounts_create(args):
     from ledger import accounts, db
     with db.connection():
         account, key = accounts.create_account(args.name)
-    print(json.dumps({"account": account.id, "api_key": key}))
+    # what a customer types to fund it from the phone: Pay Bill, the paybill, the account number
+    print(json.dumps({"account": account.id, "api_key": key,
+                      "account_number": account.account_number,
+                      "paybill": args.settings.daraja_c2b_shortcode}))
 
 
 def cmd_orphans(args):
@@ -56,16 +61,21 @@ def cmd_orphans(args):
         rows = [{"checkout_request_id": o.checkout_request_id, "mpesa_receipt": o.mpesa_receipt,
                  "amount_cents": o.amount_cents, "phone": mask(o.phone),
                  "received_at": o.created_at.isoformat() + "Z",
-                 "resolved_topup": o.resolved_topup_id} for o in query]
+                 "resolved_topup": o.resolved_topup_id,
+                 # a paybill payment (C2B) has no CheckoutRequestID: what was typed, and why
+                 # no account took it
+                 "bill_ref_number": o.bill_ref_number, "reason": o.reason} for o in query]
     if args.json:
         print(json.dumps({"object": "list", "data": rows}))
         return
     if not rows:
         print("no orphan payments" + ("" if args.all else " waiting"))
     for row in rows:
+        source = row["checkout_request_id"] or f"paybill A/C {row['bill_ref_number'] or '-'!r}"
         print(f"{row['received_at']}  {row['mpesa_receipt'] or '-':<10}  "
               f"KES {((row['amount_cents'] or 0) / 100):>10.2f}  {row['phone'] or '-':<12}  "
-              f"{row['checkout_request_id']}  {row['resolved_topup'] or 'unresolved'}")
+              f"{source}  {row['resolved_topup'] or 'unresolved'}"
+              + (f"  ({row['reason']})" if row["reason"] else ""))
 
 
 def cmd_callbacks_quarantined(args):
@@ -109,9 +119,11 @@ def _simulator_logs() -> None:
 def cmd_scheduler(args):
     from workers import runtime, scheduler, sweeps
     configured = runtime.get()
-    scheduler.run(configured.redis, give_up_after_s=configured.settings.stk_give_up_after_s,
+    settings = configured.settings
+    scheduler.run(configured.redis, give_up_after_s=settings.stk_give_up_after_s,
                   interval_s=args.interval,
-                  thresholds=sweeps.Thresholds.from_settings(configured.settings))
+                  thresholds=sweeps.Thresholds.from_settings(settings),
+                  pull_every_s=settings.daraja_pull_every_s if settings.daraja_pull else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,12 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     from topupctl import ops  # queues [dead], topups show
     ops.register(sub)
 
-    sim = sub.add_parser("simulator", help="a local emulation of Daraja")
+    sim = sub.add_parser("simulator", help="a local emulation of Daraja; `simulator pay` pays "
+                         "a paybill account as a customer would")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8900)
     sim.add_argument("--callback-delay", type=float, default=None,
                      help="seconds between the push's answer and its callback")
     sim.set_defaults(func=cmd_simulator, needs=None)
+    from topupctl import simulator_pay  # simulator pay ACCOUNT_NUMBER AMOUNT [--phone …]
+    simulator_pay.add_parser(sim)
 
     sch = sub.add_parser("scheduler", help="periodic sweeps: lost pushes, callbacks, queries")
     sch.add_argument("--interval", type=float, default=5.0)
@@ -160,13 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     from topupctl import reconcile as reconcile_cmd  # reconcile STATEMENT.csv [--apply] …
     reconcile_cmd.add_parser(sub)
+
+    from topupctl import daraja  # daraja register-urls|register-pull|pull
+    daraja.add_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # --help and usage errors end here, untouched
     if args.needs is not None:
-        start_up(args.needs)  # and its logs: JSON lines on standard error
+        args.settings = start_up(args.needs)  # and its logs: JSON lines on standard error
     args.func(args)
     return 0
 

@@ -5,8 +5,8 @@ import logging
 import signal
 import threading
 
-from ledger import db, settlement
-from workers import actors, sweeps
+from ledger import db, orphans, settlement
+from workers import actors, c2b, sweeps
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,10 @@ def _first_redrive(redis_client, kind: str, ident, every_s: float = REDRIVE_EVER
 
 
 def sweep_once(give_up_after_s: int, redis_client=None,
-               thresholds: sweeps.Thresholds | None = None) -> dict:
+               thresholds: sweeps.Thresholds | None = None,
+               pull_every_s: float | None = None) -> dict:
+    """One pass of every sweep. ``pull_every_s``: ask for a read of Pull Transactions when
+    none was asked for this long (DARAJA_PULL=1); None: never."""
     t = thresholds or sweeps.Thresholds()
     with db.connection():
         unsent = sweeps.unsent_pushes(after=t.unsent_push_after,
@@ -42,17 +45,29 @@ def sweep_once(give_up_after_s: int, redis_client=None,
                          if _first_redrive(redis_client, "orphans", p, every_s)]
         for phone in orphan_phones:
             settlement.retry_orphans(phone)
+        payments = sweeps.unapplied_c2b_confirmations(after=t.unapplied_callback_after)
+        with db.write_transaction():
+            orphans_resolved = orphans.resolve_credited()
     unsent = [i for i in unsent if _first_redrive(redis_client, "push", i, every_s)]
     callbacks = [c for c in callbacks if _first_redrive(redis_client, "callback", c, every_s)]
+    payments = [c for c in payments if _first_redrive(redis_client, "c2b", c, every_s)]
     for topup_id in unsent:
         actors.push_topup.send(topup_id)
     for seq in callbacks:
         actors.apply_callback.send(seq)
+    for seq in payments:
+        c2b.apply_c2b.send(seq)
     for topup_id in queries:
         actors.schedule_query(topup_id, delay_s=0)
+    pulls = 0
+    if pull_every_s and _first_redrive(redis_client, "pull", "paybill", pull_every_s):
+        c2b.pull_transactions.send()
+        pulls = 1
     found = {"unsent_pushes": len(unsent), "abandoned_pushes": len(abandoned),
              "unapplied_callbacks": len(callbacks), "queries_due": len(queries),
-             "given_up": len(given_up), "orphan_phones_retried": len(orphan_phones)}
+             "given_up": len(given_up), "orphan_phones_retried": len(orphan_phones),
+             "unapplied_c2b_confirmations": len(payments), "orphans_resolved": orphans_resolved,
+             "pulls_asked": pulls}
     from workers import webhooks  # webhook deliveries due, idempotency keys past retention
     found.update(webhooks.sweep())
     if any(found.values()):
@@ -62,7 +77,8 @@ def sweep_once(give_up_after_s: int, redis_client=None,
 
 def run(redis_client, *, give_up_after_s: int, interval_s: float = 5.0,
         stop: threading.Event | None = None,
-        thresholds: sweeps.Thresholds | None = None) -> None:
+        thresholds: sweeps.Thresholds | None = None,
+        pull_every_s: float | None = None) -> None:
     stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -72,7 +88,7 @@ def run(redis_client, *, give_up_after_s: int, interval_s: float = 5.0,
         # scheduler that dies never blocks the others.
         try:
             if redis_client.set("topup:scheduler:sweep", "1", nx=True, px=int(interval_s * 900)):
-                sweep_once(give_up_after_s, redis_client, thresholds)
+                sweep_once(give_up_after_s, redis_client, thresholds, pull_every_s)
         except Exception:
             log.exception("sweep failed; trying again next interval")
         stop.wait(interval_s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from ledger import orphans, pushes, settlement, topups
+from ledger import c2b, orphans, pushes, settlement, topups
 from ledger.models import (
     PENDING, PUSH_AMBIGUOUS, PUSH_QUEUED, PUSH_SENDING, PUSH_SENT, Callback, OrphanPayment,
     TopUp, utcnow,
@@ -60,6 +60,13 @@ def unapplied_callbacks(now: dt.datetime | None = None, *,
     return [row.seq for row in query]
 
 
+def unapplied_c2b_confirmations(now: dt.datetime | None = None, *,
+                                after: dt.timedelta = UNAPPLIED_CALLBACK_AFTER) -> list[int]:
+    """Stored paybill payments (C2B confirmations, pulled rows) not applied this long after
+    they arrived: their message was lost, or its worker died."""
+    return c2b.unapplied((now or utcnow()) - after, limit=BATCH)
+
+
 def phones_with_orphans_to_match(now: dt.datetime | None = None) -> list[str]:
     """Phones with both an unclaimed payment and a push whose answer was lost, within the
     matching window: the rule is tried again for them (``settlement.retry_orphans``), in case a
@@ -71,6 +78,7 @@ def phones_with_orphans_to_match(now: dt.datetime | None = None) -> list[str]:
                     & TopUp.status.in_(topups.SETTLEABLE)
                     & (TopUp.push_started_at >= since)
                     & OrphanPayment.resolved_topup.is_null()
+                    & OrphanPayment.checkout_request_id.is_null(False)
                     & (OrphanPayment.created_at >= since))
              .limit(BATCH))
     return [row.phone for row in query]

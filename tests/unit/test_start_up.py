@@ -115,8 +115,8 @@ def test_a_process_the_dramatiq_command_started_is_configured_by_importing_worke
     assert seen["broker"] == "RedisBroker"
     assert seen["middleware"] == ["TimeLimit", "Retries", "DatabaseConnections", "LogContext",
                                   "Metrics", "DeadLetterNotes"]
-    assert seen["actors"] == ["apply_callback", "deliver_webhook", "push_topup", "query_topup",
-                              "record_push_outcome"]
+    assert seen["actors"] == ["apply_c2b", "apply_callback", "deliver_webhook", "pull_transactions",
+                              "push_topup", "query_topup", "record_push_outcome"]
     assert seen["sends_to_it"] and seen["runtime_broker"] and seen["notifier"]
     assert seen["database"] == f"{tmp_path}/ledger.db"
     assert seen["metrics_directory"].startswith(str(tmp_path))
