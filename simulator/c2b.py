@@ -415,8 +415,10 @@ class Paybill:
             return self._daraja.error_reply(error)
         now = datetime.fromtimestamp(self._daraja.wall(), timezone.utc)
         start = max(start, now - LOOKBACK)
+        # to the second, as Daraja records them: a payment in the window's last second is in it
         rows = sorted((item for item in self._everything_paid()
-                       if start <= item[0] <= end), key=lambda item: item[0])
+                       if start <= item[0].replace(microsecond=0) <= end),
+                      key=lambda item: item[0])
         size = self._daraja.config.pull_page_size
         page = [row for _, row in rows[offset:offset + size]]
         with self._lock:
