@@ -11,13 +11,20 @@ left; a row or a ledger item is claimed once; :class:`Matcher` has a method for 
 
 1. by M-Pesa receipt: the ledger entry that carries it (callback credits, and query credits
    whose receipt a later callback filled in);
-2. by receipt to an orphan payment (a success callback no top-up knew): paid, not credited;
+2. by receipt to an orphan payment (a success callback no top-up knew, or a paybill payment
+   to an account number nobody has): paid, not credited;
+2b. a paybill payment (C2B) by its ``A/C No.``: an account number an account has (and no open
+   push has that AccountReference): paid, not credited, to that account;
 3. by phone, amount and time (``window`` either side of the top-up's push) to a credit
    without a receipt (credited on STK Query's word, which carries none);
 4. the same to an ``unknown`` or ``pending`` top-up: paid, not credited;
 5. by phone and time only, to a receipt-less credit (the amounts differ) or an open top-up;
 6. otherwise the payment belongs to nothing we can credit (a receipt-less orphan payment, or
-   a failed top-up, is named if one fits).
+   a failed top-up, is named if one fits); a paybill payment (Reason Type ``Pay Bill``) with
+   an ``A/C No.`` no account has is to be kept as an orphan payment, for an operator.
+
+A payment matched by receipt to a paybill credit carries the account it credited and the
+``A/C No.``; one whose ``A/C No.`` names another account is reported (*accounts differ*).
 
 Then the ledger's side, for the period: credits not on the statement (a receipt-less credit
 that duplicates a matched payment is a *duplicate in the ledger*), orphan payments the
@@ -35,6 +42,11 @@ not show (no money moved; they stay ``unknown``: only Daraja's word fails a top-
   amount and time, which is then given the orphan's CheckoutRequestID in the same
   transaction. An orphan no top-up claims has no account to credit: it is reported only.
 
+- a paybill payment (step 2b) is credited to the account its ``A/C No.`` names, and one that
+  names no account is kept as an orphan payment, both by the confirmation's own path
+  (``ledger.c2b.settle``, source ``statement``): a receipt credited meanwhile by any road
+  credits nothing more.
+
 Everything else is reported only: amounts that differ, pending top-ups (their callback or
 query may still come), failed top-ups that were paid (Daraja said no, the statement says
 yes: a person decides), duplicates. Every credit is behind the ledger's unique indexes, so a
@@ -49,11 +61,11 @@ from dataclasses import dataclass, field
 
 import peewee as pw
 
-from ledger import events, pages, settlement, topups
+from ledger import accounts, c2b, events, pages, settlement, topups
 from ledger.db import write_transaction
 from ledger.ids import new_id
 from ledger.models import (
-    FAILED, PENDING, SUCCEEDED, UNKNOWN, LedgerEntry, OrphanPayment, Reconciliation, TopUp,
+    C2B, FAILED, PENDING, SUCCEEDED, UNKNOWN, LedgerEntry, OrphanPayment, Reconciliation, TopUp,
     utcnow,
 )
 from ledger.phones import mask
@@ -104,7 +116,15 @@ def _topup(topup: TopUp) -> dict:
 def _orphan(orphan: OrphanPayment) -> dict:
     return {"checkout_request_id": orphan.checkout_request_id, "receipt": orphan.mpesa_receipt,
             "amount_cents": orphan.amount_cents, "phone": mask(orphan.phone),
-            "received_at": iso(orphan.created_at), "resolved_topup": orphan.resolved_topup_id}
+            "received_at": iso(orphan.created_at), "resolved_topup": orphan.resolved_topup_id,
+            "bill_ref_number": orphan.bill_ref_number}
+
+
+def is_paybill(row: StatementRow) -> bool:
+    """A payment the customer made from the phone's menu (C2B: Reason Type ``Pay Bill``), not
+    one a push prompted (``Pay Bill Online``)."""
+    reason = (row.reason_type or "").lower()
+    return "pay bill" in reason and "online" not in reason
 
 
 def _entry(entry: LedgerEntry) -> dict:
@@ -166,11 +186,14 @@ class _ByPhone:
 
 @dataclass
 class Plan:
-    """One settlement --apply may make."""
+    """One settlement --apply may make: a top-up's (``topup``), or a paybill payment's
+    (``c2b``: credited to ``account_id``, or kept as an orphan when that is None)."""
     row: StatementRow
-    topup_id: str
+    topup_id: str | None
     checkout_request_id: str | None       # None: the top-up has none; link the orphan's
     orphan_checkout_request_id: str | None = None
+    kind: str = "topup"
+    account_id: str | None = None
 
 
 @dataclass
@@ -184,6 +207,7 @@ class Findings:
     paid_not_credited: list = field(default_factory=list)
     credited_not_on_statement: list = field(default_factory=list)
     amounts_differ: list = field(default_factory=list)
+    accounts_differ: list = field(default_factory=list)
     duplicates_statement: list = field(default_factory=list)
     duplicates_ledger: list = field(default_factory=list)
     orphans_not_on_statement: list = field(default_factory=list)
@@ -195,6 +219,7 @@ class Findings:
         return {"matched": len(self.matched), "paid_not_credited": len(self.paid_not_credited),
                 "credited_not_on_statement": len(self.credited_not_on_statement),
                 "amounts_differ": len(self.amounts_differ),
+                "accounts_differ": len(self.accounts_differ),
                 "duplicates_on_statement": len(self.duplicates_statement),
                 "duplicates_in_ledger": len(self.duplicates_ledger),
                 "orphans_not_on_statement": len(self.orphans_not_on_statement),
@@ -239,6 +264,7 @@ class Matcher:
         self._load_the_ledger()
         self._match(self._by_receipt)
         self._match(self._to_an_orphan_by_receipt)
+        self._match(self._to_an_account_by_its_number)
         self._match(self._to_a_receiptless_credit)
         self._count_open_topups_that_fit()
         self._match(self._to_an_open_topup)
@@ -389,6 +415,8 @@ class Matcher:
         self.claimed_entries.add(entry.id)
         self.credited_rows.append(row)
         item = {**_row(row), "by": by, "ledger_entry": entry.id, "topup": entry.topup_id}
+        if entry.topup_id and entry.topup.channel == C2B:
+            self._paybill_credit_matched(row, entry, item)
         if entry.amount_cents == row.paid_in_cents:
             self.found.matched.append(item)
             return
@@ -397,6 +425,14 @@ class Matcher:
             "ledger_receipt": entry.mpesa_receipt, "source": entry.source,
             "statement_amount_cents": row.paid_in_cents,
             "ledger_amount_cents": entry.amount_cents})
+
+    def _paybill_credit_matched(self, row: StatementRow, entry: LedgerEntry, item: dict) -> None:
+        """A paybill credit: the account it credited and the ``A/C No.``; a number naming
+        another account is reported (a person decides)."""
+        item.update(account=entry.topup.account_id, account_no=row.account_no)
+        named = accounts.find_by_account_number(row.account_no)
+        if named is not None and named.id != entry.topup.account_id:
+            self.found.accounts_differ.append({**item, "account_no_names": named.id})
 
     # --- 1, 2: by receipt ----------------------------------------------------------------------
 
@@ -413,6 +449,26 @@ class Matcher:
             return False
         self._paid_to_orphan(row, orphan)
         return True
+
+    # --- 2b: a paybill payment by its account number ---------------------------------------------
+
+    def _to_an_account_by_its_number(self, row: StatementRow) -> bool:
+        """A paybill payment whose ``A/C No.`` is an account's number: paid, not credited, to
+        that account (unless an open push has that AccountReference: the steps below)."""
+        account = accounts.find_by_account_number(row.account_no)
+        if account is None or self._an_open_push_named(row.account_no):
+            return False
+        self.found.paid_not_credited.append({
+            **_row(row), "by": "account_number",
+            "belongs_to": {"account": account.id, "account_number": account.account_number},
+            "action": "apply"})
+        self.found.plans.append(Plan(row, None, None, kind="c2b", account_id=account.id))
+        return True
+
+    @staticmethod
+    def _an_open_push_named(reference: str) -> bool:
+        return TopUp.select().where(TopUp.reference.in_({reference, reference.upper()})
+                                    & TopUp.status.in_((PENDING, UNKNOWN))).exists()
 
     # --- 3, 4, 5: by phone and time ------------------------------------------------------------
 
@@ -512,6 +568,13 @@ class Matcher:
         return bool(fits)
 
     def _to_nothing(self, row: StatementRow) -> bool:
+        if row.account_no and is_paybill(row):
+            self.found.paid_not_credited.append({
+                **_row(row), "belongs_to": None, "action": "apply",
+                "reason": f"a paybill payment to account number {row.account_no!r}, which no "
+                          "account has: --apply keeps it as an orphan payment for an operator"})
+            self.found.plans.append(Plan(row, None, None, kind="c2b"))
+            return True
         self.found.paid_not_credited.append({
             **_row(row), "belongs_to": None, "action": "reported",
             "reason": "no top-up, credit or orphan payment fits this payment"})
@@ -523,6 +586,13 @@ class Matcher:
         """A statement payment whose receipt (or phone, amount, time) an orphan payment holds:
         its top-up is the one holding the orphan's CheckoutRequestID, else a lost push's."""
         self.claimed_orphans.add(orphan.seq)
+        if orphan.checkout_request_id is None:
+            # a paybill payment to an account number nobody has: no top-up can claim it
+            self.found.paid_not_credited.append({
+                **_row(row), "belongs_to": {"orphan": _orphan(orphan)}, "action": "reported",
+                "reason": f"a paybill payment to account number {orphan.bill_ref_number!r}, "
+                          "which no account has: kept as an orphan payment for an operator"})
+            return
         owner = TopUp.get_or_none(TopUp.checkout_request_id == orphan.checkout_request_id)
         if (owner is not None and owner.status == SUCCEEDED
                 and self._to_its_query_credit(row, owner)):
@@ -648,18 +718,38 @@ def apply(found: Findings, run_id: str) -> list[dict]:
     """Settle every safe plan, each in its own transaction. Returns what each did."""
     done = []
     for plan in found.plans:
-        outcome = _apply_one(plan, run_id)
-        topup = TopUp.get_or_none(TopUp.id == plan.topup_id)
-        done.append({"receipt": plan.row.receipt, "line": plan.row.line, "topup": plan.topup_id,
-                     "account": topup.account_id if topup else None,
+        if plan.kind == "c2b":
+            outcome, topup_id = _apply_paybill(plan, run_id)
+        else:
+            outcome, topup_id = _apply_one(plan, run_id), plan.topup_id
+        topup = TopUp.get_or_none(TopUp.id == topup_id) if topup_id else None
+        done.append({"receipt": plan.row.receipt, "line": plan.row.line, "topup": topup_id,
+                     "account": topup.account_id if topup else plan.account_id,
                      "amount_cents": plan.row.paid_in_cents,
                      "orphan": plan.orphan_checkout_request_id, "outcome": outcome})
+        kept = plan.kind == "c2b" and plan.account_id is None and outcome == "orphan"
         for item in found.paid_not_credited:
             if item["receipt"] == plan.row.receipt and item["line"] == plan.row.line:
-                item["action"] = "credited" if outcome == "credited" else "not_applied"
-                if outcome != "credited":
+                item["action"] = ("credited" if outcome == "credited"
+                                  else "kept_as_orphan" if kept else "not_applied")
+                if outcome != "credited" and not kept:
                     item["reason"] = f"settling it gave {outcome!r}"
     return done
+
+
+def _apply_paybill(plan: Plan, run_id: str) -> tuple[str, str | None]:
+    """A paybill payment the statement proves: settled by the confirmation's path."""
+    row = plan.row
+    payment = c2b.Payment(receipt=row.receipt, amount_cents=row.paid_in_cents,
+                          bill_ref=row.account_no or "", phone=row.phone,
+                          paid_at=row.completed_at)
+    with events.publishing(), write_transaction():
+        settled = c2b.settle(payment, source=c2b.STATEMENT)
+        if settled.outcome == "credited":
+            topups.record_event(settled.topup_id, "reconciled", reconciliation=run_id,
+                                receipt=row.receipt, statement_line=row.line,
+                                outcome=settled.outcome, account_no=row.account_no)
+    return settled.outcome, settled.topup_id
 
 
 def _apply_one(plan: Plan, run_id: str) -> str:
@@ -739,6 +829,7 @@ def build_report(found: Findings, *, run_id: str | None, created_at: dt.datetime
         "paid_not_credited": found.paid_not_credited,
         "credited_not_on_statement": found.credited_not_on_statement,
         "amounts_differ": found.amounts_differ,
+        "accounts_differ": found.accounts_differ,
         "duplicates": {"statement": found.duplicates_statement,
                        "ledger": found.duplicates_ledger},
         "orphans_not_on_statement": found.orphans_not_on_statement,

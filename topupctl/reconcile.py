@@ -78,7 +78,8 @@ def render(report: dict) -> str:
               f"{st['outside_period']} rows outside the period"),
              (f"  matched {s['matched']}, paid not credited {s['paid_not_credited']}, "
               f"credited not on statement {s['credited_not_on_statement']}, amounts differ "
-              f"{s['amounts_differ']}, duplicates {s['duplicates_on_statement']} on the "
+              f"{s['amounts_differ']}, accounts differ {s['accounts_differ']}, duplicates "
+              f"{s['duplicates_on_statement']} on the "
               f"statement / {s['duplicates_in_ledger']} in the ledger, orphans not on "
               f"statement {s['orphans_not_on_statement']}, unknown not on statement "
               f"{s['unknown_not_on_statement']}")]
@@ -90,9 +91,13 @@ def render(report: dict) -> str:
         owner = item["belongs_to"] or {}
         who = ", ".join(filter(None, [
             owner.get("topup") and f"top-up {owner['topup']['id']} ({owner['topup']['status']})",
-            owner.get("orphan") and f"orphan {owner['orphan']['checkout_request_id']}",
+            owner.get("orphan") and "orphan " + (
+                owner["orphan"]["checkout_request_id"]
+                or f"paybill A/C {owner['orphan']['bill_ref_number']!r}"),
+            owner.get("account") and f"account {owner['account']} ({owner['account_number']})",
         ])) or "nothing"
-        action = {"apply": "safe, --apply credits it"}.get(item["action"], item["action"])
+        action = {"apply": "safe, --apply credits it" if owner or not item.get("reason")
+                  else "--apply keeps it as an orphan"}.get(item["action"], item["action"])
         lines.append(f"paid, not credited  {item['receipt']}  line {item['line']}  "
                      f"{_kes(item['amount_cents'])}  {item['phone']}  → {who}: {action}"
                      + (f" ({item['reason']})" if item.get("reason") else ""))
@@ -100,6 +105,10 @@ def render(report: dict) -> str:
         lines.append(f"amounts differ      {item['receipt']}  line {item['line']}  statement "
                      f"{_kes(item['statement_amount_cents'])}, ledger "
                      f"{_kes(item['ledger_amount_cents'])}  top-up {item['topup']}")
+    for item in report["accounts_differ"]:
+        lines.append(f"account differs     {item['receipt']}  line {item['line']}  credited to "
+                     f"{item['account']}, A/C No. {item['account_no']!r} names "
+                     f"{item['account_no_names']}")
     for item in report["credited_not_on_statement"]:
         lines.append(f"credited, not on statement  {item['receipt'] or '(no receipt)'}  "
                      f"{_kes(item['amount_cents'])}  top-up {item['topup']}  {item['at']}")
