@@ -4,8 +4,10 @@ Starts Redis (the system's ``redis-server`` if there is one, else an embedded in
 server), migrates an SQLite ledger, starts the simulator, the API under gunicorn, a worker
 and the scheduler, and a webhook receiver that prints what it gets; keeps one demo account,
 its API key, its webhook endpoint and an ops token under ``var/`` (the same on every start;
-``make reset`` starts afresh); writes ``var/run.env`` for ``make topupctl``; and prints a
-curl line that tops up. Ctrl-C (or SIGTERM) stops everything it started, Redis last.
+``make reset`` starts afresh); registers the paybill's C2B URLs with the simulator; writes
+``var/run.env`` for ``make topupctl``; and prints a curl line that tops up and the command
+that pays the demo wallet's account number as a customer would. Ctrl-C (or SIGTERM) stops
+everything it started, Redis last.
 """
 from __future__ import annotations
 
@@ -157,6 +159,21 @@ def demo_account(receiver_url: str) -> dict:
     return demo
 
 
+def register_paybill(configured, account_id: str) -> str:
+    """Register the paybill's C2B URLs with the simulator (as ``topupctl daraja
+    register-urls`` does with Daraja); the demo account's number."""
+    import bootstrap
+    from daraja import DarajaClient, MemoryTokenCache
+    from ledger import db
+    from ledger.models import Account
+    client = DarajaClient(bootstrap.daraja_config(configured), token_cache=MemoryTokenCache())
+    client.register_c2b_urls(shortcode=configured.daraja_c2b_shortcode,
+                             confirmation_url=configured.c2b_confirmation_url,
+                             validation_url=configured.c2b_validation_url)
+    with db.connection():
+        return Account.get(Account.id == account_id).account_number
+
+
 def write_run_env(env: dict) -> None:
     names = ("DATABASE_URL", "REDIS_URL", "DARAJA_BASE_URL", "PUBLIC_BASE_URL",
              "DARAJA_CALLBACK_TOKEN", "OPS_TOKEN", "WEBHOOK_ALLOW_PRIVATE")
@@ -223,6 +240,7 @@ def main() -> int:
         procs.start("scheduler", [os.path.join(bin_dir, "topupctl"), "scheduler"], env)
         wait_for(f"http://127.0.0.1:{sim_port}/__sim/stats", "the simulator")
         wait_for(f"http://127.0.0.1:{api_port}/healthz", "the API")
+        number = register_paybill(configured, demo["account"])
 
         key = demo["api_key"]
         body = json.dumps({"provider": "mpesa", "amount": 1000, "phone": "0708 374 149",
@@ -240,6 +258,10 @@ Webhooks: {receiver.url} receives wallet.top_up and topup.failed, checks each si
 
 Top up KES 1,000 from the simulator's test phone:
   {post_topup}
+
+Or pay the demo wallet as a customer would, from the phone's menu: Pay Bill, paybill
+{configured.daraja_c2b_shortcode}, account number {number}, KES 250:
+  make topupctl ARGS="simulator pay {number} 250"
 
 Then look at it and at the wallet:
   curl -s {api}/v1/topups/<id> -H 'Authorization: Bearer {key}'
