@@ -20,7 +20,8 @@ def add_parser(simulator) -> None:
                      help="what the customer types as the account number")
     pay.add_argument("amount", metavar="AMOUNT", help="in shillings, e.g. 100 or 99.50")
     pay.add_argument("--phone", default=DEFAULT_PHONE,
-                     help="the paying phone (default the sandbox's test phone)")
+                     help="the paying phone, in any usual form (default the sandbox's test "
+                          "phone)")
     pay.add_argument("--simulator", default=None, metavar="URL",
                      help="the simulator's address (default DARAJA_BASE_URL)")
     pay.add_argument("--shortcode", default=None,
@@ -36,8 +37,13 @@ def cmd_pay(args) -> None:
         configured = settings_module.load(need_callback_token=False)
     except settings_module.ConfigError as exc:
         sys.exit(f"topupctl: configuration error: {exc}")
+    from ledger.phones import InvalidPhone, normalize_kenyan_mobile
+    try:
+        phone = normalize_kenyan_mobile(args.phone)
+    except InvalidPhone:
+        sys.exit("topupctl: --phone must be a Kenyan mobile number (07…, 2547…, +254…)")
     url = (args.simulator or configured.daraja_base_url).rstrip("/") + "/__sim/c2b/pay"
-    body = {"account_number": args.account_number, "amount": args.amount, "phone": args.phone,
+    body = {"account_number": args.account_number, "amount": args.amount, "phone": phone,
             "shortcode": args.shortcode or configured.daraja_c2b_shortcode}
     try:
         answer = requests.post(url, json=body, timeout=30)
