@@ -344,12 +344,12 @@ def _settle(payment: Payment, source: str, seq: int | None) -> Settled:
     account = accounts.find_by_account_number(payment.bill_ref)
     named = _pushes_named(payment)
     if len(named) > 1:
-        return _keep(payment, seq, "more than one top-up has this reference and amount")
+        return _keep(payment, seq, source, "more than one top-up has this reference and amount")
     if named:
         topup = named[0]
         if account is not None and account.id != topup.account_id:
-            return _keep(payment, seq, "both an account number and another account's "
-                                       "top-up reference")
+            return _keep(payment, seq, source, "both an account number and another account's "
+                                               "top-up reference")
         settled = _settle_push(topup, payment, source, seq)
         if settled is not None:
             return settled
@@ -361,8 +361,8 @@ def _settle(payment: Payment, source: str, seq: int | None) -> Settled:
         attached = _attach_to_its_credit(payment, source, seq)
         if attached is not None:
             return attached
-        return _keep(payment, seq, f"its credit was refused ({outcome})")
-    return _keep(payment, seq, "no account has this account number")
+        return _keep(payment, seq, source, f"its credit was refused ({outcome})")
+    return _keep(payment, seq, source, "no account has this account number")
 
 
 def _attach_to_its_credit(payment: Payment, source: str, seq: int | None) -> Settled | None:
@@ -408,7 +408,7 @@ def _settle_push(topup: TopUp, payment: Payment, source: str, seq: int | None
         return _attach_to_its_credit(payment, source, seq)
     if outcome == "receipt_disputed":
         # credited meanwhile with another receipt: this payment is not that push's
-        return _keep(payment, seq, "its top-up was credited with another receipt")
+        return _keep(payment, seq, source, "its top-up was credited with another receipt")
     return None
 
 
@@ -442,8 +442,14 @@ def _credit_account(account_id: str, account_number: str, payment: Payment,
         return undo.outcome, None
 
 
-def _keep(payment: Payment, seq: int | None, reason: str) -> Settled:
-    """Step 4: kept as an orphan payment, once (the unique index on its receipt)."""
+def _keep(payment: Payment, seq: int | None, source: str, reason: str) -> Settled:
+    """Step 4: kept as an orphan payment, once (the unique index on its receipt). Unless its
+    receipt was credited by another road since step 1 looked (that credit also took its top-up
+    out of step 2's candidates): then it attaches to that credit. A credit committed after
+    this look is the sweep's (``orphans.resolve_credited``)."""
+    attached = _attach_to_its_credit(payment, source, seq)
+    if attached is not None:
+        return attached
     (OrphanPayment.insert(checkout_request_id=None, mpesa_receipt=payment.receipt,
                           amount_cents=payment.amount_cents, phone=payment.phone,
                           bill_ref_number=payment.bill_ref, reason=reason[:200],
