@@ -242,8 +242,9 @@ def store_pulled(item: dict) -> int:
 
 
 def known_receipts(receipts: list[str]) -> set[str]:
-    """Of these receipts, those the ledger knows already: credited, kept as an orphan, or
-    stored and waiting to be applied."""
+    """Of these receipts, those the ledger knows already: credited, or kept as an orphan. A
+    confirmation stored and not applied yet (the workers down, or behind) does not count: the
+    pulled row is applied at once, and whichever of the two comes second attaches."""
     receipts = sorted({r.upper() for r in receipts})
     known: set[str] = set()
     for start in range(0, len(receipts), 500):
@@ -252,9 +253,6 @@ def known_receipts(receipts: list[str]) -> set[str]:
                      .where(LedgerEntry.mpesa_receipt.in_(chunk)).scalars())
         known.update(OrphanPayment.select(OrphanPayment.mpesa_receipt)
                      .where(OrphanPayment.mpesa_receipt.in_(chunk)).scalars())
-        known.update(C2BConfirmation.select(C2BConfirmation.trans_id)
-                     .where(C2BConfirmation.trans_id.in_(chunk)
-                            & C2BConfirmation.applied_at.is_null()).scalars())
     return known
 
 

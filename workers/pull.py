@@ -3,9 +3,9 @@
 scheduler asks (``DARAJA_PULL=1``, every ``DARAJA_PULL_EVERY_S``).
 
 Page after page (``OffSetValue`` counting the records read so far) until a page is empty;
-every row whose receipt the ledger does not know (credited, kept as an orphan, or stored and
-waiting) is stored as a pulled report and applied at once, by the confirmation's own path
-(``ledger.c2b``): a confirmation lost on the way is credited by the next pull.
+every row whose receipt the ledger does not know (credited, or kept as an orphan) is stored
+as a pulled report and applied at once, by the confirmation's own path (``ledger.c2b``): a
+confirmation lost on the way is credited by the next pull.
 """
 from __future__ import annotations
 
