@@ -205,3 +205,53 @@ def test_no_body_gets_a_5xx_and_none_credits_without_being_a_payment(
             assert response.status_code < 500, body
     applied(stub_broker, stub_worker)
     assert all(s.applied_at is not None for s in stored())
+
+
+def test_validation_accepts_the_reference_of_a_push_that_asked_for_that_amount(client, account):
+    from ledger import pushes, topups
+    with db.connection():
+        topup, _ = topups.create_topup(account["id"], amount=500, phone="254712345678",
+                                       reference="INV42", metadata={})
+        pushes.claim_push(topup.id)
+    assert verdict(client, c2b_body("RKL51ZDR4F", "INV42", "500.00")) == "0"
+    assert verdict(client, c2b_body("RKL51ZDR4F", "INV42", "499.00")) == "C2B00012"
+
+
+def test_a_confirmation_whose_message_was_lost_is_credited_after_the_sweep(
+        client, account, stub_broker, stub_worker, fake_redis, monkeypatch):
+    import datetime as dt
+
+    from workers import c2b as c2b_actors, scheduler, sweeps
+
+    def redis_down(*args, **kwargs):
+        raise ConnectionError("Redis is down")
+    monkeypatch.setattr(c2b_actors.apply_c2b, "send", redis_down)
+    assert confirm(client, c2b_body("RKL51ZDR4F", account_number(account["id"])))[0] == 200
+    monkeypatch.undo()
+    assert [s.applied_at for s in stored()] == [None]
+
+    found = scheduler.sweep_once(86400, fake_redis, sweeps.Thresholds(
+        unapplied_callback_after=dt.timedelta(0)))
+    again = scheduler.sweep_once(86400, fake_redis, sweeps.Thresholds(
+        unapplied_callback_after=dt.timedelta(0)))
+    applied(stub_broker, stub_worker)
+
+    assert (found["unapplied_c2b_confirmations"], again["unapplied_c2b_confirmations"]) == (1, 0)
+    assert balance(account["id"]) == 10_000 and stored()[0].outcome == "credited"
+
+
+def test_topups_show_tells_a_paybill_payments_whole_story(
+        client, account, stub_broker, stub_worker, settings, monkeypatch, capsys):
+    confirm(client, c2b_body("RKL51ZDR4F", account_number(account["id"])))
+    confirm(client, c2b_body("RKL51ZDR4F", account_number(account["id"])))
+    applied(stub_broker, stub_worker)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    cli.main(["topups", "show", "rkl51zdr4f", "--json"])
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["matched_by"] == "mpesa_receipt" and shown["topup"]["channel"] == "c2b"
+    kinds = [step["kind"] for step in shown["history"]]
+    assert kinds.count("c2b_confirmation") == 2 and kinds.count("credited") == 1
+    assert {"paid", "ledger_entry", "duplicate_success"} <= set(kinds)
+    [first, _] = [s["detail"] for s in shown["history"] if s["kind"] == "c2b_confirmation"]
+    assert (first["outcome"], first["phone"], first["bill_ref_number"]) == (
+        "credited", "2547**** 126", account_number(account["id"]))
