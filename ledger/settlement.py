@@ -271,9 +271,10 @@ def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
     # this wallet waits for it: on a busy merchant's wallet the statements in between set the
     # pace (make bench, "Crediting one hot wallet"). So what does not need the new balance is
     # written first, and the balance comes back with the UPDATE instead of a second SELECT.
-    (OrphanPayment.update(resolved_topup=topup.id, resolved_at=now)
-     .where(_orphans_of(checkout_request_id, receipt) & OrphanPayment.resolved_topup.is_null())
-     .execute())
+    resolved = _orphans_of(checkout_request_id, receipt)
+    if resolved is not None:
+        (OrphanPayment.update(resolved_topup=topup.id, resolved_at=now)
+         .where(resolved & OrphanPayment.resolved_topup.is_null()).execute())
     credited = list(Wallet.update(balance_cents=Wallet.balance_cents + credit_cents,
                                   updated_at=now)
                     .where(Wallet.account == topup.account_id).returning(Wallet).execute())
@@ -293,12 +294,14 @@ def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
 
 def _orphans_of(checkout_request_id: str | None, receipt: str | None):
     """The orphan payments a credit resolves: kept under its CheckoutRequestID, or with its
-    receipt (a paybill payment kept before the push it paid was known, which has none)."""
-    mine = OrphanPayment.checkout_request_id == checkout_request_id
-    if checkout_request_id is None:
-        mine = OrphanPayment.mpesa_receipt == receipt
-    elif receipt is not None:
-        mine |= OrphanPayment.mpesa_receipt == receipt
+    receipt (a paybill payment kept before the push it paid was known, which has none);
+    None when the credit has neither."""
+    mine = None
+    if checkout_request_id is not None:
+        mine = OrphanPayment.checkout_request_id == checkout_request_id
+    if receipt is not None:
+        by_receipt = OrphanPayment.mpesa_receipt == receipt
+        mine = by_receipt if mine is None else mine | by_receipt
     return mine
 
 
