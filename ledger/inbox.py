@@ -13,9 +13,16 @@ from dataclasses import dataclass
 
 import peewee as pw
 
+from ledger import prebuilt
 from ledger.callbacks import MalformedCallback, StkCallback, parse
-from ledger.db import connection, is_sqlite
+from ledger.db import DATABASE_ERRORS, discard_connection, is_sqlite
 from ledger.models import Callback, TopUp, utcnow
+
+
+# the acknowledgement's one statement (ledger.prebuilt: Peewee builds its SQL once)
+STORE = prebuilt.Insert(Callback, Callback.received_at, Callback.remote_addr, Callback.body,
+                        Callback.checkout_request_id, Callback.result_code,
+                        Callback.well_formed, Callback.applied_at, Callback.outcome)
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,7 @@ class StoredCallback:
 def store_callback(body: bytes,
                    remote_addr: str | None) -> tuple[StoredCallback, StkCallback | None]:
     """Store a callback exactly as received, committed before this returns (on this thread's
-    connection, or one opened for the time it takes)."""
+    connection, which it keeps: ``ledger.db``)."""
     try:
         parsed = parse(body)
     except MalformedCallback:
@@ -46,8 +53,16 @@ def store_callback(body: bytes,
         # retries would fail the same way). Replaced as undecodable bytes are.
         row = {column: value.replace("\x00", "\ufffd") if isinstance(value, str) else value
                for column, value in row.items()}
-    with connection():
-        seq = Callback.insert(**row).execute()
+    values = [row[field.name] for field in STORE.fields]
+    try:
+        seq = STORE.execute(*values)
+    except DATABASE_ERRORS:
+        # Daraja may never send this callback again: if the thread's kept connection died
+        # with a database restart since its last use, store it once more on a new one
+        # (a second failure is the caller's 503). Stored twice at worst, which applying
+        # callbacks takes in its stride.
+        discard_connection()
+        seq = STORE.execute(*values)
     return StoredCallback(seq), parsed
 
 

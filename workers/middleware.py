@@ -12,16 +12,13 @@ the connection is closed for good here so that the retry connects afresh.
 from __future__ import annotations
 
 import dramatiq
-import peewee
 
 from ledger import db
-
-DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 
 
 class DatabaseConnections(dramatiq.Middleware):
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        if isinstance(exception, DATABASE_ERRORS) or self._left_in_transaction():
+        if isinstance(exception, db.DATABASE_ERRORS) or self._left_in_transaction():
             db.discard_connection()
 
     def before_worker_thread_shutdown(self, broker, thread):

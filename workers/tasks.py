@@ -8,7 +8,7 @@ import random
 import peewee
 
 from daraja import errors as daraja_errors
-from ledger import inbox, orphans, pushes, result_codes, settlement
+from ledger import db, inbox, orphans, pushes, result_codes, settlement
 from ledger.callbacks import MalformedCallback, parse, why_unappliable
 from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp, utcnow
 from ledger.phones import mask
@@ -25,7 +25,7 @@ QUERY_MAX_BACKOFF_S = 600
 # A stored callback not applied after this long is not waited for by its top-up's query.
 CALLBACK_WAIT = dt.timedelta(minutes=10)
 # The database blinked (restart, failover, lost connection): worth trying the same again.
-DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+DATABASE_ERRORS = db.DATABASE_ERRORS
 
 
 class PushNotSentYet(Exception):
