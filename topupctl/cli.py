@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import NamedTuple
@@ -106,9 +107,9 @@ def cmd_callbacks_quarantined(args):
 def cmd_simulator(args):
     from simulator.server import SimulatorConfig, serve
     _simulator_logs()
-    config = SimulatorConfig()
+    config = SimulatorConfig(unclaimed_phones=args.phones)
     if args.callback_delay is not None:
-        config = SimulatorConfig(callback_delay_s=args.callback_delay)
+        config = dataclasses.replace(config, callback_delay_s=args.callback_delay)
     serve(host=args.host, port=args.port, config=config)
 
 
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8900)
     sim.add_argument("--callback-delay", type=float, default=None,
                      help="seconds between the push's answer and its callback")
+    sim.add_argument("--phones", choices=("pay", "wait"), default="pay",
+                     help="phones no magic number claims: pay at once (the default), or wait "
+                          "for a person to answer their prompt on GET /phone")
     sim.set_defaults(func=cmd_simulator, needs=None)
 
     sch = sub.add_parser("scheduler", help="periodic sweeps: lost pushes, callbacks, queries")
