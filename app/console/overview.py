@@ -56,17 +56,17 @@ def hourly(now: dt.datetime | None = None) -> list[Hour]:
             .group_by(_hour(TopUp.created_at), TopUp.status).tuples())
     by_start = {hour.start: hour for hour in hours}
     for stamp, status, count in rows:
-        hour = by_start.get(dt.datetime.strptime(str(stamp)[:13], "%Y-%m-%dT%H"))
+        hour = by_start.get(dt.datetime.strptime(str(stamp)[:13], "%Y-%m-%d %H"))
         if hour is not None:
             hour.counts[status] = hour.counts.get(status, 0) + count
     return hours
 
 
 def _hour(column):
-    """``YYYY-MM-DDTHH`` of a timestamp, in the database's own words."""
+    """``YYYY-MM-DD HH`` of a timestamp, in the database's own words."""
     if db.is_sqlite():
-        return fn.strftime("%Y-%m-%dT%H", column)
-    return fn.to_char(column, 'YYYY-MM-DD"T"HH24')
+        return fn.strftime("%Y-%m-%d %H", column)
+    return fn.to_char(column, "YYYY-MM-DD HH24")
 
 
 def needs_a_person() -> dict:
