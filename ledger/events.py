@@ -82,41 +82,46 @@ def _notify(delivery_ids: list[str]) -> None:
 
 
 def publish(account_id: str, event_type: str, data: dict, *, topup_id: str | None = None,
-            now: dt.datetime | None = None) -> Event:
-    """Write an event and its deliveries. Call inside the transaction that made it true."""
+            now: dt.datetime | None = None) -> str:
+    """Write an event and its deliveries; the event's id. Call inside the transaction that
+    made it true."""
     now = now or utcnow()
-    event = Event.create(id=new_id("evt"), account=account_id, type=event_type, topup=topup_id,
-                         data=json.dumps(data, separators=(",", ":")), created_at=now)
+    event_id = new_id("evt")
+    Event.insert(id=event_id, account=account_id, type=event_type, topup=topup_id,
+                 data=json.dumps(data, separators=(",", ":")), created_at=now).execute()
     # Announced after the commit by the notifier; without one (a process that did not load
     # the workers) the deliveries are left for the sweep's very next pass.
     announced = getattr(_local, "depth", 0) > 0 and _notifier is not None
-    endpoints = WebhookEndpoint.select().where((WebhookEndpoint.account == account_id)
-                                               & WebhookEndpoint.deleted_at.is_null())
-    for endpoint in endpoints:
-        if event_type not in json.loads(endpoint.events):
+    endpoints = (WebhookEndpoint.select(WebhookEndpoint.id, WebhookEndpoint.events)
+                 .where((WebhookEndpoint.account == account_id)
+                        & WebhookEndpoint.deleted_at.is_null()).tuples())
+    for endpoint_id, subscribed in endpoints:
+        if event_type not in json.loads(subscribed):
             continue
-        delivery = WebhookDelivery.create(
-            id=new_id("whd"), event=event.id, endpoint=endpoint.id, next_attempt_at=now,
+        delivery_id = new_id("whd")
+        WebhookDelivery.insert(
+            id=delivery_id, event=event_id, endpoint=endpoint_id, next_attempt_at=now,
             # if the announcement fails, the sweep takes it after a grace
-            enqueued_at=now if announced else None, created_at=now, updated_at=now)
+            enqueued_at=now if announced else None, created_at=now, updated_at=now).execute()
         if announced:
-            _local.pending.append(delivery.id)
-    return event
+            _local.pending.append(delivery_id)
+    return event_id
 
 
 # --- the events the top-ups publish ------------------------------------------------------------
 
-def topup_credited(topup, wallet, entry) -> Event:
+def topup_credited(topup, *, ledger_entry_id: str, amount_cents: int, balance_cents: int,
+                   currency: str) -> str:
     """``wallet.top_up``: the top-up as it now stands and the balance after the credit."""
-    cents = wallet.balance_cents
+    cents = balance_cents
     return publish(topup.account_id, WALLET_TOP_UP, {
-        "topup": topup_object(topup), "ledger_entry": entry.id,
-        "amount_cents": entry.amount_cents, "currency": wallet.currency,
+        "topup": topup_object(topup), "ledger_entry": ledger_entry_id,
+        "amount_cents": amount_cents, "currency": currency,
         "balance": f"{cents // 100}.{cents % 100:02d}", "balance_cents": cents,
     }, topup_id=topup.id)
 
 
-def topup_failed(topup) -> Event:
+def topup_failed(topup) -> str:
     return publish(topup.account_id, TOPUP_FAILED, {"topup": topup_object(topup)},
                    topup_id=topup.id)
 

@@ -60,14 +60,16 @@ class StoredBody:
     checkout_request_id: str | None
     applied_at: object  # a datetime, or None while it is not applied
     received_at: object
+    outcome: str | None = None
     topup_id: str | None = None
+    pushed_at: object = None  # the top-up's push, when it has one
 
 
 def read_callback(seq: int) -> StoredBody | None:
-    """The stored callback and the id of the top-up its CheckoutRequestID names."""
+    """The stored callback, how it was applied, and the top-up its CheckoutRequestID names."""
     row = (Callback.select(Callback.seq, Callback.body, Callback.checkout_request_id,
-                           Callback.applied_at, Callback.received_at,
-                           TopUp.id.alias("topup_id"))
+                           Callback.applied_at, Callback.received_at, Callback.outcome,
+                           TopUp.id.alias("topup_id"), TopUp.pushed_at)
            .join(TopUp, pw.JOIN.LEFT_OUTER,
                  on=(TopUp.checkout_request_id == Callback.checkout_request_id))
            .where(Callback.seq == seq).dicts().first())

@@ -122,6 +122,18 @@ def is_final(outcome: str | None) -> bool:
                               or outcome == "malformed")
 
 
+# Outcomes after which a callback has done all it can: applied again (a redelivered message,
+# the sweep, a push handing back the callbacks that beat its answer), it would credit nothing
+# and change nothing. An ``orphan`` or an ``unmatched_failure`` is not among them: its top-up
+# may be known by now.
+SETTLED_BY_IT = ("credited", "duplicate", "receipt_filled", "receipt_disputed", "failed")
+
+
+def is_done(outcome: str | None) -> bool:
+    """A callback applied with this outcome needs no applying again."""
+    return is_final(outcome) or outcome in SETTLED_BY_IT
+
+
 def quarantined_callbacks(limit: int = 500) -> list[Callback]:
     """The quarantined callbacks, oldest first."""
     return list(Callback.select().where(Callback.outcome.startswith(QUARANTINED))
@@ -129,10 +141,10 @@ def quarantined_callbacks(limit: int = 500) -> list[Callback]:
 
 
 def _mark_applied(callback_seq: int, outcome: str) -> str:
+    # one statement, atomic by itself: no transaction of its own to begin and commit
     outcome = outcome[:64]
-    with write_transaction():
-        Callback.update(applied_at=utcnow(), outcome=outcome).where(
-            Callback.seq == callback_seq).execute()
+    Callback.update(applied_at=utcnow(), outcome=outcome).where(
+        Callback.seq == callback_seq).execute()
     return outcome
 
 
@@ -177,9 +189,23 @@ def settle_success(checkout_request_id: str, *, amount_cents: int | None, receip
                           recheck_orphan=False)
 
 
+# What a credit reads of its top-up: what it decides with, and what the wallet.top_up event
+# shows (events.topup_object). Only these: Peewee builds a query column by column, and in a
+# worker that is most of a credit's CPU (make bench).
+CREDIT_READS = (TopUp.id, TopUp.account, TopUp.provider, TopUp.status, TopUp.amount,
+                TopUp.phone, TopUp.reference, TopUp.metadata, TopUp.checkout_request_id,
+                TopUp.mpesa_receipt, TopUp.failure_code, TopUp.failure_reason, TopUp.flagged,
+                TopUp.created_at, TopUp.updated_at, TopUp.completed_at)
+
+
+def _topup_paid_by(checkout_request_id: str) -> TopUp | None:
+    return (TopUp.select(*CREDIT_READS)
+            .where(TopUp.checkout_request_id == checkout_request_id).first())
+
+
 def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, callback_seq,
                     paid_at, confirmed_by_query):
-    topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
+    topup = _topup_paid_by(checkout_request_id)
     matched_by_phone_and_amount = False
     if topup is None:
         # matching a payment and keeping it as an orphan, one at a time per phone
@@ -189,7 +215,7 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
         if lost is not None and orphans.attach(lost.id, checkout_request_id):
             record_event(lost.id, "orphan_matched", checkout_request_id=checkout_request_id,
                          by="phone and amount")
-            topup = TopUp.get(TopUp.id == lost.id)
+            topup = _topup_paid_by(checkout_request_id)
             matched_by_phone_and_amount = True
     if topup is None or topup.status == FAILED:
         # No top-up knows this CheckoutRequestID (or Daraja earlier said it failed):
@@ -223,16 +249,17 @@ def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
         flags.append(f"phone: paid from {mask(phone)}")
     if matched_by_phone_and_amount:
         flags.append("push answer lost: payment matched by phone and amount")
-    # The claim: only a pending or unknown top-up changes, and it comes back as it now is.
-    settled = list(TopUp.update(status=SUCCEEDED, mpesa_receipt=receipt,
-                                credited_cents=credit_cents,
-                                flagged="; ".join(flags)[:200] or None, completed_at=now,
-                                updated_at=now, next_query_at=None)
-                   .where((TopUp.id == topup.id) & TopUp.status.in_(SETTLEABLE))
-                   .returning(TopUp).execute())
-    if not settled:
+    # The claim: only a pending or unknown top-up changes. What it writes, and what the read
+    # before it saw of the columns a pending top-up never changes, is the settled top-up.
+    settled = dict(status=SUCCEEDED, mpesa_receipt=receipt, credited_cents=credit_cents,
+                   flagged="; ".join(flags)[:200] or None, completed_at=now, updated_at=now,
+                   next_query_at=None)
+    claimed = (TopUp.update(**settled)
+               .where((TopUp.id == topup.id) & TopUp.status.in_(SETTLEABLE)).execute())
+    if not claimed:
         return _already_settled(topup, receipt, source)
-    settled_topup = settled[0]
+    for column, value in settled.items():
+        setattr(topup, column, value)
     # The wallet's row stays locked from its UPDATE to our COMMIT, and every other credit to
     # this wallet waits for it: on a busy merchant's wallet the statements in between set the
     # pace (make bench, "Crediting one hot wallet"). So what does not need the new balance is
@@ -240,20 +267,24 @@ def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
     (OrphanPayment.update(resolved_topup=topup.id, resolved_at=now)
      .where((OrphanPayment.checkout_request_id == checkout_request_id)
             & OrphanPayment.resolved_topup.is_null()).execute())
-    credited = list(Wallet.update(balance_cents=Wallet.balance_cents + credit_cents,
-                                  updated_at=now)
-                    .where(Wallet.account == topup.account_id).returning(Wallet).execute())
+    credited = (Wallet.update(balance_cents=Wallet.balance_cents + credit_cents,
+                              updated_at=now)
+                .where(Wallet.account == topup.account_id)
+                .returning(Wallet.id, Wallet.balance_cents, Wallet.currency).tuples().execute())
     if not credited:
         raise Wallet.DoesNotExist(f"account {topup.account_id} has no wallet")
-    wallet = credited[0]
-    entry = LedgerEntry.create(
-        id=new_id("le"), wallet=wallet, type="top_up", amount_cents=credit_cents,
-        balance_after_cents=wallet.balance_cents, topup=topup.id, mpesa_receipt=receipt,
-        description=f"M-Pesa top-up {receipt or topup.reference}", source=source)
+    wallet_id, balance_cents, currency = credited[0]
+    entry_id = new_id("le")
+    LedgerEntry.insert(
+        id=entry_id, wallet=wallet_id, type="top_up", amount_cents=credit_cents,
+        balance_after_cents=balance_cents, topup=topup.id, mpesa_receipt=receipt,
+        description=f"M-Pesa top-up {receipt or topup.reference}", source=source,
+        created_at=now).execute()
     record_event(topup.id, "credited", amount_cents=credit_cents, receipt=receipt, source=source,
-                 ledger_entry=entry.id, balance_after_cents=wallet.balance_cents,
+                 ledger_entry=entry_id, balance_after_cents=balance_cents,
                  flagged=flags or None)
-    events.topup_credited(settled_topup, wallet, entry)
+    events.topup_credited(topup, ledger_entry_id=entry_id, amount_cents=credit_cents,
+                          balance_cents=balance_cents, currency=currency)
     return "credited"
 
 

@@ -14,7 +14,7 @@ import peewee as pw
 from ledger import pages
 from ledger.db import write_transaction
 from ledger.ids import new_id, short_reference
-from ledger.models import PENDING, UNKNOWN, TopUp, TopUpEvent
+from ledger.models import PENDING, UNKNOWN, TopUp, TopUpEvent, utcnow
 from ledger.phones import mask
 
 # a top-up Daraja's word can still settle
@@ -32,7 +32,8 @@ def fingerprint(payload: dict) -> str:
 
 def record_event(topup_id, kind: str, **detail) -> None:
     """A line of the top-up's history. Call inside the transaction that made it true."""
-    TopUpEvent.create(topup=topup_id, kind=kind, detail=json.dumps(detail, default=str))
+    TopUpEvent.insert(topup=topup_id, kind=kind, detail=json.dumps(detail, default=str),
+                      created_at=utcnow()).execute()
 
 
 # --- the request ---------------------------------------------------------------------------
