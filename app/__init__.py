@@ -50,6 +50,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     # The client's contract: debits, webhook endpoints, events, rate limits, the OpenAPI document.
     from app import events, openapi, ratelimit, wallet_debits, webhooks
+    if settings.ops_token:   # the operator's console (contract §7): off without OPS_TOKEN
+        from app import console
+        console.init_app(app)
     ratelimit.init(app, settings.redis_url)
     app.register_blueprint(wallet_debits.bp)
     app.register_blueprint(webhooks.bp)

@@ -292,6 +292,17 @@ def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
     return "credited"
 
 
+def credit_topup(topup_id: str, *, amount_cents: int, receipt: str, phone: str | None,
+                 source: str) -> str:
+    """Credit a top-up that no CheckoutRequestID settles (an orphan payment a person assigned
+    to an account: ``ledger.assignments``) through the one credit path. Call inside
+    ``events.publishing()`` and a write transaction; returns ``credited``, or what
+    ``_credit`` found instead."""
+    topup = TopUp.get(TopUp.id == topup_id)
+    return _credit(topup, topup.checkout_request_id, amount_cents, receipt, phone, source,
+                   False)
+
+
 def _already_settled(topup: TopUp, receipt: str | None, source: str) -> str:
     current = TopUp.get(TopUp.id == topup.id)
     if current.status == SUCCEEDED and receipt and current.mpesa_receipt not in (None, receipt):

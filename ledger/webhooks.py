@@ -198,3 +198,20 @@ def due_deliveries(now: dt.datetime | None = None, *, batch: int = SWEEP_BATCH) 
         if due:
             WebhookDelivery.update(enqueued_at=now).where(WebhookDelivery.id.in_(due)).execute()
     return due
+
+
+def send_again_now(delivery_id: str, now: dt.datetime | None = None) -> bool:
+    """A person asks for another attempt now (the console): a pending delivery becomes due
+    at once, a failed one (its retries used up) pending again for one more attempt. A
+    delivery that was delivered or cancelled, or whose endpoint was deleted, is left alone.
+    The caller sends ``deliver_webhook`` after this commits; the sweep does if it cannot."""
+    now = now or utcnow()
+    live_endpoints = WebhookEndpoint.select(WebhookEndpoint.id).where(
+        WebhookEndpoint.deleted_at.is_null())
+    with write_transaction():
+        return bool(WebhookDelivery.update(status=DELIVERY_PENDING, next_attempt_at=now,
+                                           enqueued_at=now, updated_at=now)
+                    .where((WebhookDelivery.id == delivery_id)
+                           & WebhookDelivery.status.in_((DELIVERY_PENDING, DELIVERY_FAILED))
+                           & WebhookDelivery.endpoint.in_(live_endpoints))
+                    .execute())

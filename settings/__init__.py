@@ -45,6 +45,7 @@ class Settings:
     stk_give_up_after_s: int = 86400
     stk_query_backoff_s: float = 10.0
     ops_token: str | None = field(default=None, repr=False)
+    console_session_s: int = 28800
     webhook_allow_private: bool = False
     # not in the contract: where `dramatiq workers` serves its /metrics (0: nowhere)
     worker_metrics_port: int = 9191
@@ -189,6 +190,7 @@ def load(environ: Mapping[str, str] | None = None, *, need_callback_token: bool 
         # not in the contract: the first delay between STK queries (it doubles, with jitter)
         stk_query_backoff_s=_float(env, "STK_QUERY_BACKOFF_S", 10.0, minimum=0.05),
         ops_token=_text(env, "OPS_TOKEN", None),
+        console_session_s=_int(env, "CONSOLE_SESSION_S", 28800, minimum=60),
         webhook_allow_private=_flag(env, "WEBHOOK_ALLOW_PRIVATE"),
         worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9191),
         # the workers' /metrics asks for no token: this machine only unless said otherwise

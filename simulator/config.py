@@ -40,6 +40,9 @@ class SimulatorConfig:
     query_pending_times: int = 0           # queries answered "pending" before the final one
     query_pending_form: str = "4999"       # "4999" (HTTP 200) or "500" (the older form)
     slow_answer_s: float = 20.0            # how long the slow_answer behaviour holds a push
+    # phones no magic number claims: "pay" at once, or "wait" for a person on GET /phone
+    unclaimed_phones: str = "pay"
+    prompt_timeout_s: float = 60.0         # a prompt nobody answers ends in 1037 after this
 
     # plumbing (constructor only)
     callback_timeout_s: float = 5.0        # every callback POST gives up after this
@@ -92,6 +95,12 @@ def _seed(value):
     return value
 
 
+def _unclaimed(value):
+    if value not in ("pay", "wait"):
+        raise ValueError('"pay" or "wait"')
+    return value
+
+
 def _pending_form(value):
     if value not in ("4999", "500"):
         raise ValueError('"4999" or "500"')
@@ -113,6 +122,8 @@ RUNTIME_FIELDS = {
     "query_pending_form": _pending_form,
     "slow_answer_s": _seconds,
     "require_https_callback": _flag,
+    "unclaimed_phones": _unclaimed,
+    "prompt_timeout_s": _seconds,
 }
 
 

@@ -24,7 +24,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote
 
-from . import rules, statement
+from . import phone, rules, statement
 from .config import SimulatorConfig
 from .engine import Daraja, Reply, json_reply
 
@@ -95,6 +95,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(reply.status)
         if reply.content_type:
             self.send_header("Content-Type", reply.content_type)
+        for name, value in (reply.headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(reply.body)))
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -158,6 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
             return daraja.oauth(query, headers.get("Authorization"))
         if path.startswith("/__sim/"):
             return self._control(daraja, method, path[len("/__sim/"):], query, body)
+        if path == "/phone" or path.startswith("/phone/"):
+            return phone.route(daraja, method, path, body, headers)
         return daraja.error_reply(rules.RESOURCE_NOT_FOUND)
 
     def _control(self, daraja: Daraja, method: str, name: str, query: str,
@@ -288,7 +292,8 @@ def serve(host: str = "127.0.0.1", port: int = 8900,
     config = config or SimulatorConfig()
     sim = SimulatorServer(host=host, port=port, config=config).start()
     print(f"Daraja simulator listening on {sim.url} (shortcode {config.shortcode}, "
-          f"callback delay {config.callback_delay_s:g} s)", flush=True)
+          f"callback delay {config.callback_delay_s:g} s); the customer's phone: "
+          f"{sim.url}/phone", flush=True)
     stop = threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
