@@ -33,11 +33,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     from app import ops
     ops.init_app(app)  # /metrics, /ops/queues, callback acknowledgement latency
 
-    # Peewee connects on a request's first query; the connection goes back at its end.
+    # Peewee connects on a request thread's first query, and the thread keeps the connection
+    # for its next requests (ledger.db); the error handlers drop one the database failed.
     @app.teardown_request
-    def _close_connection(exc):
-        if not db.database.is_closed():
-            db.database.close()
+    def _drop_a_connection_left_in_a_transaction(exc):
+        # every transaction is an atomic() block that ends with its block: one still open
+        # here was left by a bug, and must not carry into the thread's next request
+        if not db.database.is_closed() and db.database.in_transaction():
+            db.discard_connection()
 
     from app import c2b, daraja_callback, errors, health, v1
     errors.register(app)
@@ -48,6 +51,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     # The client's contract: debits, webhook endpoints, events, rate limits, the OpenAPI document.
     from app import events, openapi, ratelimit, wallet_debits, webhooks
+    if settings.ops_token:   # the operator's console (contract §7): off without OPS_TOKEN
+        from app import console
+        console.init_app(app)
     ratelimit.init(app, settings.redis_url)
     app.register_blueprint(wallet_debits.bp)
     app.register_blueprint(webhooks.bp)

@@ -80,9 +80,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         # A database or Redis that is down is a 503 the client may retry, not a 500.
-        import peewee
         import redis
-        if isinstance(exc, (peewee.OperationalError, peewee.InterfaceError, redis.RedisError)):
+
+        from ledger import db
+        if isinstance(exc, db.DATABASE_ERRORS):
+            db.discard_connection()   # the thread's next request connects afresh
+        if isinstance(exc, (*db.DATABASE_ERRORS, redis.RedisError)):
             log.warning("dependency unavailable: %s: %s", type(exc).__name__, str(exc)[:200])
             return problem(503, "service_unavailable", "A dependency is unavailable; retry later.",
                            headers={"Retry-After": "1"})

@@ -5,7 +5,7 @@ cannot be reached the limits fall back to each process's memory and the request 
 a Redis outage must not turn writes into 500s (flask-limiter's in-memory fallback, with
 ``swallow_errors`` behind it; it logs and keeps checking whether Redis is back).
 
-Two limits:
+Three limits:
 
 - Writes, per API key and per endpoint: ``WRITE_LIMIT`` unless the app is built with
   ``RATELIMIT_WRITES`` (tests). Reads are not counted.
@@ -13,9 +13,12 @@ Two limits:
   ``FAILED_AUTHENTICATION_LIMIT`` unless the app is built with
   ``RATELIMIT_FAILED_AUTHENTICATIONS``. Past it, every /v1/ request from that address answers
   429 before its key is looked up, so guessing keys gets nowhere, not even with a right one.
+- Failed sign-ins to the operator's console (``POST /console/login`` answered 401), per
+  client address: ``CONSOLE_SIGN_IN_LIMIT`` unless the app is built with
+  ``RATELIMIT_CONSOLE_SIGN_INS``. Past it the form answers 429, whatever token it carries.
 
-Health checks, the OpenAPI document, the operations endpoints and Daraja's callback are not
-limited.
+Health checks, the OpenAPI document, the operations endpoints, the rest of the console and
+Daraja's callback are not limited.
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ _WRITE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 # A client with a mistyped or revoked key fails a few times, not 20 times a minute; a guesser
 # gets 20 tries a minute per address against keys with 190 random bits.
 FAILED_AUTHENTICATION_LIMIT = "20 per minute"
+# The ops token is long and random; a person mistypes it a few times, a guesser gets nowhere.
+CONSOLE_SIGN_IN_LIMIT = "10 per minute"
+CONSOLE_SIGN_IN = "/console/login"
 
 
 def caller() -> str:
@@ -59,6 +65,15 @@ def _not_a_client_request() -> bool:
     return not request.path.startswith("/v1/")
 
 
+def _not_limited() -> bool:
+    """Neither the client API nor the console's sign-in: the limiter does not look."""
+    return _not_a_client_request() and request.path != CONSOLE_SIGN_IN
+
+
+def _not_a_sign_in() -> bool:
+    return request.path != CONSOLE_SIGN_IN or request.method != "POST"
+
+
 def _not_a_client_write() -> bool:
     return request.method not in _WRITE_METHODS or _not_a_client_request()
 
@@ -75,6 +90,10 @@ def _write_limit() -> str:
 def _failed_authentication_limit() -> str:
     return current_app.config.get("RATELIMIT_FAILED_AUTHENTICATIONS",
                                   FAILED_AUTHENTICATION_LIMIT)
+
+
+def _console_sign_in_limit() -> str:
+    return current_app.config.get("RATELIMIT_CONSOLE_SIGN_INS", CONSOLE_SIGN_IN_LIMIT)
 
 
 def storage_uri(redis_url: str) -> str:
@@ -94,6 +113,7 @@ def init(app: Flask, redis_url: str) -> Limiter:
     failed_authentications = ApplicationLimit(
         _failed_authentication_limit, key_function=client_address,
         scope="failed-authentication", deduct_when=_authentication_failed,
+        exempt_when=_not_a_client_request,
         error_message="Too many failed authentications from this address")
     limiter = Limiter(
         key_func=caller,
@@ -106,11 +126,18 @@ def init(app: Flask, redis_url: str) -> Limiter:
         in_memory_fallback_enabled=True,
         headers_enabled=False,
     )
-    # Health checks, the OpenAPI document and Daraja's callback skip the limiter at its first
-    # test, before it looks up the view's limits: the callback is a hot path (make bench) with
-    # no API key.
-    limiter.request_filter(_not_a_client_request)
+    # Health checks, the OpenAPI document, Daraja's callback and the console (but its sign-in)
+    # skip the limiter at its first test, before it looks up the view's limits: the callback
+    # is a hot path (make bench) with no API key.
+    limiter.request_filter(_not_limited)
     limiter.init_app(app)
+    if "console" in app.blueprints:
+        # the console's own 429 page answers it (app/console)
+        limiter.limit(_console_sign_in_limit, key_func=client_address,
+                      scope="console-sign-in", deduct_when=_authentication_failed,
+                      exempt_when=_not_a_sign_in,
+                      error_message="Too many failed sign-ins from this address"
+                      )(app.blueprints["console"])
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded):

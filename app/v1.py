@@ -61,9 +61,9 @@ def list_topups():
 
 @bp.get("/wallet")
 def get_wallet():
-    return serializers.wallet(wallets.get_wallet(g.account.id),
-                              paybill=current_app.config["SETTINGS"].daraja_c2b_shortcode,
-                              account_number=g.account.account_number)
+    wallet, account_number = wallets.wallet_to_fund(g.account.id)
+    return serializers.wallet(wallet, account_number=account_number,
+                              paybill=current_app.config["SETTINGS"].daraja_c2b_shortcode)
 
 
 @bp.get("/wallet/transactions")

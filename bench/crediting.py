@@ -56,12 +56,11 @@ PGBENCH_SCRIPT = f"""\
 SELECT nextval('bench_credit') AS k \\gset
 BEGIN;
 SELECT {TOPUP_COLUMNS} FROM "top_up" AS "t1"
- WHERE ("t1"."checkout_request_id" = 'ws_CO_pgb' || :k) LIMIT 1 OFFSET 0;
+ WHERE ("t1"."checkout_request_id" = 'ws_CO_pgb' || :k) LIMIT 1;
 UPDATE "top_up" SET "status" = 'succeeded', "mpesa_receipt" = 'PG' || lpad(:k::text, 8, '0'),
        "credited_cents" = 100000, "flagged" = NULL, "next_query_at" = NULL,
        "updated_at" = now()::timestamp, "completed_at" = now()::timestamp
- WHERE (("top_up"."id" = 'tu_pgb' || :k) AND ("top_up"."status" IN ('pending', 'unknown')))
- RETURNING {TOPUP_COLUMNS};
+ WHERE (("top_up"."id" = 'tu_pgb' || :k) AND ("top_up"."status" IN ('pending', 'unknown')));
 UPDATE "orphan_payment" SET "resolved_topup_id" = 'tu_pgb' || :k,
        "resolved_at" = now()::timestamp
  WHERE (("orphan_payment"."checkout_request_id" = 'ws_CO_pgb' || :k)
@@ -69,8 +68,8 @@ UPDATE "orphan_payment" SET "resolved_topup_id" = 'tu_pgb' || :k,
 UPDATE "wallet" SET "balance_cents" = ("wallet"."balance_cents" + 100000),
        "updated_at" = now()::timestamp
  WHERE ("wallet"."account_id" = '{{account}}')
- RETURNING "wallet"."id" AS wallet_id, "wallet"."account_id", "wallet"."currency",
-           "wallet"."balance_cents" AS balance, "wallet"."updated_at" \\gset
+ RETURNING "wallet"."id" AS wallet_id, "wallet"."balance_cents" AS balance,
+           "wallet"."currency" \\gset
 INSERT INTO "ledger_entry" ("id", "wallet_id", "type", "amount_cents", "balance_after_cents",
                             "topup_id", "mpesa_receipt", "description", "source", "created_at")
 VALUES ('le_pgb' || lpad(:k::text, 14, '0'), :wallet_id, 'top_up', 100000, :balance,
@@ -96,8 +95,7 @@ VALUES ('evt_pgb' || lpad(:k::text, 13, '0'), '{{account}}', 'wallet.top_up', 't
         || '"currency":"KES","balance":"' || (:balance / 100) || '.00","balance_cents":'
         || :balance || '}}', now()::timestamp)
 RETURNING "event"."seq";
-SELECT "t1"."seq", "t1"."id", "t1"."account_id", "t1"."url", "t1"."events", "t1"."secret",
-       "t1"."created_at", "t1"."deleted_at" FROM "webhook_endpoint" AS "t1"
+SELECT "t1"."id", "t1"."events" FROM "webhook_endpoint" AS "t1"
  WHERE (("t1"."account_id" = '{{account}}') AND ("t1"."deleted_at" IS NULL));
 INSERT INTO "webhook_delivery" ("id", "event_id", "endpoint_id", "status", "attempts",
                                 "next_attempt_at", "enqueued_at", "created_at", "updated_at")

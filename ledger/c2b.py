@@ -11,7 +11,7 @@ statement row. Every report of a payment is settled by :func:`settle`, one rule:
    that reference (as stored, or in capitals) and that amount, created within
    ``REFERENCE_WINDOW``, that can still take a credit (``pending``, ``unknown``, or credited on
    STK Query's word without a receipt): exactly one is settled by this payment, through the
-   credit path of every top-up (``settlement.settle_topup``); more than one, and the payment
+   credit path of every top-up (``settlement.credit_topup``); more than one, and the payment
    is kept as an orphan for an operator. When the BillRefNumber is also another account's
    account number, it cannot be told whose wallet the money is for: kept as an orphan.
 3. **An account number** (``ledger.account_numbers.normalize``: case, spaces, dashes and
@@ -42,7 +42,7 @@ import peewee as pw
 
 from ledger import accounts, events, settlement
 from ledger.callbacks import MAX_PAYMENT_CENTS
-from ledger.db import connection, write_transaction
+from ledger.db import DATABASE_ERRORS, discard_connection, write_transaction
 from ledger.ids import new_id
 from ledger.inbox import storable
 from ledger.models import (
@@ -216,8 +216,9 @@ def verdict(body) -> str:
 
 def store(body: bytes, remote_addr: str | None) -> tuple[int, Payment | None]:
     """Store a C2B confirmation exactly as received, committed before this returns (one
-    INSERT); the stored row's sequence number and the payment, or None when it is not one
-    (then it is kept, marked ``malformed``, never applied)."""
+    INSERT, on this thread's connection, which it keeps: ``ledger.db``); the stored row's
+    sequence number and the payment, or None when it is not one (then it is kept, marked
+    ``malformed``, never applied)."""
     try:
         payment = parse_confirmation(body)
     except MalformedPayment:
@@ -227,8 +228,14 @@ def store(body: bytes, remote_addr: str | None) -> tuple[int, Payment | None]:
            "body": body.decode("utf-8", errors="replace"), "well_formed": payment is not None,
            "trans_id": payment.receipt[:32] if payment else None,
            "applied_at": None if payment else now, "outcome": None if payment else "malformed"}
-    with connection():
-        seq = C2BConfirmation.insert(**storable(row)).execute()
+    row = storable(row)
+    try:
+        seq = C2BConfirmation.insert(**row).execute()
+    except DATABASE_ERRORS:
+        # as the STK callback's inbox does: a thread's kept connection that died with a
+        # database restart is replaced once (a second failure is the caller's 503)
+        discard_connection()
+        seq = C2BConfirmation.insert(**row).execute()
     return seq, payment
 
 
@@ -393,10 +400,9 @@ def _settle_push(topup: TopUp, payment: Payment, source: str, seq: int | None
                  ) -> Settled | None:
     """Step 2: the push's own payment, reported as a C2B payment: it settles that top-up
     once (or fills in the receipt of a credit made on STK Query's word). None when the top-up
-    cannot take it after all (it failed), and the rule goes on."""
+    cannot take it after all (it failed meanwhile), and the rule goes on."""
     phone = payment.phone if payment.phone and _WHOLE_PHONE.fullmatch(payment.phone) else None
-    outcome = settlement.settle_topup(topup.id, amount_cents=payment.amount_cents,
-                                      receipt=payment.receipt, phone=phone, source=source)
+    outcome = _credit_in_a_savepoint(topup.id, payment, source, phone)
     if outcome == "credited":
         record_event(topup.id, "paid_by_reference", receipt=payment.receipt, source=source,
                      bill_ref_number=payment.bill_ref, c2b_confirmation=seq)
@@ -416,6 +422,27 @@ class _Undo(Exception):
         self.outcome = outcome
 
 
+def _credit_in_a_savepoint(topup_id: str, payment: Payment, source: str,
+                           phone: str | None) -> str:
+    """The one credit path (``settlement.credit_topup``) for a top-up known by its id, in a
+    savepoint: what it wrote is undone when the unique indexes refuse the receipt
+    (``receipt_conflict``), or when nothing credits it this receipt (a top-up that failed
+    meanwhile: ``failed_topup``)."""
+    try:
+        with write_transaction():
+            outcome = settlement.credit_topup(topup_id, amount_cents=payment.amount_cents,
+                                              receipt=payment.receipt, phone=phone,
+                                              source=source)
+            if outcome == "duplicate" and not LedgerEntry.select().where(
+                    LedgerEntry.mpesa_receipt == payment.receipt).exists():
+                raise _Undo("failed_topup")
+            return outcome
+    except pw.IntegrityError:
+        return "receipt_conflict"
+    except _Undo as undo:
+        return undo.outcome
+
+
 def _credit_account(account_id: str, account_number: str, payment: Payment,
                     source: str) -> tuple[str, str | None]:
     """Step 3: a top-up with channel ``c2b`` for the account, credited what M-Pesa confirmed;
@@ -430,9 +457,7 @@ def _credit_account(account_id: str, account_number: str, payment: Payment,
             record_event(topup.id, "paid", source=source, receipt=payment.receipt,
                          bill_ref_number=payment.bill_ref, phone=mask(payment.phone),
                          amount_cents=payment.amount_cents)
-            outcome = settlement.settle_topup(topup.id, amount_cents=payment.amount_cents,
-                                              receipt=payment.receipt, phone=None,
-                                              source=source)
+            outcome = _credit_in_a_savepoint(topup.id, payment, source, None)
             if outcome != "credited":
                 raise _Undo(outcome)
             return outcome, topup.id

@@ -1,9 +1,16 @@
-"""Binding the ledger to a database chosen by URL.
+"""Binding the ledger to a database chosen by URL, and the life of a thread's connection.
 
 The models point at :data:`database`, a proxy bound once per process by :func:`bind`
 (Peewee's recipe for configuration at start-up). Peewee keeps one connection per thread,
 which is what gunicorn threads and Dramatiq worker threads need: a psycopg2 connection is
 never shared between threads.
+
+A thread of the API or of the workers opens its connection with its first query and keeps
+it from one request or message to the next. Giving it back to Peewee's pool after each made
+the pool check it (``SELECT 1``) before the next: a round trip per request and per message
+(``make bench``). A connection the server dropped (a restart, a failover) fails its next
+statement with one of :data:`DATABASE_ERRORS`; whoever catches that calls
+:func:`discard_connection`, and the thread's next query connects afresh.
 """
 from __future__ import annotations
 
@@ -15,6 +22,10 @@ import peewee
 from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase
 
 database = peewee.DatabaseProxy()
+
+# What the database raises when it is unreachable, restarting or has dropped the connection:
+# worth trying the same again on a new connection.
+DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 
 # SQLite is the embedded default: WAL so readers never block the writer, FULL sync because
 # the ledger must survive a power cut, and a busy timeout so concurrent workers queue up
@@ -38,10 +49,9 @@ def open_database(url: str) -> peewee.Database:
         return peewee.SqliteDatabase(path or ":memory:", pragmas=SQLITE_PRAGMAS,
                                      timeout=30, check_same_thread=False)
     if parts.scheme in ("postgres", "postgresql"):
-        # Peewee's pool as shipped, a small one per process: connecting costs more than a
-        # credit transaction, and a connection is given back (not closed) at the end of each
-        # request or message. Handing one out, the pool checks it (SELECT 1) and drops it if
-        # the server hung up (a restart, a failover), so the process recovers by itself.
+        # Peewee's pool as shipped: threads keep their connections (see above), and one
+        # discarded after an error, or a short-lived command's, is replaced from the pool,
+        # which checks it (SELECT 1) as it hands it out.
         return PooledPostgresqlDatabase(
             parts.path.lstrip("/"),
             user=parts.username, password=parts.password,

@@ -13,9 +13,16 @@ from dataclasses import dataclass
 
 import peewee as pw
 
+from ledger import prebuilt
 from ledger.callbacks import MalformedCallback, StkCallback, parse
-from ledger.db import connection, is_sqlite
+from ledger.db import DATABASE_ERRORS, discard_connection, is_sqlite
 from ledger.models import Callback, TopUp, utcnow
+
+
+# the acknowledgement's one statement (ledger.prebuilt: Peewee builds its SQL once)
+STORE = prebuilt.Insert(Callback, Callback.received_at, Callback.remote_addr, Callback.body,
+                        Callback.checkout_request_id, Callback.result_code,
+                        Callback.well_formed, Callback.applied_at, Callback.outcome)
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,7 @@ class StoredCallback:
 def store_callback(body: bytes,
                    remote_addr: str | None) -> tuple[StoredCallback, StkCallback | None]:
     """Store a callback exactly as received, committed before this returns (on this thread's
-    connection, or one opened for the time it takes)."""
+    connection, which it keeps: ``ledger.db``)."""
     try:
         parsed = parse(body)
     except MalformedCallback:
@@ -41,8 +48,17 @@ def store_callback(body: bytes,
     else:
         row.update(checkout_request_id=None, result_code=None, applied_at=now,
                    outcome="malformed")
-    with connection():
-        seq = Callback.insert(**storable(row)).execute()
+    row = storable(row)
+    values = [row[field.name] for field in STORE.fields]
+    try:
+        seq = STORE.execute(*values)
+    except DATABASE_ERRORS:
+        # Daraja may never send this callback again: if the thread's kept connection died
+        # with a database restart since its last use, store it once more on a new one
+        # (a second failure is the caller's 503). Stored twice at worst, which applying
+        # callbacks takes in its stride.
+        discard_connection()
+        seq = STORE.execute(*values)
     return StoredCallback(seq), parsed
 
 
@@ -65,14 +81,16 @@ class StoredBody:
     checkout_request_id: str | None
     applied_at: object  # a datetime, or None while it is not applied
     received_at: object
+    outcome: str | None = None
     topup_id: str | None = None
+    pushed_at: object = None  # the top-up's push, when it has one
 
 
 def read_callback(seq: int) -> StoredBody | None:
-    """The stored callback and the id of the top-up its CheckoutRequestID names."""
+    """The stored callback, how it was applied, and the top-up its CheckoutRequestID names."""
     row = (Callback.select(Callback.seq, Callback.body, Callback.checkout_request_id,
-                           Callback.applied_at, Callback.received_at,
-                           TopUp.id.alias("topup_id"))
+                           Callback.applied_at, Callback.received_at, Callback.outcome,
+                           TopUp.id.alias("topup_id"), TopUp.pushed_at)
            .join(TopUp, pw.JOIN.LEFT_OUTER,
                  on=(TopUp.checkout_request_id == Callback.checkout_request_id))
            .where(Callback.seq == seq).dicts().first())

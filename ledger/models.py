@@ -35,7 +35,7 @@ class Account(BaseModel):
     name = pw.CharField(max_length=200)
     created_at = pw.DateTimeField(default=utcnow)
     # what a customer types after the paybill (ledger.account_numbers); every account has one
-    # (migration 004 gave the older ones theirs)
+    # (migration 005 gave the older ones theirs)
     account_number = pw.CharField(max_length=10, null=True, unique=True)
 
 
@@ -65,7 +65,8 @@ PENDING, SUCCEEDED, FAILED, UNKNOWN = "pending", "succeeded", "failed", "unknown
 # sent again, because a second prompt could charge the customer twice.
 PUSH_QUEUED, PUSH_SENDING, PUSH_SENT = "queued", "sending", "sent"
 PUSH_AMBIGUOUS, PUSH_REFUSED = "ambiguous", "refused"
-# A top-up the customer paid from the phone's menu (C2B) had no push at all.
+# No STK push at all: a payment the customer made from the phone's menu (C2B), or one a
+# person assigned to an account (ledger.assignments).
 PUSH_NONE = "none"
 
 # How the money came: a prompt the client asked for, or a paybill payment (contract §6).
@@ -289,6 +290,74 @@ class Reconciliation(BaseModel):
 
 
 ALL_MODELS.append(Reconciliation)
+
+
+# --- people acting on the ledger: orphan assignments, the console's sessions and actions ------
+
+class OrphanAssignment(BaseModel):
+    """An orphan payment credited to an account by a person (``topupctl orphans assign``, the
+    console): who, when and why. Keyed on the M-Pesa receipt, which every kind of orphan
+    payment has, so that one payment is assigned once (the unique index), to one account."""
+    seq = pw.BigAutoField()
+    mpesa_receipt = pw.CharField(max_length=32, unique=True)
+    account = pw.ForeignKeyField(Account, on_delete="RESTRICT")
+    topup = pw.ForeignKeyField(TopUp, field="id", on_delete="RESTRICT")
+    amount_cents = pw.BigIntegerField()
+    assigned_by = pw.CharField(max_length=100)    # "topupctl (user alice)", "console cs_…"
+    reason = pw.TextField()
+    assigned_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "orphan_assignment"
+
+
+class ConsoleSession(BaseModel):
+    """A sign-in to the operator's console. The cookie carries only this row's id (signed);
+    signing out ends the row, so the old cookie opens nothing any more."""
+    seq = pw.BigAutoField()
+    id = pw.CharField(max_length=64, unique=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField(index=True)
+    ended_at = pw.DateTimeField(null=True)
+    remote_addr = pw.CharField(max_length=64, null=True)
+    user_agent = pw.CharField(max_length=200, null=True)
+
+    class Meta:
+        table_name = "console_session"
+
+
+class OperatorAction(BaseModel):
+    """What a person did through the console: when, from which session, what to which
+    object, the reason given and what came of it."""
+    seq = pw.BigAutoField()
+    at = pw.DateTimeField(default=utcnow, index=True)
+    session = pw.CharField(max_length=64, null=True, index=True)   # a ConsoleSession's id
+    action = pw.CharField(max_length=40)
+    target = pw.CharField(max_length=200, default="")
+    reason = pw.TextField(default="")
+    outcome = pw.CharField(max_length=64, default="")
+    detail = pw.TextField(default="{}")           # JSON, phones masked, never a secret
+
+    class Meta:
+        table_name = "operator_action"
+
+
+class StatementUpload(BaseModel):
+    """An M-Pesa statement uploaded through the console, kept between the reconciliation a
+    person looks at and the one they apply, so that what is applied is what was shown."""
+    seq = pw.BigAutoField()
+    id = pw.CharField(max_length=40, unique=True)
+    session = pw.CharField(max_length=64, null=True)
+    name = pw.CharField(max_length=255)
+    sha256 = pw.CharField(max_length=64)
+    body = pw.BlobField()
+    uploaded_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "statement_upload"
+
+
+ALL_MODELS += [OrphanAssignment, ConsoleSession, OperatorAction, StatementUpload]
 
 
 # --- paybill payments (C2B) -------------------------------------------------------------------

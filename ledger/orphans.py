@@ -100,6 +100,19 @@ def attach(topup_id: str, checkout_request_id: str) -> bool:
                 .execute())
 
 
+def waiting_from(phone: str | None) -> bool:
+    """Some payment from this phone waits unclaimed within the window: worth trying the rule
+    again (``settlement.retry_orphans``) once a push to the phone has been answered. Read
+    without the phone's lock: one being kept at this very moment is tried by the scheduler's
+    sweep (``workers.sweeps.phones_with_orphans_to_match``), as one whose try was lost."""
+    if not phone:
+        return False
+    return (OrphanPayment.select(OrphanPayment.seq)
+            .where((OrphanPayment.phone == phone) & OrphanPayment.resolved_topup.is_null()
+                   & (OrphanPayment.created_at >= utcnow() - MATCH_WINDOW))
+            .exists())
+
+
 def payments_to_retry(phone: str | None, *,
                       limit: int = 10) -> list[tuple[OrphanPayment, dt.datetime]]:
     """Unclaimed payments from this phone within the window, newest first (an older one

@@ -48,20 +48,18 @@ def claim_push(topup_id: str, *, now: dt.datetime | None = None) -> ClaimedPush 
     (:func:`unclaim_push`).
     """
     now = now or utcnow()
-    # One conditional UPDATE that hands back the claimed row with its commit (read after
-    # the commit, a database lost in between would leave the push claimed, `sending`, with
-    # nothing sent).
-    with write_transaction():
-        rows = list(TopUp.update(push_state=PUSH_SENDING, push_attempts=TopUp.push_attempts + 1,
-                                 push_started_at=now, updated_at=now)
-                    .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_QUEUED)
-                           & (TopUp.status == PENDING))
-                    .returning(TopUp.amount, TopUp.phone, TopUp.reference, TopUp.push_attempts)
-                    .execute())
+    # One conditional UPDATE, committed by itself (no transaction around it), that hands
+    # back the claimed row with its commit (read after the commit, a database lost in
+    # between would leave the push claimed, `sending`, with nothing sent).
+    rows = (TopUp.update(push_state=PUSH_SENDING, push_attempts=TopUp.push_attempts + 1,
+                         push_started_at=now, updated_at=now)
+            .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_QUEUED)
+                   & (TopUp.status == PENDING))
+            .returning(TopUp.amount, TopUp.phone, TopUp.reference, TopUp.push_attempts)
+            .tuples().execute())
     if not rows:
         return None
-    row = rows[0]
-    return ClaimedPush(topup_id, row.amount, row.phone, row.reference, row.push_attempts)
+    return ClaimedPush(topup_id, *rows[0])
 
 
 def _this_claim(topup_id: str, claimed_at: dt.datetime | None):

@@ -13,7 +13,7 @@ import logging
 
 import peewee as pw
 
-from ledger import events, orphans, result_codes
+from ledger import events, orphans, prebuilt, result_codes
 from ledger.callbacks import MalformedCallback, parse, why_unappliable
 from ledger.db import write_transaction
 from ledger.ids import new_id
@@ -122,6 +122,18 @@ def is_final(outcome: str | None) -> bool:
                               or outcome == "malformed")
 
 
+# Outcomes after which a callback has done all it can: applied again (a redelivered message,
+# the sweep, a push handing back the callbacks that beat its answer), it would credit nothing
+# and change nothing. An ``orphan`` or an ``unmatched_failure`` is not among them: its top-up
+# may be known by now.
+SETTLED_BY_IT = ("credited", "duplicate", "receipt_filled", "receipt_disputed", "failed")
+
+
+def is_done(outcome: str | None) -> bool:
+    """A callback applied with this outcome needs no applying again."""
+    return is_final(outcome) or outcome in SETTLED_BY_IT
+
+
 def quarantined_callbacks(limit: int = 500) -> list[Callback]:
     """The quarantined callbacks, oldest first."""
     return list(Callback.select().where(Callback.outcome.startswith(QUARANTINED))
@@ -129,10 +141,10 @@ def quarantined_callbacks(limit: int = 500) -> list[Callback]:
 
 
 def _mark_applied(callback_seq: int, outcome: str) -> str:
+    # one statement, atomic by itself: no transaction of its own to begin and commit
     outcome = outcome[:64]
-    with write_transaction():
-        Callback.update(applied_at=utcnow(), outcome=outcome).where(
-            Callback.seq == callback_seq).execute()
+    Callback.update(applied_at=utcnow(), outcome=outcome).where(
+        Callback.seq == callback_seq).execute()
     return outcome
 
 
@@ -177,32 +189,23 @@ def settle_success(checkout_request_id: str, *, amount_cents: int | None, receip
                           recheck_orphan=False)
 
 
-def settle_topup(topup_id: str, *, amount_cents: int | None, receipt: str | None,
-                 phone: str | None, source: str) -> str:
-    """M-Pesa says the money for this top-up moved, and the caller knows the top-up itself
-    rather than a CheckoutRequestID: a paybill payment's own top-up, or a push that a C2B
-    confirmation names by its AccountReference (``ledger.c2b``). Credited once, by the same
-    path as :func:`settle_success`; inside the caller's transaction when there is one.
+# What a credit reads of its top-up: what it decides with, and what the wallet.top_up event
+# shows (events.topup_object). Only these: Peewee builds a query column by column, and in a
+# worker that is most of a credit's CPU (make bench).
+CREDIT_READS = (TopUp.id, TopUp.account, TopUp.provider, TopUp.status, TopUp.amount,
+                TopUp.phone, TopUp.reference, TopUp.metadata, TopUp.checkout_request_id,
+                TopUp.mpesa_receipt, TopUp.failure_code, TopUp.failure_reason, TopUp.flagged,
+                TopUp.created_at, TopUp.updated_at, TopUp.completed_at, TopUp.channel)
 
-    Returns what :func:`settle_success` does, or ``failed_topup`` (Daraja said the push failed:
-    the caller keeps the payment) or ``missing``."""
-    try:
-        with events.publishing(), write_transaction():
-            topup = TopUp.get_or_none(TopUp.id == topup_id)
-            if topup is None:
-                return "missing"
-            if topup.status == FAILED:
-                return "failed_topup"
-            return _credit(topup, topup.checkout_request_id, amount_cents, receipt, phone,
-                           source, False)
-    except pw.IntegrityError:
-        # the receipt credited another top-up meanwhile: nothing is credited here
-        return "receipt_conflict"
+
+def _topup_paid_by(checkout_request_id: str) -> TopUp | None:
+    return (TopUp.select(*CREDIT_READS)
+            .where(TopUp.checkout_request_id == checkout_request_id).first())
 
 
 def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, callback_seq,
                     paid_at, confirmed_by_query):
-    topup = TopUp.get_or_none(TopUp.checkout_request_id == checkout_request_id)
+    topup = _topup_paid_by(checkout_request_id)
     matched_by_phone_and_amount = False
     if topup is None:
         # matching a payment and keeping it as an orphan, one at a time per phone
@@ -212,7 +215,7 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
         if lost is not None and orphans.attach(lost.id, checkout_request_id):
             record_event(lost.id, "orphan_matched", checkout_request_id=checkout_request_id,
                          by="phone and amount")
-            topup = TopUp.get(TopUp.id == lost.id)
+            topup = _topup_paid_by(checkout_request_id)
             matched_by_phone_and_amount = True
     if topup is None and receipt is not None:
         credited = (LedgerEntry.select(LedgerEntry.topup)
@@ -244,6 +247,13 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
     return f"refuted:{contradicted}" if contradicted else outcome
 
 
+# the credit's ledger entry (ledger.prebuilt: Peewee builds its SQL once)
+TOP_UP_ENTRY = prebuilt.Insert(
+    LedgerEntry, LedgerEntry.id, LedgerEntry.wallet, LedgerEntry.type, LedgerEntry.amount_cents,
+    LedgerEntry.balance_after_cents, LedgerEntry.topup, LedgerEntry.mpesa_receipt,
+    LedgerEntry.description, LedgerEntry.source, LedgerEntry.created_at)
+
+
 def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
             matched_by_phone_and_amount) -> str:
     now = utcnow()
@@ -257,16 +267,17 @@ def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
         flags.append(f"phone: paid from {mask(phone)}")
     if matched_by_phone_and_amount:
         flags.append("push answer lost: payment matched by phone and amount")
-    # The claim: only a pending or unknown top-up changes, and it comes back as it now is.
-    settled = list(TopUp.update(status=SUCCEEDED, mpesa_receipt=receipt,
-                                credited_cents=credit_cents,
-                                flagged="; ".join(flags)[:200] or None, completed_at=now,
-                                updated_at=now, next_query_at=None)
-                   .where((TopUp.id == topup.id) & TopUp.status.in_(SETTLEABLE))
-                   .returning(TopUp).execute())
-    if not settled:
+    # The claim: only a pending or unknown top-up changes. What it writes, and what the read
+    # before it saw of the columns a pending top-up never changes, is the settled top-up.
+    settled = dict(status=SUCCEEDED, mpesa_receipt=receipt, credited_cents=credit_cents,
+                   flagged="; ".join(flags)[:200] or None, completed_at=now, updated_at=now,
+                   next_query_at=None)
+    claimed = (TopUp.update(**settled)
+               .where((TopUp.id == topup.id) & TopUp.status.in_(SETTLEABLE)).execute())
+    if not claimed:
         return _already_settled(topup, receipt, source)
-    settled_topup = settled[0]
+    for column, value in settled.items():
+        setattr(topup, column, value)
     # The wallet's row stays locked from its UPDATE to our COMMIT, and every other credit to
     # this wallet waits for it: on a busy merchant's wallet the statements in between set the
     # pace (make bench, "Crediting one hot wallet"). So what does not need the new balance is
@@ -275,21 +286,34 @@ def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
     if resolved is not None:
         (OrphanPayment.update(resolved_topup=topup.id, resolved_at=now)
          .where(resolved & OrphanPayment.resolved_topup.is_null()).execute())
-    credited = list(Wallet.update(balance_cents=Wallet.balance_cents + credit_cents,
-                                  updated_at=now)
-                    .where(Wallet.account == topup.account_id).returning(Wallet).execute())
+    credited = (Wallet.update(balance_cents=Wallet.balance_cents + credit_cents,
+                              updated_at=now)
+                .where(Wallet.account == topup.account_id)
+                .returning(Wallet.id, Wallet.balance_cents, Wallet.currency).tuples().execute())
     if not credited:
         raise Wallet.DoesNotExist(f"account {topup.account_id} has no wallet")
-    wallet = credited[0]
-    entry = LedgerEntry.create(
-        id=new_id("le"), wallet=wallet, type="top_up", amount_cents=credit_cents,
-        balance_after_cents=wallet.balance_cents, topup=topup.id, mpesa_receipt=receipt,
-        description=f"M-Pesa top-up {receipt or topup.reference}", source=source)
+    wallet_id, balance_cents, currency = credited[0]
+    entry_id = new_id("le")
+    TOP_UP_ENTRY.execute(entry_id, wallet_id, "top_up", credit_cents, balance_cents, topup.id,
+                         receipt, f"M-Pesa top-up {receipt or topup.reference}", source, now)
     record_event(topup.id, "credited", amount_cents=credit_cents, receipt=receipt, source=source,
-                 ledger_entry=entry.id, balance_after_cents=wallet.balance_cents,
+                 ledger_entry=entry_id, balance_after_cents=balance_cents,
                  flagged=flags or None)
-    events.topup_credited(settled_topup, wallet, entry)
+    events.topup_credited(topup, ledger_entry_id=entry_id, amount_cents=credit_cents,
+                          balance_cents=balance_cents, currency=currency)
     return "credited"
+
+
+def credit_topup(topup_id: str, *, amount_cents: int, receipt: str, phone: str | None,
+                 source: str) -> str:
+    """Credit a top-up that no CheckoutRequestID settles (an orphan payment a person assigned
+    to an account: ``ledger.assignments``; a paybill payment's own top-up, or a push a C2B
+    confirmation names by its AccountReference: ``ledger.c2b``) through the one credit path.
+    Call inside ``events.publishing()`` and a write transaction; returns ``credited``, or
+    what ``_credit`` found instead."""
+    topup = TopUp.get(TopUp.id == topup_id)
+    return _credit(topup, topup.checkout_request_id, amount_cents, receipt, phone, source,
+                   False)
 
 
 def _orphans_of(checkout_request_id: str | None, receipt: str | None):

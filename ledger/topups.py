@@ -11,10 +11,10 @@ import json
 
 import peewee as pw
 
-from ledger import pages
+from ledger import pages, prebuilt
 from ledger.db import write_transaction
 from ledger.ids import new_id, short_reference
-from ledger.models import PENDING, UNKNOWN, TopUp, TopUpEvent
+from ledger.models import PENDING, PUSH_QUEUED, STK_PUSH, UNKNOWN, TopUp, TopUpEvent, utcnow
 from ledger.phones import mask
 
 # a top-up Daraja's word can still settle
@@ -30,9 +30,23 @@ def fingerprint(payload: dict) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+# written several times for every top-up (ledger.prebuilt: Peewee builds its SQL once)
+HISTORY_LINE = prebuilt.Insert(TopUpEvent, TopUpEvent.topup, TopUpEvent.kind, TopUpEvent.detail,
+                               TopUpEvent.created_at)
+
+
 def record_event(topup_id, kind: str, **detail) -> None:
     """A line of the top-up's history. Call inside the transaction that made it true."""
-    TopUpEvent.create(topup=topup_id, kind=kind, detail=json.dumps(detail, default=str))
+    HISTORY_LINE.execute(topup_id, kind, json.dumps(detail, default=str), utcnow())
+
+
+# every request's row (ledger.prebuilt: Peewee builds its SQL once); the other columns are
+# empty until the push
+NEW_TOPUP = prebuilt.Insert(
+    TopUp, TopUp.id, TopUp.account, TopUp.provider, TopUp.status, TopUp.amount, TopUp.phone,
+    TopUp.reference, TopUp.metadata, TopUp.idempotency_key, TopUp.request_fingerprint,
+    TopUp.push_state, TopUp.push_attempts, TopUp.query_attempts, TopUp.created_at,
+    TopUp.updated_at, TopUp.channel)
 
 
 # --- the request ---------------------------------------------------------------------------
@@ -46,14 +60,18 @@ def create_topup(account_id: str, *, amount: int, phone: str, reference: str | N
     (``created`` False); the same key with another body raises IdempotencyConflict.
     """
     topup_id = new_id("tu")
+    now = utcnow()
+    row = dict(id=topup_id, account=account_id, provider="mpesa", status=PENDING,
+               amount=amount, phone=phone, reference=reference or short_reference(topup_id),
+               metadata=json.dumps(metadata, sort_keys=True), idempotency_key=idempotency_key,
+               request_fingerprint=request_fingerprint, push_state=PUSH_QUEUED,
+               push_attempts=0, query_attempts=0, created_at=now, updated_at=now,
+               channel=STK_PUSH)
+    topup = TopUp(**row)   # the top-up as the INSERT writes it, for the answer
     try:
         # the unique index on (account, idempotency key) decides a race of two requests
         with write_transaction():
-            topup = TopUp.create(id=topup_id, account=account_id, amount=amount, phone=phone,
-                                 reference=reference or short_reference(topup_id),
-                                 metadata=json.dumps(metadata, sort_keys=True),
-                                 idempotency_key=idempotency_key,
-                                 request_fingerprint=request_fingerprint)
+            NEW_TOPUP.execute(*(row[field.name] for field in NEW_TOPUP.fields))
             record_event(topup_id, "requested", amount=amount, phone=mask(phone),
                          reference=topup.reference)
         return topup, True

@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 from ledger import pages
-from ledger.models import LedgerEntry, Wallet
+from ledger.models import Account, LedgerEntry, Wallet
 
 
 def get_wallet(account_id: str) -> Wallet:
     return Wallet.get(Wallet.account == account_id)
+
+
+def wallet_to_fund(account_id: str) -> tuple[Wallet, str | None]:
+    """The wallet, and the account number a customer types to fund it (one read)."""
+    wallet = (Wallet.select(Wallet, Account.account_number).join(Account)
+              .where(Wallet.account == account_id).get())
+    return wallet, wallet.account.account_number
 
 
 def list_entries(account_id: str, *, limit: int,

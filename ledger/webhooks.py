@@ -15,6 +15,8 @@ import json
 import secrets
 from dataclasses import dataclass
 
+import peewee as pw
+
 from ledger import pages
 from ledger.db import write_transaction
 from ledger.events import event_object
@@ -104,39 +106,47 @@ def retry_delay_s(attempts_made: int) -> float | None:
 def claim(delivery_id: str, now: dt.datetime | None = None) -> Claimed | None:
     """Take the next attempt of a delivery that is due, or None (not due, done, or taken).
 
-    The conditional UPDATE is the claim: of two workers on one row, the second waits for the
-    first's commit, then finds it no longer due and takes nothing. A deleted endpoint's
-    delivery is cancelled instead, its claim not counted as an attempt."""
+    The conditional UPDATE is the claim, committed by itself: of two workers on one row, the
+    second waits for the first's commit, then finds it no longer due and takes nothing. A
+    deleted endpoint's delivery is cancelled instead, its claim not counted as an attempt.
+    A worker that dies between the two leaves the claim to run out its lease, and the sweep
+    sends the delivery again."""
     now = now or utcnow()
     # a delayed message may come a hair early: a second is close enough
     lease, due = now + CLAIM_LEASE, now + dt.timedelta(seconds=1)
-    with write_transaction():
-        claimed = list(WebhookDelivery.update(attempts=WebhookDelivery.attempts + 1,
-                                              next_attempt_at=lease, updated_at=now)
-                       .where((WebhookDelivery.id == delivery_id)
-                              & (WebhookDelivery.status == DELIVERY_PENDING)
-                              & (WebhookDelivery.next_attempt_at <= due))
-                       .returning(WebhookDelivery.attempts, WebhookDelivery.endpoint,
-                                  WebhookDelivery.event)
-                       .execute())
-        if not claimed:
-            return None
-        delivery = claimed[0]
-        endpoint = WebhookEndpoint.get(WebhookEndpoint.id == delivery.endpoint_id)
-        if endpoint.deleted_at is not None or not endpoint.secret:
-            (WebhookDelivery.update(status=DELIVERY_CANCELLED, next_attempt_at=None,
-                                    attempts=WebhookDelivery.attempts - 1, updated_at=now)
-             .where(WebhookDelivery.id == delivery_id).execute())
-            return None
-        event = Event.get(Event.id == delivery.event_id)
-    # the event's top-up and its CheckoutRequestID name the attempt in the log lines
-    checkout_request_id = (TopUp.select(TopUp.checkout_request_id)
-                           .where(TopUp.id == event.topup_id).scalar()
-                           if event.topup_id else None)
-    return Claimed(delivery_id=delivery_id, attempt=delivery.attempts, url=endpoint.url,
-                   secret=endpoint.secret, event_id=event.id,
+    claimed = (WebhookDelivery.update(attempts=WebhookDelivery.attempts + 1,
+                                      next_attempt_at=lease, updated_at=now)
+               .where((WebhookDelivery.id == delivery_id)
+                      & (WebhookDelivery.status == DELIVERY_PENDING)
+                      & (WebhookDelivery.next_attempt_at <= due))
+               .returning(WebhookDelivery.attempts, WebhookDelivery.endpoint,
+                          WebhookDelivery.event)
+               .tuples().execute())
+    if not claimed:
+        return None
+    attempt, endpoint_id, event_id = claimed[0]
+    # the endpoint, the event, and the event's top-up (its CheckoutRequestID names the
+    # attempt in the log lines), in one read
+    read = (Event.select(Event.type, Event.data, Event.created_at, Event.topup,
+                         WebhookEndpoint.url, WebhookEndpoint.secret, WebhookEndpoint.deleted_at,
+                         TopUp.checkout_request_id)
+            .join(WebhookEndpoint, on=(WebhookEndpoint.id == endpoint_id))
+            .switch(Event)
+            .join(TopUp, pw.JOIN.LEFT_OUTER, on=(TopUp.id == Event.topup))
+            .where(Event.id == event_id).tuples().first())
+    (event_type, data, created_at, topup_id, url, secret, deleted_at,
+     checkout_request_id) = read or (None,) * 8
+    if read is None or deleted_at is not None or not secret:
+        (WebhookDelivery.update(status=DELIVERY_CANCELLED, next_attempt_at=None,
+                                attempts=WebhookDelivery.attempts - 1, updated_at=now)
+         .where((WebhookDelivery.id == delivery_id)
+                & (WebhookDelivery.attempts == attempt)).execute())
+        return None
+    event = Event(id=event_id, type=event_type, data=data, created_at=created_at)
+    return Claimed(delivery_id=delivery_id, attempt=attempt, url=url, secret=secret,
+                   event_id=event_id,
                    body=json.dumps(event_object(event), separators=(",", ":")),
-                   topup_id=event.topup_id, checkout_request_id=checkout_request_id)
+                   topup_id=topup_id, checkout_request_id=checkout_request_id)
 
 
 def record_attempt(claimed: Claimed, *, status_code: int | None, error: str | None,
@@ -188,3 +198,20 @@ def due_deliveries(now: dt.datetime | None = None, *, batch: int = SWEEP_BATCH) 
         if due:
             WebhookDelivery.update(enqueued_at=now).where(WebhookDelivery.id.in_(due)).execute()
     return due
+
+
+def send_again_now(delivery_id: str, now: dt.datetime | None = None) -> bool:
+    """A person asks for another attempt now (the console): a pending delivery becomes due
+    at once, a failed one (its retries used up) pending again for one more attempt. A
+    delivery that was delivered or cancelled, or whose endpoint was deleted, is left alone.
+    The caller sends ``deliver_webhook`` after this commits; the sweep does if it cannot."""
+    now = now or utcnow()
+    live_endpoints = WebhookEndpoint.select(WebhookEndpoint.id).where(
+        WebhookEndpoint.deleted_at.is_null())
+    with write_transaction():
+        return bool(WebhookDelivery.update(status=DELIVERY_PENDING, next_attempt_at=now,
+                                           enqueued_at=now, updated_at=now)
+                    .where((WebhookDelivery.id == delivery_id)
+                           & WebhookDelivery.status.in_((DELIVERY_PENDING, DELIVERY_FAILED))
+                           & WebhookDelivery.endpoint.in_(live_endpoints))
+                    .execute())

@@ -44,6 +44,7 @@ class Settings:
     stk_give_up_after_s: int = 86400
     stk_query_backoff_s: float = 10.0
     ops_token: str | None = field(default=None, repr=False)
+    console_session_s: int = 28800
     webhook_allow_private: bool = False
     # paybill payments (contract §6): the paybill customers pay into (DARAJA_SHORTCODE when
     # not set), and whether and how often the scheduler reads Pull Transactions
@@ -205,6 +206,7 @@ def load(environ: Mapping[str, str] | None = None, *, need_callback_token: bool 
         # not in the contract: the first delay between STK queries (it doubles, with jitter)
         stk_query_backoff_s=_float(env, "STK_QUERY_BACKOFF_S", 10.0, minimum=0.05),
         ops_token=_text(env, "OPS_TOKEN", None),
+        console_session_s=_int(env, "CONSOLE_SESSION_S", 28800, minimum=60),
         webhook_allow_private=_flag(env, "WEBHOOK_ALLOW_PRIVATE"),
         daraja_c2b_shortcode=c2b_shortcode,
         daraja_pull=_flag(env, "DARAJA_PULL"),

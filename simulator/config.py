@@ -40,6 +40,9 @@ class SimulatorConfig:
     query_pending_times: int = 0           # queries answered "pending" before the final one
     query_pending_form: str = "4999"       # "4999" (HTTP 200) or "500" (the older form)
     slow_answer_s: float = 20.0            # how long the slow_answer behaviour holds a push
+    # phones no magic number claims: "pay" at once, or "wait" for a person on GET /phone
+    unclaimed_phones: str = "pay"
+    prompt_timeout_s: float = 60.0         # a prompt nobody answers ends in 1037 after this
     c2b_echo_stk: str | None = None        # "before"/"after": a paid push is also reported as
     #                                        a C2B confirmation, before or after its callback
     pull_page_size: int = 100              # Pull Transactions rows per page
@@ -95,6 +98,12 @@ def _seed(value):
     return value
 
 
+def _unclaimed(value):
+    if value not in ("pay", "wait"):
+        raise ValueError('"pay" or "wait"')
+    return value
+
+
 def _pending_form(value):
     if value not in ("4999", "500"):
         raise ValueError('"4999" or "500"')
@@ -128,6 +137,8 @@ RUNTIME_FIELDS = {
     "query_pending_form": _pending_form,
     "slow_answer_s": _seconds,
     "require_https_callback": _flag,
+    "unclaimed_phones": _unclaimed,
+    "prompt_timeout_s": _seconds,
     "c2b_echo_stk": _echo,
     "pull_page_size": _page_size,
 }

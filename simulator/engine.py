@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -44,6 +45,7 @@ class Reply:
     hold_s: float = 0.0
     wait_for: threading.Event | None = None
     wait_timeout_s: float = 0.0
+    headers: dict | None = None
 
 
 def json_reply(status: int, payload) -> Reply:
@@ -59,7 +61,7 @@ class Transaction:
     account_reference: str
     transaction_type: str
     callback_url: str
-    result_code: int
+    result_code: int | None     # None while a person has not answered the prompt
     result_desc: str
     receipt: str | None
     callback_amount: int
@@ -79,6 +81,9 @@ class Transaction:
     callback_failures: int = 0
     last_callback: str | None = None
     queries: int = 0
+    waiting: bool = False        # a prompt on the phone, for a person to answer (GET /phone)
+    deadline_mono: float = 0.0   # ... until then, when it times out (1037)
+    answer: str | None = None    # what the person (or the prompt's timeout) did
     _body: bytes | None = field(default=None, repr=False)
 
     def callback_body(self) -> bytes:
@@ -116,6 +121,8 @@ class Transaction:
             "behaviour": self.behaviour,
             "decisions": dict(self.decisions),
             "created_at": self.created_at,
+            "waiting": self.waiting,
+            "answer": self.answer,
         }
 
 
@@ -358,37 +365,18 @@ class Daraja:
         decisions = {"source": source if (behaviour or plan.magic) else None,
                      "failure": False, "drop": False, "duplicate": False, "late": False}
         result_code = plan.result_code
-        if behaviour is None and not plan.magic and fail_draw < config.failure_rate:
+        waiting = (behaviour is None and not plan.magic and config.unclaimed_phones == "wait"
+                   and push.phone != rules.TEST_PHONE)
+        if waiting:
+            decisions["source"] = "person"
+        elif behaviour is None and not plan.magic and fail_draw < config.failure_rate:
             decisions["failure"] = True
             result_code = rules.RANDOM_FAILURE_CODES[int(code_draw * 4) % 4]
 
-        delay = config.callback_delay_s
-        copies, first_in, final_in = 1, delay, delay
-        pending_left, pending_form = config.query_pending_times, config.query_pending_form
-        if behaviour in ("no_callback", "query_pending", "query_pending_500"):
-            copies = 0
-            if behaviour != "no_callback":
-                pending_left = QUERY_PENDING_TIMES
-                pending_form = "500" if behaviour == "query_pending_500" else "4999"
-        elif behaviour == "duplicate_callback":
-            copies = 2
-        elif behaviour == "callback_five_times":
-            copies = 5
-        elif behaviour == "late_callback":
-            first_in = config.late_delay_s
-        elif behaviour == "callback_before_answer":
-            first_in = final_in = 0.0
-        elif behaviour is None:
-            if drop_draw < config.drop_callback_rate:
-                decisions["drop"] = True
-                copies = 0
-            else:
-                if dup_draw < config.duplicate_callback_rate:
-                    decisions["duplicate"] = True
-                    copies = 2
-                if late_draw < config.late_callback_rate:
-                    decisions["late"] = True
-                    first_in = config.late_delay_s
+        copies, first_in, final_in, pending_left, pending_form = _callback_plan(
+            behaviour, waiting, config, decisions, drop_draw, dup_draw, late_draw)
+        if waiting:
+            result_code = None   # nothing is decided until a person answers on GET /phone
 
         self._seq += 1
         wall = self._wall()
@@ -397,7 +385,7 @@ class Daraja:
         while checkout_id in self._transactions:  # 100 000 pushes in one millisecond
             self._seq += 1
             checkout_id = ids.checkout_request_id(created.astimezone(rules.EAT), self._seq)
-        paid = result_code == 0
+        paid = result_code == 0 and not waiting
         decimal = False
         if paid:
             decimal, self._decimal_next = self._decimal_next, not self._decimal_next
@@ -406,16 +394,18 @@ class Daraja:
             merchant_request_id=ids.merchant_request_id(self._seq),
             phone=push.phone, amount=push.amount, account_reference=push.account_reference,
             transaction_type=push.transaction_type, callback_url=push.callback_url,
-            result_code=result_code, result_desc=rules.result_desc(result_code),
+            result_code=result_code,
+            result_desc=rules.result_desc(result_code) if result_code is not None else "",
             receipt=self._new_receipt() if paid else None,
             callback_amount=push.amount - 1 if behaviour == "amount_mismatch" else push.amount,
             decimal_amount=decimal,
             transaction_date=rules.eat_stamp(created + timedelta(seconds=final_in)),
             created_at=created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            created_mono=now, final_mono=now + final_in,
+            created_mono=now, final_mono=math.inf if waiting else now + final_in,
             behaviour=behaviour, decisions=decisions, callbacks_planned=copies,
             pending_left=pending_left, pending_form=pending_form,
-            first_callback_in=first_in, generation=self._generation)
+            first_callback_in=first_in, generation=self._generation, waiting=waiting,
+            deadline_mono=now + final_in if waiting else 0.0)
         self._transactions[checkout_id] = txn
         self._by_phone[push.phone] = txn
         while len(self._transactions) > config.max_transactions:
@@ -428,6 +418,10 @@ class Daraja:
         """Plan the callback POSTs; for callback_before_answer, the Event set once the first
         POST has returned."""
         done = threading.Event() if behaviour == "callback_before_answer" else None
+        if txn.waiting:
+            self.scheduler.call_at(txn.deadline_mono,
+                                   lambda: self.answer_prompt(txn.checkout_request_id,
+                                                              "timeout", by="timeout"))
         for copy in range(txn.callbacks_planned):
             due = txn.created_mono + txn.first_callback_in + copy * DUPLICATE_SPACING_S
             self.scheduler.call_at(due, lambda first=(copy == 0): self._deliver(
@@ -456,6 +450,56 @@ class Daraja:
         finally:
             if done is not None:
                 done.set()
+
+    # --- the phone (GET /phone): prompts a person answers --------------------------------
+
+    def answer_prompt(self, checkout_request_id: str, action: str, pin: str | None = None,
+                      *, by: str = "person") -> str | None:
+        """What the customer does with a prompt waiting on the phone: ``pay`` (with a 4-digit
+        PIN), ``cancel``, ``wrong_pin``, ``timeout`` or ``no_money``. The outcome is final and
+        called back ``callback_delay_s`` later. Returns None, or why nothing was done."""
+        if action not in rules.PROMPT_ANSWERS:
+            return f"no such answer: {action}"
+        if action == "pay" and not rules.valid_pin(pin):
+            return "Enter your 4-digit M-PESA PIN."
+        now = self._clock()
+        with self._lock:
+            txn = self._transactions.get(checkout_request_id)
+            if txn is None or txn.generation != self._generation:
+                return "No such prompt."
+            if not txn.waiting:
+                return f"This prompt was answered already ({txn.answer})."
+            code = rules.PROMPT_ANSWERS[action]
+            txn.waiting, txn.answer = False, f"{action} ({by})"
+            txn.result_code, txn.result_desc = code, rules.result_desc(code)
+            if code == 0:
+                txn.receipt = self._new_receipt()
+                txn.decimal_amount, self._decimal_next = self._decimal_next, not self._decimal_next
+            delay = self._config.callback_delay_s
+            txn.final_mono = now + delay
+            txn.first_callback_in = txn.final_mono - txn.created_mono
+            txn.transaction_date = rules.eat_stamp(
+                datetime.fromtimestamp(self._wall() + delay, timezone.utc))
+            txn.callbacks_planned = 1
+            txn._body = None
+        self.scheduler.call_at(txn.final_mono, lambda: self._deliver(txn, None))
+        log.debug("prompt %s for %s answered: %s", checkout_request_id,
+                  rules.mask_phone(txn.phone), txn.answer)
+        return None
+
+    def prompts(self) -> list[dict]:
+        """The prompts waiting on a phone, oldest first, each with the seconds it has left."""
+        now = self._clock()
+        with self._lock:
+            return [{**t.to_json(now), "seconds_left": max(0, int(t.deadline_mono - now))}
+                    for t in self._transactions.values() if t.waiting]
+
+    def answered_prompts(self, limit: int = 10) -> list[dict]:
+        """The prompts a person (or the timeout) answered last, newest first."""
+        now = self._clock()
+        with self._lock:
+            answered = [t for t in self._transactions.values() if t.answer is not None]
+            return [t.to_json(now) for t in reversed(answered[-limit:])]
 
     # --- STK query ------------------------------------------------------------------------
 
@@ -625,3 +669,42 @@ class Daraja:
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _callback_plan(behaviour: str | None, waiting: bool, config: SimulatorConfig,
+                   decisions: dict, drop_draw: float, dup_draw: float, late_draw: float):
+    """When the callbacks of a new transaction go out: ``(copies, first_in, final_in,
+    pending_left, pending_form)``, by its magic behaviour, a person's answer on the phone
+    page, or the configured rates (which note what they decided in ``decisions``)."""
+    delay = config.callback_delay_s
+    copies, first_in, final_in = 1, delay, delay
+    pending_left, pending_form = config.query_pending_times, config.query_pending_form
+    if behaviour in ("no_callback", "query_pending", "query_pending_500"):
+        copies = 0
+        if behaviour != "no_callback":
+            pending_left = QUERY_PENDING_TIMES
+            pending_form = "500" if behaviour == "query_pending_500" else "4999"
+    elif behaviour == "duplicate_callback":
+        copies = 2
+    elif behaviour == "callback_five_times":
+        copies = 5
+    elif behaviour == "late_callback":
+        first_in = config.late_delay_s
+    elif behaviour == "callback_before_answer":
+        first_in = final_in = 0.0
+    elif waiting:
+        # nothing goes out until a person answers on GET /phone, or the prompt times out
+        copies, first_in = 0, config.prompt_timeout_s
+        final_in = config.prompt_timeout_s
+    elif behaviour is None:
+        if drop_draw < config.drop_callback_rate:
+            decisions["drop"] = True
+            copies = 0
+        else:
+            if dup_draw < config.duplicate_callback_rate:
+                decisions["duplicate"] = True
+                copies = 2
+            if late_draw < config.late_callback_rate:
+                decisions["late"] = True
+                first_in = config.late_delay_s
+    return copies, first_in, final_in, pending_left, pending_form

@@ -104,6 +104,17 @@ RESULT_DESCS = {
 }
 RANDOM_FAILURE_CODES = (1, 1032, 1037, 2001)  # what failure_rate draws from
 
+# The sandbox's test phone: it pays at once, also when other phones wait for a person.
+TEST_PHONE = "254708374149"
+# What a customer can do with a prompt on the phone (GET /phone), and the ResultCode it gives.
+PROMPT_ANSWERS = {"pay": 0, "cancel": 1032, "wrong_pin": 2001, "timeout": 1037, "no_money": 1}
+_PIN = re.compile(r"[0-9]{4}")
+
+
+def valid_pin(pin) -> bool:
+    """Any four digits: the simulator's customer has no PIN of their own."""
+    return isinstance(pin, str) and bool(_PIN.fullmatch(pin))
+
 
 def result_desc(code: int) -> str:
     return RESULT_DESCS.get(code, f"Undocumented result code {code} (simulator)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import NamedTuple
@@ -78,6 +79,24 @@ def cmd_orphans(args):
               + (f"  ({row['reason']})" if row["reason"] else ""))
 
 
+def cmd_orphans_assign(args):
+    """Credit an orphan payment to an account, once; refused (exit 1) otherwise."""
+    import getpass
+
+    from ledger import assignments, db
+    try:
+        who = f"topupctl ({getpass.getuser()})"
+    except (KeyError, OSError):   # no name for this uid (a container's)
+        who = "topupctl"
+    with db.connection():
+        try:
+            done = assignments.assign(args.receipt, args.account, reason=args.reason,
+                                      assigned_by=who)
+        except assignments.AssignmentRefused as exc:
+            sys.exit(f"topupctl: not assigned: {exc}")
+    print(json.dumps(done.as_dict()))
+
+
 def cmd_callbacks_quarantined(args):
     from ledger import db, settlement
     with db.connection():
@@ -98,9 +117,9 @@ def cmd_callbacks_quarantined(args):
 def cmd_simulator(args):
     from simulator.server import SimulatorConfig, serve
     _simulator_logs()
-    config = SimulatorConfig()
+    config = SimulatorConfig(unclaimed_phones=args.phones)
     if args.callback_delay is not None:
-        config = SimulatorConfig(callback_delay_s=args.callback_delay)
+        config = dataclasses.replace(config, callback_delay_s=args.callback_delay)
     serve(host=args.host, port=args.port, config=config)
 
 
@@ -148,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     orph.add_argument("--json", action="store_true")
     orph.add_argument("--all", action="store_true", help="include resolved ones")
     orph.set_defaults(func=cmd_orphans, needs=LEDGER)
+    assign = orph.add_subparsers(dest="orphans_command").add_parser(
+        "assign", help="credit an orphan payment to an account, once, with the reason")
+    assign.add_argument("receipt", metavar="RECEIPT", help="the payment's M-Pesa receipt")
+    assign.add_argument("account", metavar="ACCOUNT_ID")
+    assign.add_argument("--reason", required=True, help="why: kept with the assignment")
+    assign.set_defaults(func=cmd_orphans_assign, needs=LEDGER)
 
     cbs = sub.add_parser("callbacks", help="stored Daraja callbacks").add_subparsers(
         dest="callbacks_command", required=True)
@@ -165,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8900)
     sim.add_argument("--callback-delay", type=float, default=None,
                      help="seconds between the push's answer and its callback")
+    sim.add_argument("--phones", choices=("pay", "wait"), default="pay",
+                     help="phones no magic number claims: pay at once (the default), or wait "
+                          "for a person to answer their prompt on GET /phone")
     sim.set_defaults(func=cmd_simulator, needs=None)
     from topupctl import simulator_pay  # simulator pay ACCOUNT_NUMBER AMOUNT [--phone …]
     simulator_pay.add_parser(sim)

@@ -5,8 +5,10 @@ server), migrates an SQLite ledger, starts the simulator, the API under gunicorn
 and the scheduler, and a webhook receiver that prints what it gets; keeps one demo account,
 its API key, its webhook endpoint and an ops token under ``var/`` (the same on every start;
 ``make reset`` starts afresh); registers the paybill's C2B URLs with the simulator; writes
-``var/run.env`` for ``make topupctl``; and prints a curl line that tops up and the command
-that pays the demo wallet's account number as a customer would. Ctrl-C (or SIGTERM) stops
+``var/run.env`` for ``make topupctl``; and prints a curl line that tops up, the simulator's
+phone page (where a person answers the prompts of phones no magic number claims), the command
+that pays the demo wallet's account number as a customer would, and the console's address.
+Ctrl-C (or SIGTERM) stops
 everything it started, Redis last.
 """
 from __future__ import annotations
@@ -230,8 +232,9 @@ def main() -> int:
         write_run_env(env)
         receiver = DevReceiver(hook_port, demo["webhook_secret"], say).start()
 
+        # phones no magic number claims wait for a person on the simulator's phone page
         procs.start("simulator", [os.path.join(bin_dir, "topupctl"), "simulator",
-                                  "--port", str(sim_port)], env)
+                                  "--port", str(sim_port), "--phones", "wait"], env)
         procs.start("api", [os.path.join(bin_dir, "gunicorn"), "app:create_app()",
                             "--bind", f"127.0.0.1:{api_port}", "--workers", "2",
                             "--threads", "4", "--graceful-timeout", "20"], env)
@@ -246,9 +249,12 @@ def main() -> int:
         body = json.dumps({"provider": "mpesa", "amount": 1000, "phone": "0708 374 149",
                            "reference": "DEMO1"})
         api = f"http://127.0.0.1:{api_port}"
+        sim_url = f"http://127.0.0.1:{sim_port}"
         say(f"simulator (Daraja) on http://127.0.0.1:{sim_port}, API on {api}; logs in var/log/")
         post_topup = (f"curl -s {api}/v1/topups -H 'Authorization: Bearer {key}' "
                       f"-H 'Content-Type: application/json' -d '{body}'")
+        waits = body.replace("0708 374 149", "0712 345 678").replace("DEMO1", "DEMO2")
+        post_waiting = post_topup.replace(body, waits)
         print(f"""
 Demo account {demo['account']} (kept in var/demo.json; `make reset` starts afresh)
 API key: {key}
@@ -256,12 +262,18 @@ Ops token: {env['OPS_TOKEN']}
 Webhooks: {receiver.url} receives wallet.top_up and topup.failed, checks each signature
   and prints it here (WEBHOOK_ALLOW_PRIVATE=1: development only)
 
-Top up KES 1,000 from the simulator's test phone:
+Top up KES 1,000 from the simulator's test phone (it pays at once):
   {post_topup}
+
+Or from a phone that waits for you to pay, cancel or ignore the prompt on the customer's
+phone page, {sim_url}/phone :
+  {post_waiting}
 
 Or pay the demo wallet as a customer would, from the phone's menu: Pay Bill, paybill
 {configured.daraja_c2b_shortcode}, account number {number}, KES 250:
   make topupctl ARGS="simulator pay {number} 250"
+
+The operator's console: {api}/console (sign in with the ops token above)
 
 Then look at it and at the wallet:
   curl -s {api}/v1/topups/<id> -H 'Authorization: Bearer {key}'

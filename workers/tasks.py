@@ -8,7 +8,7 @@ import random
 import peewee
 
 from daraja import errors as daraja_errors
-from ledger import inbox, orphans, pushes, result_codes, settlement
+from ledger import db, inbox, orphans, pushes, result_codes, settlement
 from ledger.callbacks import MalformedCallback, parse, why_unappliable
 from ledger.models import PENDING, PUSH_QUEUED, Callback, TopUp, utcnow
 from ledger.phones import mask
@@ -25,7 +25,7 @@ QUERY_MAX_BACKOFF_S = 600
 # A stored callback not applied after this long is not waited for by its top-up's query.
 CALLBACK_WAIT = dt.timedelta(minutes=10)
 # The database blinked (restart, failover, lost connection): worth trying the same again.
-DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+DATABASE_ERRORS = db.DATABASE_ERRORS
 
 
 class PushNotSentYet(Exception):
@@ -89,7 +89,8 @@ def push(topup_id: str, daraja, *, query_after_s: int, redis=None) -> tuple[str,
     logs.amend(checkout_request_id=accepted.checkout_request_id)
     callbacks = _record(topup_id, {
         "kind": "accepted", "checkout_request_id": accepted.checkout_request_id,
-        "merchant_request_id": accepted.merchant_request_id, "query_after_s": query_after_s})
+        "merchant_request_id": accepted.merchant_request_id, "query_after_s": query_after_s},
+        phone=topup.phone)
     # the one line for Daraja's acceptance (the client's own is at DEBUG)
     log.info("push accepted",
              extra={**context, "checkout_request_id": accepted.checkout_request_id,
@@ -130,16 +131,17 @@ def not_sent_delay_s(attempts: int, hint_s: float | None) -> float:
     return max(hint_s or 0.0, random.uniform(grown / 2, grown))
 
 
-def _record(topup_id: str, outcome: dict) -> list[int]:
+def _record(topup_id: str, outcome: dict, *, phone: str | None = None) -> list[int]:
     try:
-        return record_push_outcome(topup_id, outcome)
+        return record_push_outcome(topup_id, outcome, phone=phone)
     except DATABASE_ERRORS:
         raise PushOutcomeNotRecorded(outcome) from None
 
 
-def record_push_outcome(topup_id: str, outcome: dict) -> list[int]:
+def record_push_outcome(topup_id: str, outcome: dict, *, phone: str | None = None) -> list[int]:
     """Write down what became of a push. Safe to run again: every write is conditional.
-    Returns the callbacks that arrived before Daraja's acceptance."""
+    Returns the callbacks that arrived before Daraja's acceptance. ``phone``: the push's,
+    when the caller has it (it is never put in the outcome, which may go to a message)."""
     kind = outcome["kind"]
     if kind == "accepted":
         callbacks = pushes.record_push_accepted(
@@ -147,7 +149,10 @@ def record_push_outcome(topup_id: str, outcome: dict) -> list[int]:
             merchant_request_id=outcome["merchant_request_id"],
             query_after_s=outcome["query_after_s"])
         # payments from this phone that wait unclaimed may answer an ambiguous push now
-        settlement.retry_orphans(TopUp.select(TopUp.phone).where(TopUp.id == topup_id).scalar())
+        if phone is None:
+            phone = TopUp.select(TopUp.phone).where(TopUp.id == topup_id).scalar()
+        if orphans.waiting_from(phone):
+            settlement.retry_orphans(phone)
         return callbacks
     if kind == "ambiguous":
         pushes.record_push_ambiguous(topup_id, reason=outcome["reason"])
@@ -182,12 +187,11 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
     if row is None:
         return "missing"
     logs.amend(topup_id=row.topup_id, checkout_request_id=row.checkout_request_id)
-    if row.applied_at is not None:
-        # refuted, quarantined or malformed is final: applied again (a redelivery, a sweep,
-        # an early callback handed back by its push) it must not credit after all
-        stored = Callback.select(Callback.outcome).where(Callback.seq == row.seq).scalar()
-        if settlement.is_final(stored):
-            return stored
+    if row.applied_at is not None and settlement.is_done(row.outcome):
+        # applied already (a redelivery, a sweep, an early callback handed back by its push):
+        # refuted, quarantined or malformed must not credit after all, and a credit or a
+        # failure is not written down twice
+        return row.outcome
     try:
         cb = parse(row.body)
     except MalformedCallback:
@@ -215,9 +219,7 @@ def apply_callback(callback_seq: int, *, daraja=None, confirm_by_query: bool = F
     # The phone's lock is left to the next push for the phone, which takes it over from a
     # settled top-up (phone_lock.lock): not released here, on every credit.
     if outcome == "credited":
-        topup = TopUp.get_or_none(TopUp.checkout_request_id == row.checkout_request_id)
-        if topup is not None:
-            metrics.credited(topup.pushed_at, topup.completed_at, source="callback")
+        metrics.credited(row.pushed_at, utcnow(), source="callback")
     log.info("callback applied", extra={"callback": callback_seq, "outcome": outcome,
                                         "checkout_request_id": row.checkout_request_id})
     return outcome

@@ -15,7 +15,6 @@ import logging
 import time
 
 import dramatiq
-import peewee
 import standardwebhooks
 
 from ledger import db, idempotency, webhooks
@@ -31,7 +30,7 @@ USER_AGENT = "topup-gateway-webhooks/1"
 # for hours); a longer one waits in the database for the sweep.
 DELAYED_MESSAGE_UP_TO_S = 600
 
-DATABASE_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+DATABASE_ERRORS = db.DATABASE_ERRORS
 
 
 def sign(secret: str, event_id: str, body: str, now: float | None = None) -> dict:

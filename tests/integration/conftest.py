@@ -33,6 +33,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A browser test that fails leaves a screenshot beside its report (tests/integration/
+    browser.py), and its report says where."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        from tests.integration.browser import screenshot_of_failure
+        path = screenshot_of_failure(item)
+        if path is not None:
+            report.sections.append(("browser screenshot", str(path)))
+
+
 def _require_servers() -> None:
     available, reason = servers_available()
     if available:
@@ -101,5 +114,7 @@ def ledger(request, tmp_path):
         database.close_all()
 
 
-# The gateway's fixtures (real processes against the servers above), for every module here.
+# The gateway's fixtures (real processes against the servers above), for every module here,
+# and a real browser.
+from tests.integration.browser import chrome  # noqa: E402,F401
 from tests.integration.system import pg_system, simulator  # noqa: E402,F401

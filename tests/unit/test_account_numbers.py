@@ -77,7 +77,7 @@ def test_accounts_create_prints_the_account_number_and_the_paybill(settings, dat
 def test_the_migration_numbers_the_accounts_that_existed_before(tmp_path):
     database = db.bind(f"sqlite:///{tmp_path}/old.db")
     with db.connection():
-        Router(database, migrate_dir=migrate.MIGRATIONS_DIR).run("003_reconciliation")
+        Router(database, migrate_dir=migrate.MIGRATIONS_DIR).run("004_console")
         for name in ("old-1", "old-2", "old-3"):
             database.execute_sql("INSERT INTO account (id, name, created_at) "
                                  "VALUES (?, ?, '2026-01-01')", (f"acct_{name}", name))
@@ -85,7 +85,7 @@ def test_the_migration_numbers_the_accounts_that_existed_before(tmp_path):
             "INSERT INTO orphan_payment (checkout_request_id, mpesa_receipt, amount_cents, "
             "phone, created_at) VALUES ('ws_CO_old', 'OLD0000001', 100, '254712345678', "
             "'2026-01-01')")
-        assert migrate.upgrade() == ["004_paybill"]
+        assert migrate.upgrade() == ["005_paybill"]
         numbers = [a.account_number for a in Account.select()]
         assert len(numbers) == 3 and len(set(numbers)) == 3
         assert all(account_numbers.normalize(n) == n for n in numbers)
