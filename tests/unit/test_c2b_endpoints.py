@@ -104,7 +104,8 @@ def test_a_confirmation_credits_the_wallet_once_as_a_c2b_topup(
     assert [e.type for e in events] == ["wallet.top_up"]
     assert json.loads(events[0].data)["topup"]["channel"] == "c2b"
     assert kinds.count("credited") == 1 and kinds.count("duplicate_success") == 2
-    assert [r.outcome for r in stored()] == ["credited", "duplicate", "duplicate"]
+    # two worker threads: any of the three may be the one that credits
+    assert sorted(r.outcome for r in stored()) == ["credited", "duplicate", "duplicate"]
 
 
 def test_an_account_number_typed_loosely_credits_that_wallet(
@@ -252,6 +253,7 @@ def test_topups_show_tells_a_paybill_payments_whole_story(
     kinds = [step["kind"] for step in shown["history"]]
     assert kinds.count("c2b_confirmation") == 2 and kinds.count("credited") == 1
     assert {"paid", "ledger_entry", "duplicate_success"} <= set(kinds)
-    [first, _] = [s["detail"] for s in shown["history"] if s["kind"] == "c2b_confirmation"]
-    assert (first["outcome"], first["phone"], first["bill_ref_number"]) == (
-        "credited", "2547**** 126", account_number(account["id"]))
+    reports = [s["detail"] for s in shown["history"] if s["kind"] == "c2b_confirmation"]
+    assert sorted(r["outcome"] for r in reports) == ["credited", "duplicate"]
+    assert {(r["phone"], r["bill_ref_number"]) for r in reports} == {
+        ("2547**** 126", account_number(account["id"]))}
