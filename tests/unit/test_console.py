@@ -19,6 +19,8 @@ from tests.unit.contract_support import make_app
 from tests.unit.test_crediting import success_body
 from tests.unit.test_support_lookup import credited  # noqa: F401  (a fixture)
 
+pytestmark = pytest.mark.both_databases
+
 OPS_TOKEN = "console-ops-token-0123456789abcdef"
 
 

@@ -9,6 +9,8 @@ from tests.unit.contract_support import (  # noqa: F401
     PHONE, credit, dev_app, dev_client, dev_settings, fail, post_json, pushed_topup, receipt,
 )
 
+pytestmark = pytest.mark.both_databases
+
 
 def listed(client, account, query=""):
     response = client.get(f"/v1/events{query}", headers=account["auth"])

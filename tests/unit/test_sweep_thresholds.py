@@ -10,6 +10,8 @@ from ledger import db, inbox
 from ledger.models import Callback, utcnow
 from workers import scheduler, sweeps
 
+pytestmark = pytest.mark.both_databases
+
 TOKEN = {"DARAJA_CALLBACK_TOKEN": "ab" * 16}
 
 

@@ -16,6 +16,8 @@ from ledger.models import PUSH_QUEUED, TopUp
 from tests.unit.contract_support import dev_settings, make_app  # noqa: F401
 from workers import sweeps
 
+pytestmark = pytest.mark.both_databases
+
 GOOD = {"provider": "mpesa", "amount": 1000, "phone": "0712 345 678"}
 
 

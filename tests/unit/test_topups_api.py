@@ -6,6 +6,8 @@ import pytest
 from ledger import db, pushes, settlement
 from ledger.models import TopUp
 
+pytestmark = pytest.mark.both_databases
+
 GOOD = {"provider": "mpesa", "amount": 1000, "phone": "0712 345 678", "reference": "INV42",
         "metadata": {"order": "42"}}
 

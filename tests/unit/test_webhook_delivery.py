@@ -22,6 +22,8 @@ from tests.webhook_receiver import Receiver, event_types
 from workers import runtime, webhook_urls
 from workers import webhooks as worker_webhooks
 
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.fixture
 def receiver():

@@ -18,6 +18,8 @@ from telemetry import logs, metrics
 from tests.unit.test_crediting import pushed, success_body  # noqa: F401 (a fixture)
 from workers import tasks
 
+pytestmark = pytest.mark.both_databases
+
 
 def value(metric, *labels) -> float:
     return metric.labels(*labels)._value.get()
