@@ -1,4 +1,4 @@
-"""POST /v1/topups and the reads, through the Flask app on SQLite and the StubBroker."""
+"""POST /v1/topups and the reads, through the Flask app and the StubBroker."""
 import json
 
 import pytest
