@@ -44,8 +44,15 @@ def post(client, account, headers=None):
 
 
 def queued_pushes(broker) -> list[tuple]:
-    return [tuple(json.loads(raw)["args"])
-            for raw in broker.client.hgetall("dramatiq:topups.msgs").values()]
+    """The arguments of every push a worker would now take from the queue."""
+    consumer = broker.consume("topups", prefetch=100, timeout=100)
+    pushes = []
+    try:
+        while (message := next(consumer)) is not None:
+            pushes.append(tuple(message.args))
+    finally:
+        consumer.close()
+    return pushes
 
 
 def test_a_created_topups_push_is_in_the_queue_when_the_client_has_its_answer(

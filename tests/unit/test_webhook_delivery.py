@@ -246,24 +246,12 @@ def test_the_post_goes_to_the_address_that_was_checked_with_the_urls_host_name(r
 
 
 def test_a_redirect_is_not_followed(receiver):
-    class Redirecting(Receiver):
-        def _handler(self):
-            target = receiver.url
-
-            class Handler(super()._handler()):
-                def do_POST(self):
-                    self.send_response(307)
-                    self.send_header("Location", target)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-            return Handler
-
-    redirecting = Redirecting().start()
+    redirecting = Receiver(redirect_to=receiver.url).start()
     try:
         status = webhook_urls.post(redirecting.url, b"{}", {}, allow_private=True)
     finally:
         redirecting.stop()
-    assert status == 307 and receiver.attempts == 0
+    assert status == 307 and redirecting.attempts == 1 and receiver.attempts == 0
 
 
 def test_a_receiver_slower_than_the_read_timeout_is_a_failed_attempt(receiver, monkeypatch):
