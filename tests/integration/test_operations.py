@@ -90,6 +90,20 @@ def queued(redis_url: str, queue: str) -> list[tuple]:
     return messages
 
 
+def read_by_the_server(connection: socket.socket) -> bool:
+    """Whether the server has accepted ``connection`` and read all that was sent on it
+    (Linux's /proc/net/tcp: the server's end of a connection has an inode once accepted,
+    and an empty receive queue once read)."""
+    here, there = connection.getsockname(), connection.getpeername()
+    ours = (f"0100007F:{there[1]:04X}", f"0100007F:{here[1]:04X}")   # 127.0.0.1, as Linux
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == ours:
+            receive_queue = int(fields[4].split(":")[1], 16)
+            return fields[9] != "0" and receive_queue == 0
+    return False
+
+
 def fetch(consumer, count: int) -> list:
     got = []
     deadline = time.monotonic() + 10
@@ -320,10 +334,12 @@ def test_sigterm_to_the_api_finishes_the_request_in_flight(ops_system, redis_ser
     connection = socket.create_connection(("127.0.0.1", ops_system.api_port), timeout=30)
     try:
         connection.sendall(head + body[:10])
-        time.sleep(0.5)  # the request is in a worker's hands, half read
+        wait_until(lambda: read_by_the_server(connection),
+                   message="the request to be in a worker's hands, half read")
         master = ops_system.processes["api"]
         master.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_until(lambda: "Handling signal: term" in ops_system.log("api"),
+                   message="the API to begin shutting down")
         connection.sendall(body[10:])
         answer = b""
         while chunk := connection.recv(65536):

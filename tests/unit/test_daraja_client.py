@@ -125,7 +125,7 @@ class FakeDaraja:
             f"{CONSUMER_KEY}:{CONSUMER_SECRET}".encode()).decode()
         if seen.headers.get("Authorization") != expected:
             return Reply(400, "", content_type="text/plain")
-        if self.oauth_delay:
+        if self.oauth_delay:   # a slow Daraja: the delay is the test's subject
             time.sleep(self.oauth_delay)
         token = f"tok{next(self._serial)}Xq9"
         with self.lock:
@@ -167,7 +167,7 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             pass
         reply = self.server.fake.answer(seen)
-        if reply.delay:
+        if reply.delay:   # a slow Daraja: the delay is the test's subject
             time.sleep(reply.delay)
         if reply.drop:
             self.close_connection = True
