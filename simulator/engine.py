@@ -358,39 +358,10 @@ class Daraja:
             decisions["failure"] = True
             result_code = rules.RANDOM_FAILURE_CODES[int(code_draw * 4) % 4]
 
-        delay = config.callback_delay_s
-        copies, first_in, final_in = 1, delay, delay
-        pending_left, pending_form = config.query_pending_times, config.query_pending_form
-        if behaviour in ("no_callback", "query_pending", "query_pending_500"):
-            copies = 0
-            if behaviour != "no_callback":
-                pending_left = QUERY_PENDING_TIMES
-                pending_form = "500" if behaviour == "query_pending_500" else "4999"
-        elif behaviour == "duplicate_callback":
-            copies = 2
-        elif behaviour == "callback_five_times":
-            copies = 5
-        elif behaviour == "late_callback":
-            first_in = config.late_delay_s
-        elif behaviour == "callback_before_answer":
-            first_in = final_in = 0.0
-        elif waiting:
-            # nothing is decided (nor final) until a person answers on GET /phone, or the
-            # prompt times out
-            copies, first_in = 0, config.prompt_timeout_s
-            final_in = config.prompt_timeout_s
-            result_code = None
-        elif behaviour is None:
-            if drop_draw < config.drop_callback_rate:
-                decisions["drop"] = True
-                copies = 0
-            else:
-                if dup_draw < config.duplicate_callback_rate:
-                    decisions["duplicate"] = True
-                    copies = 2
-                if late_draw < config.late_callback_rate:
-                    decisions["late"] = True
-                    first_in = config.late_delay_s
+        copies, first_in, final_in, pending_left, pending_form = _callback_plan(
+            behaviour, waiting, config, decisions, drop_draw, dup_draw, late_draw)
+        if waiting:
+            result_code = None   # nothing is decided until a person answers on GET /phone
 
         self._seq += 1
         wall = self._wall()
@@ -676,3 +647,42 @@ class Daraja:
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _callback_plan(behaviour: str | None, waiting: bool, config: SimulatorConfig,
+                   decisions: dict, drop_draw: float, dup_draw: float, late_draw: float):
+    """When the callbacks of a new transaction go out: ``(copies, first_in, final_in,
+    pending_left, pending_form)``, by its magic behaviour, a person's answer on the phone
+    page, or the configured rates (which note what they decided in ``decisions``)."""
+    delay = config.callback_delay_s
+    copies, first_in, final_in = 1, delay, delay
+    pending_left, pending_form = config.query_pending_times, config.query_pending_form
+    if behaviour in ("no_callback", "query_pending", "query_pending_500"):
+        copies = 0
+        if behaviour != "no_callback":
+            pending_left = QUERY_PENDING_TIMES
+            pending_form = "500" if behaviour == "query_pending_500" else "4999"
+    elif behaviour == "duplicate_callback":
+        copies = 2
+    elif behaviour == "callback_five_times":
+        copies = 5
+    elif behaviour == "late_callback":
+        first_in = config.late_delay_s
+    elif behaviour == "callback_before_answer":
+        first_in = final_in = 0.0
+    elif waiting:
+        # nothing goes out until a person answers on GET /phone, or the prompt times out
+        copies, first_in = 0, config.prompt_timeout_s
+        final_in = config.prompt_timeout_s
+    elif behaviour is None:
+        if drop_draw < config.drop_callback_rate:
+            decisions["drop"] = True
+            copies = 0
+        else:
+            if dup_draw < config.duplicate_callback_rate:
+                decisions["duplicate"] = True
+                copies = 2
+            if late_draw < config.late_callback_rate:
+                decisions["late"] = True
+                first_in = config.late_delay_s
+    return copies, first_in, final_in, pending_left, pending_form

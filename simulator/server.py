@@ -166,56 +166,75 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _control(self, daraja: Daraja, method: str, name: str, query: str,
                  body: bytes) -> Reply:
-        if method == "GET" and name == "stats":
-            return json_reply(200, daraja.stats())
-        if method == "POST" and name == "reset":
-            daraja.reset()
-            return json_reply(200, {"reset": True})
-        if method == "POST" and name == "expire-tokens":
-            return json_reply(200, {"expired": daraja.expire_tokens()})
-        if method == "GET" and name == "transactions":
-            params = parse_qs(query)
-            phone = params.get("phone", [None])[0]
-            limit = params.get("limit", [None])[0]
-            if limit is not None and not limit.isdigit():
-                return json_reply(400, {"error": "limit must be a whole number"})
-            return json_reply(200, {"data": daraja.transactions(
-                phone=phone, limit=int(limit) if limit is not None else None)})
-        if method == "GET" and name.startswith("transactions/"):
-            found = daraja.transaction(unquote(name[len("transactions/"):]))
-            if found is None:
-                return json_reply(404, {"error": "no such CheckoutRequestID"})
-            return json_reply(200, found)
-        if method == "GET" and name == "statement.csv":
-            return Reply(200, statement.to_csv(daraja.paid_transactions()),
-                         "text/csv; charset=utf-8")
-        if name == "config" and method in ("GET", "POST"):
-            if method == "POST":
-                try:
-                    daraja.update_config(_json_object(body))
-                except ValueError as exc:
-                    return json_reply(400, {"error": str(exc)})
-            return json_reply(200, daraja.config.public())
-        if name == "scripts" and method in ("GET", "POST"):
-            if method == "POST":
-                try:
-                    scripted = daraja.add_scripts(_json_object(body).get("scripts"))
-                except ValueError as exc:
-                    return json_reply(400, {"error": str(exc)})
-                return json_reply(200, {"scripted": scripted})
-            return json_reply(200, {"data": daraja.scripts()})
-        if method == "GET" and name == "refusals":
-            reference = parse_qs(query).get("account_reference", [None])[0]
-            return json_reply(200, {"data": daraja.refusals(reference)})
-        if name == "faults" and method in ("GET", "POST"):
-            if method == "POST":
-                try:
-                    request = _json_object(body)
-                    daraja.queue_fault(request.get("fault"), request.get("count", 1))
-                except ValueError as exc:
-                    return json_reply(400, {"error": str(exc)})
-            return json_reply(200, {"data": daraja.faults()})
+        """``/__sim/…``: a POST changes something, then answers as the GET of the same name
+        (when there is one) does."""
+        read_only = name in _READ_ONLY or name.startswith("transactions/")
+        if method == "POST" and not read_only:
+            try:
+                answer = _control_change(daraja, name, body)
+            except ValueError as exc:
+                return json_reply(400, {"error": str(exc)})
+            if answer is not None:
+                return answer
+        if method == "GET" or (method == "POST" and not read_only):
+            answer = _control_read(daraja, name, query)
+            if answer is not None:
+                return answer
         return json_reply(404, {"error": f"no control endpoint {method} /__sim/{name}"})
+
+
+def _control_change(daraja: Daraja, name: str, body: bytes) -> Reply | None:
+    """The POSTs of ``/__sim/``: a Reply, or None to answer with the read of ``name``."""
+    if name == "reset":
+        daraja.reset()
+        return json_reply(200, {"reset": True})
+    if name == "expire-tokens":
+        return json_reply(200, {"expired": daraja.expire_tokens()})
+    if name == "config":
+        daraja.update_config(_json_object(body))
+    elif name == "scripts":
+        return json_reply(200, {"scripted": daraja.add_scripts(
+            _json_object(body).get("scripts"))})
+    elif name == "faults":
+        request = _json_object(body)
+        daraja.queue_fault(request.get("fault"), request.get("count", 1))
+    return None
+
+
+# what only a GET reads (a POST of these names is not an endpoint)
+_READ_ONLY = ("stats", "transactions", "statement.csv", "refusals")
+
+
+def _control_read(daraja: Daraja, name: str, query: str) -> Reply | None:
+    """The reads of ``/__sim/``, or None when there is no such endpoint."""
+    if name == "stats":
+        return json_reply(200, daraja.stats())
+    if name == "transactions":
+        params = parse_qs(query)
+        phone = params.get("phone", [None])[0]
+        limit = params.get("limit", [None])[0]
+        if limit is not None and not limit.isdigit():
+            return json_reply(400, {"error": "limit must be a whole number"})
+        return json_reply(200, {"data": daraja.transactions(
+            phone=phone, limit=int(limit) if limit is not None else None)})
+    if name.startswith("transactions/"):
+        found = daraja.transaction(unquote(name[len("transactions/"):]))
+        if found is None:
+            return json_reply(404, {"error": "no such CheckoutRequestID"})
+        return json_reply(200, found)
+    if name == "statement.csv":
+        return Reply(200, statement.to_csv(daraja.paid_transactions()),
+                     "text/csv; charset=utf-8")
+    if name == "config":
+        return json_reply(200, daraja.config.public())
+    if name == "scripts":
+        return json_reply(200, {"data": daraja.scripts()})
+    if name == "refusals":
+        reference = parse_qs(query).get("account_reference", [None])[0]
+        return json_reply(200, {"data": daraja.refusals(reference)})
+    if name == "faults":
+        return json_reply(200, {"data": daraja.faults()})
+    return None
 
 
 def _json_object(body: bytes) -> dict:
