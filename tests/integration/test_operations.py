@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ledger import db, inbox, pushes, topups
 from ledger.models import Callback, LedgerEntry, TopUp
 from tests.integration.system import BIN, sim_call
+from tests.messages import taken
 from tests.waiting import wait_until
 from topupctl.devservers import find_free_port
 from tests.unit.test_crediting import success_body
@@ -79,15 +80,10 @@ def pushed_topup(account_id: str, n: int, checkout: str):
 def queued(redis_url: str, queue: str) -> list[tuple]:
     """The messages a worker would now take from ``queue``: (actor, arguments) each."""
     broker = RedisBroker(url=redis_url)
-    consumer = broker.consume(queue, prefetch=100, timeout=100)
-    messages = []
     try:
-        while (message := next(consumer)) is not None:
-            messages.append((message.actor_name, list(message.args)))
+        return [(m.actor_name, list(m.args)) for m in taken(broker, queue)]
     finally:
-        consumer.close()
         broker.close()
-    return messages
 
 
 def read_by_the_server(connection: socket.socket) -> bool:

@@ -15,6 +15,7 @@ from ledger import db, inbox, settlement
 from ledger.models import (
     OperatorAction, OrphanAssignment, Reconciliation, TopUp, Wallet, WebhookDelivery, utcnow,
 )
+from tests.messages import taken
 from tests.unit.contract_support import make_app
 from tests.unit.test_crediting import success_body
 from tests.unit.test_support_lookup import credited  # noqa: F401  (a fixture)
@@ -322,8 +323,8 @@ def test_a_failing_webhook_delivery_is_sent_again_now(signed_in, credited, stub_
     assert done.status_code == 303
     with db.connection():
         assert WebhookDelivery.get(WebhookDelivery.id == "wd_console1").status == "pending"
-    sent = [m for m in stub_broker.queues["webhooks"].queue]
-    assert len(sent) == 1
+    [sent] = taken(stub_broker, "webhooks")
+    assert (sent.actor_name, list(sent.args)) == ("deliver_webhook", ["wd_console1"])
 
 
 def test_a_statement_is_uploaded_reconciled_and_applied_with_a_reason(signed_in, account):

@@ -13,6 +13,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from ledger import db
 from ledger.models import PUSH_QUEUED, TopUp
+from tests.messages import taken
 from tests.unit.contract_support import dev_settings, make_app  # noqa: F401
 from workers import sweeps
 
@@ -45,14 +46,7 @@ def post(client, account, headers=None):
 
 def queued_pushes(broker) -> list[tuple]:
     """The arguments of every push a worker would now take from the queue."""
-    consumer = broker.consume("topups", prefetch=100, timeout=100)
-    pushes = []
-    try:
-        while (message := next(consumer)) is not None:
-            pushes.append(tuple(message.args))
-    finally:
-        consumer.close()
-    return pushes
+    return [tuple(message.args) for message in taken(broker, "topups")]
 
 
 def test_a_created_topups_push_is_in_the_queue_when_the_client_has_its_answer(

@@ -14,6 +14,7 @@ import standardwebhooks
 
 from ledger import db, webhooks
 from ledger.models import WebhookAttempt, WebhookDelivery
+from tests.messages import taken
 from tests.waiting import wait_until
 from tests.unit.contract_support import (  # noqa: F401
     credit, dev_app, dev_client, dev_settings, fail, post_json,
@@ -327,8 +328,7 @@ def test_sweep_resends_what_is_due_and_forgets_old_idempotency_keys(
         record = IdempotencyRecord.get()
     found = worker_webhooks.sweep(now=record.created_at + dt.timedelta(hours=49))
     assert found == {"webhooks_due": 1, "idempotency_keys_purged": 1}
-    queued = [json.loads(m)["args"] for m in stub_broker.queues["webhooks"].queue]
-    assert queued == [[delivery.id]]
+    assert [list(m.args) for m in taken(stub_broker, "webhooks")] == [[delivery.id]]
     with db.connection():
         assert IdempotencyRecord.select().count() == 0
 
@@ -360,8 +360,7 @@ def test_the_schedulers_sweep_resends_webhook_deliveries_whose_message_was_lost(
             WebhookDelivery.id == delivery.id).execute()
     found = scheduler.sweep_once(3600)
     assert found["webhooks_due"] == 1
-    queued = [json.loads(m)["args"] for m in stub_broker.queues["webhooks"].queue]
-    assert queued == [[delivery.id]]
+    assert [list(m.args) for m in taken(stub_broker, "webhooks")] == [[delivery.id]]
 
 
 def test_an_unexpected_error_while_posting_is_recorded_as_a_failed_attempt(dev_client, account):
