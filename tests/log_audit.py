@@ -115,6 +115,15 @@ class Audit(logging.Handler):
 
 
 _audit: Audit | None = None
+_temp_root: Path | None = None   # the session's temporary folder, once a test has run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def process_logs_audited(tmp_path_factory):
+    """The session's temporary folder, where the processes the tests start write their logs:
+    its ``*.log`` files are checked when the session ends."""
+    global _temp_root
+    _temp_root = tmp_path_factory.getbasetemp()
 
 
 def pytest_configure(config):
@@ -134,10 +143,9 @@ def pytest_unconfigure(config):
 def pytest_sessionfinish(session, exitstatus):
     if _audit is None:
         return
-    factory = getattr(session.config, "_tmp_path_factory", None)
-    if factory is not None:
+    if _temp_root is not None:
         try:
-            _audit.check_files(factory.getbasetemp())
+            _audit.check_files(_temp_root)
         except OSError:
             pass
     if _audit.violations and session.exitstatus in (pytest.ExitCode.OK,

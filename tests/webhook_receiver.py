@@ -1,7 +1,8 @@
 """A webhook receiver for tests: a real HTTP server on 127.0.0.1 that checks every delivery
 with the Standard Webhooks reference library, as a client of the gateway would.
 
-It can be told to fail its first few attempts, to see the gateway's retries through.
+It can be told to fail its first few attempts, to see the gateway's retries through, to
+answer slowly, or to redirect every delivery elsewhere.
 """
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import standardwebhooks
 
 
 class Receiver:
-    def __init__(self, *, fail_first: int = 0, failure_status: int = 500):
+    def __init__(self, *, fail_first: int = 0, failure_status: int = 500,
+                 redirect_to: str | None = None):
         self.fail_first = fail_first
         self.failure_status = failure_status
+        self.redirect_to = redirect_to     # answer every POST 307 to there
         self.secret: str | None = None     # set once the endpoint is created
         self.attempts = 0                  # every POST, failed on purpose or not
         self.webhook_ids: list[str] = []   # the webhook-id header of every POST
@@ -56,8 +59,10 @@ class Receiver:
                     receiver.webhook_ids.append(self.headers.get("webhook-id"))
                     receiver.hosts.append(self.headers.get("Host"))
                     failing = receiver.attempts <= receiver.fail_first
-                if receiver.delay_s:
+                if receiver.delay_s:   # a slow receiver: the delay is the test's subject
                     time.sleep(receiver.delay_s)
+                if receiver.redirect_to:
+                    return self._answer(307, Location=receiver.redirect_to)
                 if failing:
                     return self._answer(receiver.failure_status)
                 headers = {k: v for k, v in self.headers.items()}
@@ -72,8 +77,10 @@ class Receiver:
                                               "path": self.path, "raw": body})
                 return self._answer(204)
 
-            def _answer(self, status):
+            def _answer(self, status, **headers):
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -56,6 +56,7 @@ def submit(system, key, amount: int, phone: str, *, deadline_s: float = 60,
             raise AssertionError(f"top-up not accepted within {deadline_s}s: "
                                  f"{response.status_code if response is not None else 'no answer'}")
         retry_after = response.headers.get("Retry-After") if response is not None else None
+        # the client's own back-off, as Retry-After asks: what is tested is that it is honoured
         time.sleep(min(float(retry_after or 0.2), 2.0))
 
 

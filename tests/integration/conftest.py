@@ -1,13 +1,12 @@
-"""Real servers for the integration tests: ``redis_server`` and ``postgres_server``.
+"""The integration tests: the gateway's real processes against real servers
+(``redis_server`` and ``postgres_server``, session-scoped, in tests/conftest.py). Tests that
+need a database of their own call ``postgres_server.create_database(name)``; tests that
+restart or kill a server start a private one with :mod:`topupctl.devservers` instead of
+disturbing the shared ones.
 
-Both are session-scoped (one redis-server and one PostgreSQL cluster per test run, started on
-first use, stopped at the end). Tests that need a database of their own call
-``postgres_server.create_database(name)``; tests that restart or kill a server start a
-private one with :mod:`topupctl.devservers` instead of disturbing the shared ones.
-
-Without redis-server or PostgreSQL on this machine the tests are skipped, unless
-``TOPUP_REQUIRE_SERVERS=1`` (set by ``.ci/run``): then they fail, so CI never passes by
-silently skipping them.
+``database`` and ``ledger`` bind the ledger in this process, as the unit tests' fixtures do,
+on the test's ``database_url``: in a module marked ``both_databases``, SQLite and then the
+session's PostgreSQL.
 
 Every test collected under this folder is marked ``integration`` (``-m "not integration"``
 runs the rest).
@@ -15,13 +14,12 @@ runs the rest).
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import pytest
 
+from tests import databases
 from tests.integration.system import configure_test_process
-from topupctl.devservers import PostgresServer, RedisServer, servers_available
 
 INTEGRATION_DIR = Path(__file__).resolve().parent
 
@@ -46,37 +44,6 @@ def pytest_runtest_makereport(item, call):
             report.sections.append(("browser screenshot", str(path)))
 
 
-def _require_servers() -> None:
-    available, reason = servers_available()
-    if available:
-        return
-    if os.environ.get("TOPUP_REQUIRE_SERVERS") == "1":
-        pytest.fail(f"TOPUP_REQUIRE_SERVERS=1 but servers are unavailable: {reason}",
-                    pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    """A started :class:`topupctl.devservers.RedisServer` (AOF everysec, noeviction); ``.url``."""
-    _require_servers()
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
-    """A started :class:`topupctl.devservers.PostgresServer`; ``.url`` is the ``topup`` database,
-    ``.create_database(name)`` gives an isolated one."""
-    _require_servers()
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
-    server.start()
-    yield server
-    server.close()
-
-
 _ledgers = itertools.count()
 
 
@@ -94,24 +61,25 @@ def ledger_pg(postgres_server):
     database.close_all()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request, tmp_path):
-    """A migrated ledger bound in this process, on SQLite and then on the session's
-    PostgreSQL, with one account ("acme"), opened on this thread: the account."""
-    from ledger import accounts, db, migrate
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/ledger.db"
-    else:
-        url = request.getfixturevalue("postgres_server").create_database(
-            f"ledger_{next(_ledgers)}")
-    configure_test_process(url)
+@pytest.fixture
+def database(database_url):
+    """The ledger at ``database_url`` bound in this process, migrated, empty."""
+    from ledger import db, migrate
+    configure_test_process(database_url)
     database = db.database.obj
     with db.connection():
         migrate.upgrade()
+    yield database
+    databases.close(database)
+
+
+@pytest.fixture
+def ledger(database):
+    """The ledger with one account ("acme"), opened on this thread: the account."""
+    from ledger import accounts, db
+    with db.connection():
         account, _ = accounts.create_account("acme")
         yield account
-    if hasattr(database, "close_all"):
-        database.close_all()
 
 
 # The gateway's fixtures (real processes against the servers above), for every module here,

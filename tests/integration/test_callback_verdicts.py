@@ -17,6 +17,8 @@ from ledger.models import (
 from tests.unit.test_crediting import success_body
 from workers import sweeps, tasks
 
+pytestmark = pytest.mark.both_databases
+
 PHONE = "254712345678"
 
 

@@ -13,6 +13,8 @@ from ledger.models import (
 )
 from tests.unit.test_crediting import failure_body, success_body
 
+pytestmark = pytest.mark.both_databases
+
 
 def keep_orphan(checkout: str, receipt: str, amount: int = 750) -> None:
     """A paid callback for a CheckoutRequestID no top-up knows: kept as an orphan payment."""

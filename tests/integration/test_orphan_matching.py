@@ -21,6 +21,8 @@ from tests.unit.test_crediting import success_body
 from tests.waiting import wait_until
 from workers import scheduler, sweeps, tasks
 
+pytestmark = pytest.mark.both_databases
+
 PHONE = "254712345678"
 
 

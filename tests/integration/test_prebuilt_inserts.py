@@ -10,6 +10,8 @@ import pytest
 from ledger import db, prebuilt
 from ledger.models import Callback, TopUpEvent
 
+pytestmark = pytest.mark.both_databases
+
 CALLBACK = prebuilt.Insert(Callback, Callback.received_at, Callback.remote_addr, Callback.body,
                            Callback.checkout_request_id, Callback.result_code,
                            Callback.well_formed, Callback.applied_at, Callback.outcome)

@@ -15,6 +15,8 @@ from ledger import accounts, db, events, migrate, topups, webhooks
 from ledger.models import Event, TopUp, WebhookDelivery, WebhookEndpoint
 from tests.integration.test_hot_paths_pg import at_once
 
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request, tmp_path):

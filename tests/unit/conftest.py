@@ -1,6 +1,9 @@
 """Unit-test fixtures: every test runs in a process configured for it by the bootstrap
-(``gateway``): its own settings and SQLite ledger, the StubBroker, fakeredis. Then the stub
-worker, the app's test client, accounts."""
+(``gateway``): its own settings and ledger, the StubBroker, fakeredis. Then the stub worker,
+the app's test client, accounts.
+
+The ledger is an SQLite file of the test's own; in a module marked ``both_databases``, each
+test that uses it (``database``) runs on SQLite and again on PostgreSQL (tests/conftest.py)."""
 from __future__ import annotations
 
 import dramatiq
@@ -11,6 +14,7 @@ from dramatiq.brokers.stub import StubBroker
 import bootstrap
 import settings as settings_module
 from ledger import accounts, db, migrate
+from tests import databases
 from workers import broker as worker_broker
 
 CALLBACK_TOKEN = "c0ffee" * 6
@@ -19,9 +23,9 @@ UNREACHABLE_REDIS = "redis://127.0.0.1:9/0"
 
 
 @pytest.fixture
-def settings(tmp_path):
+def settings(database_url):
     return settings_module.load({"DARAJA_CALLBACK_TOKEN": CALLBACK_TOKEN,
-                                 "DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db",
+                                 "DATABASE_URL": database_url,
                                  "REDIS_URL": UNREACHABLE_REDIS})
 
 
@@ -46,13 +50,12 @@ def gateway(settings, stub_broker, fake_redis):
 
 @pytest.fixture
 def database(gateway):
-    """The ledger the bootstrap bound, migrated."""
+    """The ledger the bootstrap bound, migrated, empty."""
     with db.connection():
         migrate.upgrade()
     database = db.database.obj
     yield database
-    if not database.is_closed():
-        database.close()
+    databases.close(database)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Fixtures for unit tests of the workers' tasks: the SQLite ledger, an in-process simulator
+"""Fixtures for unit tests of the workers' tasks: the ledger, an in-process simulator
 answering over real HTTP, a real Daraja client, and fakeredis for the phone locks.
 
 Callbacks from the simulator go to a closed port (they fail, and are recorded as failed by

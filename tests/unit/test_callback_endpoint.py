@@ -8,7 +8,10 @@ import pytest
 from app import create_app
 from ledger import db
 from ledger.models import Callback
+from tests import databases
 from tests.unit.conftest import CALLBACK_TOKEN, FakeRedis
+
+pytestmark = pytest.mark.both_databases
 
 BODY = {"Body": {"stkCallback": {"MerchantRequestID": "m", "CheckoutRequestID": "ws_CO_9",
                                  "ResultCode": 1032, "ResultDesc": "Request cancelled by user"}}}
@@ -99,13 +102,11 @@ def test_an_untrusted_forwarded_for_hop_is_ignored(guarded_client):
 
 def test_an_acknowledged_callback_is_already_committed_for_every_other_connection(client,
                                                                                   settings):
-    import sqlite3
     response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY,
                            environ_base={"REMOTE_ADDR": "196.201.214.200"})
     assert response.status_code == 200
-    path = settings.database_url[len("sqlite:///"):]
-    with sqlite3.connect(path) as other:
-        count, = other.execute("SELECT count(*) FROM callback").fetchone()
+    with databases.another_connection(settings.database_url) as other:
+        count, = other.execute_sql("SELECT count(*) FROM callback").fetchone()
     assert count == 1
     row, = stored()
     assert (row.remote_addr, row.well_formed, row.applied_at, row.outcome) == (
@@ -113,17 +114,14 @@ def test_an_acknowledged_callback_is_already_committed_for_every_other_connectio
     assert row.received_at is not None and row.received_at.year >= 2026
 
 
-def test_a_callback_the_database_cannot_store_answers_503_and_is_not_queued(client, settings,
-                                                                            stub_broker):
-    import sqlite3
-    path = settings.database_url[len("sqlite:///"):]
-    with sqlite3.connect(path) as other:  # the table out of reach: every INSERT fails
-        other.execute("ALTER TABLE callback RENAME TO callback_away")
-    try:
+def test_a_callback_the_database_cannot_store_answers_503_and_is_not_queued(
+        client, settings, database, stub_broker, tmp_path):
+    db.database.initialize(db.open_database(databases.unreachable(settings.database_url,
+                                                                  tmp_path)))
+    try:   # the database is down: every INSERT fails
         response = client.post(f"/daraja/callback/{CALLBACK_TOKEN}", json=BODY)
     finally:
-        with sqlite3.connect(path) as other:
-            other.execute("ALTER TABLE callback_away RENAME TO callback")
+        db.database.initialize(database)
     assert response.status_code == 503
     assert stored() == []
     assert stub_broker.queues["callbacks"].qsize() == 0

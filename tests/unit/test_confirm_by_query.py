@@ -7,6 +7,8 @@ from ledger.models import FAILED, PENDING, SUCCEEDED, Callback, LedgerEntry, Orp
 from tests.unit.stk_support import kinds, new_topup, row, success_callback
 from workers import tasks
 
+pytestmark = pytest.mark.both_databases
+
 
 def pushed(stk, account_id, phone) -> str:
     topup_id = new_topup(account_id, phone)

@@ -8,6 +8,8 @@ from ledger.models import (
     FAILED, PENDING, SUCCEEDED, UNKNOWN, Callback, LedgerEntry, OrphanPayment, TopUp, Wallet,
 )
 
+pytestmark = pytest.mark.both_databases
+
 
 def success_body(checkout, amount=1000, receipt="PE73OJNTHB", phone=254712345678, amount_form=None):
     return json.dumps({"Body": {"stkCallback": {

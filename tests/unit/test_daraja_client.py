@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from daraja import DarajaClient, DarajaConfig, MemoryTokenCache, RedisTokenCache, errors
+from daraja.client import new_session
 from daraja.security import nairobi_timestamp
 
 SANDBOX_PASSKEY = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c919"
@@ -124,7 +125,7 @@ class FakeDaraja:
             f"{CONSUMER_KEY}:{CONSUMER_SECRET}".encode()).decode()
         if seen.headers.get("Authorization") != expected:
             return Reply(400, "", content_type="text/plain")
-        if self.oauth_delay:
+        if self.oauth_delay:   # a slow Daraja: the delay is the test's subject
             time.sleep(self.oauth_delay)
         token = f"tok{next(self._serial)}Xq9"
         with self.lock:
@@ -166,7 +167,7 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             pass
         reply = self.server.fake.answer(seen)
-        if reply.delay:
+        if reply.delay:   # a slow Daraja: the delay is the test's subject
             time.sleep(reply.delay)
         if reply.drop:
             self.close_connection = True
@@ -248,10 +249,11 @@ def make_client(fake, redis_server, clock):
         fields.update(overrides)
         if cache is None:
             cache = RedisTokenCache(fakeredis.FakeStrictRedis(server=redis_server))
-        client = DarajaClient(DarajaConfig(**fields), token_cache=cache, session=session,
-                              clock=clock, on_call=on_call)
-        sessions.append(client._session)
-        return client
+        if session is None:
+            session = new_session()   # what the client would make itself
+        sessions.append(session)
+        return DarajaClient(DarajaConfig(**fields), token_cache=cache, session=session,
+                            clock=clock, on_call=on_call)
 
     yield make
     for session in sessions:
@@ -841,7 +843,6 @@ def test_each_call_takes_its_proxy_from_the_environment(make_client, fake,
 
 
 def test_the_ca_bundle_named_by_the_environment_is_the_one_used(no_proxy_in_the_environment):
-    from daraja.client import new_session
     no_proxy_in_the_environment.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/company-ca.pem")
     with pytest.raises(OSError, match="/nonexistent/company-ca.pem"):
         new_session().get(f"https://127.0.0.1:{unused_port()}/oauth", timeout=2)

@@ -31,7 +31,7 @@ class CountingFetch:
         with self._lock:
             self.calls += 1
             n = self.calls
-        if self.delay:
+        if self.delay:   # a slow OAuth call: others come while it is in flight
             time.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
@@ -129,29 +129,33 @@ def test_the_lock_is_released_when_the_fetch_fails(server):
 def test_a_process_that_cannot_take_the_lock_waits_for_the_holders_token(server):
     holder = a_process(server)
     holder.set(f"topup:daraja:token:{SCOPE}:lock", "someone-else", px=30_000)
-    waiter = RedisTokenCache(a_process(server))
-    fetch = CountingFetch()
+    waited = []
 
-    def holder_finishes():
-        time.sleep(0.2)
+    def holder_finishes_while_the_waiter_waits(seconds):
+        waited.append(seconds)
         entry = {"token": "holders-token", "expires_at": 1000.0 + 3599, "expires_in": 3599}
         holder.set(f"topup:daraja:token:{SCOPE}", json.dumps(entry), px=3599_000)
 
-    thread = threading.Thread(target=holder_finishes)
-    thread.start()
+    waiter = RedisTokenCache(a_process(server), sleep=holder_finishes_while_the_waiter_waits)
+    fetch = CountingFetch()
     assert waiter.get(fetch, 1000.0, scope=SCOPE) == "holders-token"
-    thread.join()
-    assert fetch.calls == 0
+    assert len(waited) == 1 and fetch.calls == 0
 
 
 def test_a_waiter_takes_over_when_the_holder_releases_the_lock_without_a_token(server):
     lock_key = f"topup:daraja:token:{SCOPE}:lock"
     other = a_process(server)
     other.set(lock_key, "someone-else", px=30_000)
-    threading.Timer(0.15, lambda: other.delete(lock_key)).start()
+    waited = []
+
+    def holder_gives_up_while_the_waiter_waits(seconds):
+        waited.append(seconds)
+        other.delete(lock_key)
+
     fetch = CountingFetch()
-    assert RedisTokenCache(a_process(server)).get(fetch, 1000.0, scope=SCOPE) == "token-1"
-    assert fetch.calls == 1
+    waiter = RedisTokenCache(a_process(server), sleep=holder_gives_up_while_the_waiter_waits)
+    assert waiter.get(fetch, 1000.0, scope=SCOPE) == "token-1"
+    assert len(waited) == 1 and fetch.calls == 1
 
 
 def test_a_waiter_never_fetches_without_the_lock_and_gives_up_after_wait_s(server):

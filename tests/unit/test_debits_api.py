@@ -9,6 +9,8 @@ from tests.unit.contract_support import (  # noqa: F401
     credit, dev_app, dev_client, dev_settings, post_json,
 )
 
+pytestmark = pytest.mark.both_databases
+
 
 def debit(client, account, body, **headers):
     return post_json(client, "/v1/wallet/debits", body, account["auth"], **headers)

@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import re
 import subprocess
@@ -139,13 +138,6 @@ def topupctl_commands(markdown: str) -> set[str]:
     return {command for command in commands if command}
 
 
-def _subparsers(parser: argparse.ArgumentParser):
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return None
-
-
 def _command_words(command: str) -> list[str]:
     """The leading words that may be subcommands (up to the first option or argument)."""
     words = []
@@ -156,32 +148,31 @@ def _command_words(command: str) -> list[str]:
     return words
 
 
-def check_command(command: str, capsys) -> list[str]:
-    """What is wrong with one command line (an empty list when nothing is)."""
-    problems = []
-    parser, words, options = build_parser(), [], set()
-    for word in _command_words(command):
-        options.update(s for a in parser._actions for s in a.option_strings)
-        sub = _subparsers(parser)
-        if sub is None:
-            break           # the rest are the command's own arguments
-        if word not in sub.choices:
-            problems.append(f"topupctl {' '.join(words + [word])}: no such command")
-            return problems
-        parser = sub.choices[word]
-        words.append(word)
-    options.update(s for a in parser._actions for s in a.option_strings)
+def topupctl_help(words: list[str], capsys) -> tuple[int, str]:
+    """What ``topupctl WORDS --help`` exits with and prints."""
     try:
         build_parser().parse_args(words + ["--help"])
         code = 0
     except SystemExit as exit_:
         code = exit_.code
-    capsys.readouterr()
-    if code != 0:
-        problems.append(f"topupctl {' '.join(words)} --help exits {code}")
-    problems += [f"topupctl {' '.join(words)}: no option {option}"
-                 for option in _OPTION.findall(command) if option not in options]
-    return problems
+    printed = capsys.readouterr()
+    return code, printed.out + printed.err
+
+
+def check_command(command: str, capsys) -> list[str]:
+    """What is wrong with one command line (an empty list when nothing is): a word that is
+    no command, an option that no help on the way shows."""
+    words = []
+    code, shown = topupctl_help(words, capsys)
+    for word in _command_words(command):
+        code, printed = topupctl_help(words + [word], capsys)
+        if code != 0:
+            return [f"topupctl {' '.join(words + [word])}: no such command"]
+        words.append(word)   # a command, or the command's own first argument
+        shown += printed
+    options = set(_OPTION.findall(shown))
+    return [f"topupctl {' '.join(words)}: no option {option}"
+            for option in _OPTION.findall(command) if option not in options]
 
 
 SHOWN_IN = [README, *DOCS, ROOT / "simulator" / "README.md"]

@@ -3,8 +3,7 @@
 would handle (here a confirming query that must wait) is sent to its queue as before."""
 from __future__ import annotations
 
-import dramatiq
-
+from tests.messages import taken
 from workers import actors, tasks
 
 
@@ -22,8 +21,7 @@ def test_early_callbacks_are_applied_in_the_push_and_sent_only_when_they_must_wa
     monkeypatch.setattr(tasks, "apply_callback", apply)
     actors.push_topup.fn("tu_early")
     assert applied == [7]
-    sent = [dramatiq.Message.decode(data)
-            for data in stub_broker.queues[actors.CALLBACKS_QUEUE].queue]
+    sent = taken(stub_broker, actors.CALLBACKS_QUEUE)
     assert [(m.actor_name, list(m.args)) for m in sent] == [("apply_callback", [8])]
 
 
@@ -37,8 +35,7 @@ def test_a_push_outcome_the_database_could_not_take_goes_to_a_message_of_its_own
 
     monkeypatch.setattr(tasks, "push", database_down)
     actors.push_topup.fn("tu_lost_answer")
-    sent = [dramatiq.Message.decode(data)
-            for data in stub_broker.queues[actors.TOPUPS_QUEUE].queue]
+    sent = taken(stub_broker, actors.TOPUPS_QUEUE)
     assert [(m.actor_name, list(m.args)) for m in sent] == [
         ("record_push_outcome", ["tu_lost_answer", outcome])]
 

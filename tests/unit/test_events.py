@@ -1,13 +1,14 @@
 """Events: written with the credit or the failure that made them true, listed by GET /v1/events."""
-import json
-
 import pytest
 
 from ledger import db, pushes, settlement, topups
 from ledger.models import Event, TopUp, WebhookDelivery
+from tests.messages import taken
 from tests.unit.contract_support import (  # noqa: F401
     PHONE, credit, dev_app, dev_client, dev_settings, fail, post_json, pushed_topup, receipt,
 )
+
+pytestmark = pytest.mark.both_databases
 
 
 def listed(client, account, query=""):
@@ -167,8 +168,7 @@ def test_each_endpoint_that_asked_for_the_type_gets_one_delivery_queued_after_th
     assert [d.endpoint_id for d in deliveries] == [both]
     assert failures_only not in [d.endpoint_id for d in deliveries]
     assert deliveries[0].status == "pending" and deliveries[0].attempts == 0
-    queued = [json.loads(m)["args"] for m in stub_broker.queues["webhooks"].queue]
-    assert queued == [[deliveries[0].id]]
+    assert [list(m.args) for m in taken(stub_broker, "webhooks")] == [[deliveries[0].id]]
 
 
 def test_a_deleted_endpoint_gets_no_more_deliveries(dev_client, account):

@@ -10,6 +10,8 @@ from ledger.models import FAILED, PENDING, SUCCEEDED
 from tests.unit.stk_support import kinds, new_topup, row
 from workers import tasks
 
+pytestmark = pytest.mark.both_databases
+
 # every ResultCode Daraja documents as "no money moved"
 DOCUMENTED_FAILURES = ["1", "2", "3", "4", "8", "17", "1001", "1019", "1025", "9999", "1031",
                        "1032", "1036", "1037", "2001", "2028", "SFC_IC0003", "8006", "E3008"]

@@ -3,11 +3,15 @@ unless its push certainly never left; a late word from Daraja still settles it."
 import dataclasses
 import datetime as dt
 
+import pytest
+
 import bootstrap
 from ledger import db, inbox, pushes, settlement
 from ledger.models import FAILED, PENDING, SUCCEEDED, UNKNOWN, TopUp, utcnow
 from tests.unit.stk_support import kinds, new_topup, row, sim, success_callback
 from workers import actors, sweeps, tasks
+
+pytestmark = pytest.mark.both_databases
 
 
 def pushed(stk, account_id, phone="254712345678") -> str:

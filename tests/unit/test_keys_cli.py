@@ -5,6 +5,8 @@ import pytest
 
 from topupctl import cli
 
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.fixture
 def topupctl(settings, database, monkeypatch, capsys):

@@ -15,6 +15,8 @@ from ledger import accounts, db, inbox, pushes, settlement, topups
 from tests.unit.conftest import CALLBACK_TOKEN
 from tests.unit.test_crediting import failure_body, success_body
 
+pytestmark = pytest.mark.both_databases
+
 OPS_TOKEN = "ops-token-for-tests-0123"
 
 

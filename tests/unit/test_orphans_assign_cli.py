@@ -11,6 +11,8 @@ from ledger.models import Wallet
 from tests.unit.test_crediting import success_body
 from topupctl.cli import main
 
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.fixture
 def orphan(database):

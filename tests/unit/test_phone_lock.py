@@ -13,6 +13,8 @@ from ledger.models import PENDING, PUSH_QUEUED, PUSH_SENT, TopUp, utcnow
 from tests.unit.stk_support import new_topup, pushes_received, row, sim, success_callback
 from workers import phone_lock, tasks
 
+pytestmark = pytest.mark.both_databases
+
 PHONE = "254712345678"
 
 

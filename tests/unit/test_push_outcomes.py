@@ -14,6 +14,8 @@ from ledger.models import (
 from tests.unit.stk_support import kinds, new_topup, pushes_received, row, sim
 from workers import sweeps, tasks
 
+pytestmark = pytest.mark.both_databases
+
 
 def push(stk, topup_id):
     with db.connection():

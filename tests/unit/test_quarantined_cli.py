@@ -2,9 +2,13 @@
 applied, with its reason; nothing else."""
 import json
 
+import pytest
+
 from ledger import db, inbox
 from tests.unit.test_crediting import success_body
 from workers import tasks
+
+pytestmark = pytest.mark.both_databases
 
 
 def test_topupctl_lists_quarantined_callbacks_with_their_reason(

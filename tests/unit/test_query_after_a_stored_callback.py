@@ -7,6 +7,8 @@ from ledger.models import SUCCEEDED
 from tests.unit.stk_support import new_topup, row, sim, success_callback
 from workers import tasks
 
+pytestmark = pytest.mark.both_databases
+
 
 def pushed(stk, account_id, phone="254712345678"):
     topup_id = new_topup(account_id, phone)

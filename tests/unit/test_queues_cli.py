@@ -1,39 +1,57 @@
 """topupctl queues [--json] [--watch] and topupctl queues dead [--queue] [--actor]
-[--requeue | --purge], as an operator sees them (Redis is fakeredis here)."""
+[--requeue | --purge], as an operator sees them, on the session's redis-server."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import types
 
 import dramatiq
-import fakeredis
 import pytest
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from telemetry.queues import Queues
+import bootstrap
 from topupctl import ops
 from topupctl.cli import main
 
 
 @pytest.fixture
-def redis_client(monkeypatch):
-    client = fakeredis.FakeRedis()
-    monkeypatch.setattr(ops, "_queues", lambda: Queues(client))
-    monkeypatch.setattr(ops, "declared_queues", lambda: {"topups", "callbacks", "queries"})
-    return client
+def redis_client(redis_server, settings, stub_broker, monkeypatch):
+    """The gateway's Redis, empty, as topupctl finds it: named by REDIS_URL, and by the
+    settings this process is configured with (for the commands called as functions)."""
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    bootstrap.configure("tests", dataclasses.replace(settings, redis_url=redis_server.url),
+                        broker=stub_broker, database=False, logging=False)
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+def declared_queues() -> set[str]:
+    """The queues of the gateway's actors: listed even when empty."""
+    return {actor.queue_name for actor in bootstrap.declared_actors()}
+
+
+def counts(capsys) -> dict:
+    """Each queue's (ready, dead), as ``topupctl queues --json`` tells them."""
+    return {q["queue"]: (q["ready"], q["dead"])
+            for q in json.loads(run(capsys, "queues", "--json"))["data"]}
 
 
 @pytest.fixture
 def producer(redis_client):
     broker = RedisBroker(client=redis_client)
-    return {
+    yield {
         "broker": broker,
         "push": dramatiq.actor(lambda topup_id: None, actor_name="push_topup", broker=broker,
                                queue_name="topups"),
         "apply": dramatiq.actor(lambda seq: None, actor_name="apply_callback", broker=broker,
                                 queue_name="callbacks"),
     }
+    broker.close()
 
 
 def dead_letter(producer, queue: str, count: int = 1) -> None:
@@ -63,11 +81,12 @@ def test_queues_json_is_one_object_with_every_queue(producer, capsys):
     producer["apply"].send(1)
     document = json.loads(run(capsys, "queues", "--json"))
     queues = {q["queue"]: q for q in document["data"]}
-    assert set(queues) == {"topups", "callbacks", "queries"}
+    assert set(queues) == declared_queues() >= {"topups", "callbacks", "queries"}
     assert queues["callbacks"]["ready"] == 1
 
 
 def test_watch_refreshes_until_stopped(producer):
+    # called as a function: --watch runs until Ctrl-C
     out = io.StringIO()
     args = types.SimpleNamespace(json=True, watch=True, interval=0.01)
     assert ops.cmd_queues(args, out=out, iterations=3) == 0
@@ -95,12 +114,11 @@ def test_requeue_and_purge_act_on_the_chosen_queue_only(producer, redis_client, 
     dead_letter(producer, "callbacks")
     assert "requeued 2 dead letters (queue topups)" in run(
         capsys, "queues", "dead", "--queue", "topups", "--requeue")
-    assert redis_client.llen("dramatiq:topups") == 2
-    assert redis_client.zcard("dramatiq:callbacks.XQ") == 1
+    assert (counts(capsys)["topups"], counts(capsys)["callbacks"]) == ((2, 0), (0, 1))
     document = json.loads(run(capsys, "queues", "dead", "--queue", "callbacks", "--purge",
                               "--json"))
     assert document["purged"] == 1
-    assert redis_client.zcard("dramatiq:callbacks.XQ") == 0
+    assert (counts(capsys)["topups"], counts(capsys)["callbacks"]) == ((2, 0), (0, 0))
 
 
 def test_requeue_and_purge_cannot_be_asked_together(redis_client):

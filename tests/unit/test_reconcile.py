@@ -13,6 +13,8 @@ from ledger.models import (
 )
 from ledger.statement import MalformedStatement, parse
 
+pytestmark = pytest.mark.both_databases
+
 EAT = dt.timezone(dt.timedelta(hours=3))
 HEADER = ("Receipt No.,Completion Time,Initiation Time,Details,Transaction Status,Paid In,"
           "Withdrawn,Balance,Balance Confirmed,Reason Type,Other Party Info,"

@@ -159,6 +159,12 @@ class Client:
         answer = self.http.request(method, f"{self.base}/__sim/{name}", json=body)
         return answer
 
+    def reset(self):
+        """The simulator as it started, its tokens forgotten: this client's too."""
+        answer = self.control("POST", "reset")
+        assert answer.status_code == 200, answer.text
+        self._token = None
+
     def configure(self, **settings):
         answer = self.control("POST", "config", settings)
         assert answer.status_code == 200, answer.text
@@ -645,8 +651,7 @@ def test_an_unknown_fault_is_refused_and_expire_token_early_expires_tokens(daraj
 
 
 def _rate_run(daraja, seed):
-    daraja.control("POST", "reset")  # tokens too
-    daraja._token = None
+    daraja.reset()
     daraja.configure(seed=seed, drop_callback_rate=0.3, duplicate_callback_rate=0.3,
                      lock_subscriber=False)
     ids = [daraja.accepted() for _ in range(20)]

@@ -2,6 +2,7 @@
 each delivery thread keeps, never twice, every failure named as before."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from simulator.callbacks import post_json
+from tests.waiting import wait_until
 
 BODY = b'{"Body": {"stkCallback": {"ResultCode": 0}}}'
 
@@ -20,6 +22,7 @@ class Receiver:
     def __init__(self, *, close_silently=False, http10=False, delay_s=0.0, status=200):
         self.posts: list[bytes] = []
         self.connections = 0
+        self.finished = 0    # POSTs answered (with close_silently, and closed) or given up
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -30,9 +33,15 @@ class Receiver:
                 receiver.connections += 1
 
             def do_POST(self):
+                try:
+                    self.answer()
+                finally:   # answered, or given up on a client that had gone
+                    receiver.finished += 1
+
+            def answer(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 receiver.posts.append(body)
-                time.sleep(delay_s)
+                time.sleep(delay_s)   # a slow receiver: the delay is the test's subject
                 answer = b'{"ResultCode": 0, "ResultDesc": "Accepted"}'
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -41,6 +50,8 @@ class Receiver:
                 self.wfile.write(answer)
                 if close_silently:   # as a server whose keep-alive timeout ran out
                     self.close_connection = True
+                    self.wfile.flush()
+                    self.request.shutdown(socket.SHUT_WR)   # the close, on its way now
 
             def log_message(self, *args):
                 pass
@@ -79,9 +90,10 @@ def test_callbacks_from_one_thread_share_one_connection(receivers):
 
 def test_a_connection_the_receiver_closed_is_replaced_and_the_callback_sent_once(receivers):
     receiver = receivers(close_silently=True)
-    for _ in range(3):
+    for n in range(1, 4):
         assert post_json(receiver.url, BODY, 2.0) == (True, "200")
-        time.sleep(0.05)   # the receiver's close reaches us before the next callback
+        wait_until(lambda: receiver.finished == n,
+                   message="the receiver's close, before the next callback")
     assert receiver.posts == [BODY] * 3
     assert receiver.connections == 3
 
@@ -101,10 +113,11 @@ def test_a_receiver_answering_an_error_is_a_failure_named_by_its_status(receiver
 def test_a_receiver_slower_than_the_timeout_is_a_read_timeout_sent_once(receivers):
     receiver = receivers(delay_s=0.5)
     assert post_json(receiver.url, BODY, 0.1) == (False, "ReadTimeout")
-    time.sleep(0.6)
+    wait_until(lambda: receiver.finished == 1, message="the late answer")
     assert receiver.posts == [BODY]
-    # the next callback goes on a new connection, not the one still waiting for its answer
+    # the next callback goes on a new connection, not the one its late answer came on
     assert post_json(receiver.url, BODY, 2.0) == (True, "200")
+    assert (receiver.posts, receiver.connections) == ([BODY, BODY], 2)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/daraja/callback/ab12",

@@ -1,8 +1,6 @@
 """The simulator exports the organisation-portal statement of what it processed."""
 from __future__ import annotations
 
-import time
-
 import pytest
 import requests
 
@@ -11,6 +9,7 @@ from daraja.config import DarajaConfig
 from ledger.statement import CHARGE, PAYMENT, parse
 from simulator.server import SimulatorConfig, SimulatorServer
 from simulator.statement import COLUMNS
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -27,13 +26,14 @@ def client(sim, callback_url="http://127.0.0.1:9/nobody-listens"):
 
 
 def export(sim, expected_rows):
-    deadline = time.monotonic() + 5
-    while True:
+    """The statement once it has ``expected_rows`` rows (the simulator settles a payment a
+    moment after its push): the answer and the statement parsed."""
+    def exported():
         answer = requests.get(sim.url + "/__sim/statement.csv", timeout=5)
         parsed = parse(answer.content)
-        if len(parsed.rows) >= expected_rows or time.monotonic() > deadline:
-            return answer, parsed
-        time.sleep(0.02)
+        return (answer, parsed) if len(parsed.rows) >= expected_rows else None
+    return wait_until(exported, timeout=5, interval=0.02,
+                      message=f"{expected_rows} rows in the statement")
 
 
 def test_the_statement_lists_every_paid_transaction_whatever_became_of_its_callback(sim):

@@ -10,6 +10,8 @@ from ledger import accounts, db, history, inbox, pushes, settlement, topups
 from tests.unit.test_crediting import success_body
 from topupctl.cli import main
 
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.fixture
 def credited(database):

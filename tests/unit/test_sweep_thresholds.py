@@ -3,12 +3,14 @@ shorter through SWEEP_* settings (recovery tests), refused by name when malforme
 import datetime as dt
 
 import pytest
-from dramatiq import Message
 
 import settings
 from ledger import db, inbox
 from ledger.models import Callback, utcnow
+from tests.messages import taken
 from workers import scheduler, sweeps
+
+pytestmark = pytest.mark.both_databases
 
 TOKEN = {"DARAJA_CALLBACK_TOKEN": "ab" * 16}
 
@@ -46,5 +48,5 @@ def test_a_shorter_threshold_re_drives_a_callback_sooner(database, stub_broker):
     assert scheduler.sweep_once(86400)["unapplied_callbacks"] == 0
     short = sweeps.Thresholds(unapplied_callback_after=dt.timedelta(seconds=2))
     assert scheduler.sweep_once(86400, thresholds=short)["unapplied_callbacks"] == 1
-    queued = [Message.decode(raw) for raw in stub_broker.queues["callbacks"].queue]
+    queued = taken(stub_broker, "callbacks")
     assert [(m.actor_name, m.args) for m in queued] == [("apply_callback", (stored.seq,))]

@@ -12,6 +12,8 @@ from ledger.models import FAILED, PENDING, PUSH_AMBIGUOUS, SUCCEEDED, UNKNOWN, T
 from simulator.server import SimulatorConfig, SimulatorServer
 from workers import scheduler, sweeps
 
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.fixture
 def simulator():

@@ -6,6 +6,8 @@ from tests.unit.contract_support import (  # noqa: F401
     credit, dev_app, dev_client, dev_settings, fail, post_json,
 )
 
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.fixture
 def a_objects(dev_client, account):

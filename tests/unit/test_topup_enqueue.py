@@ -13,8 +13,11 @@ from dramatiq.brokers.redis import RedisBroker
 
 from ledger import db
 from ledger.models import PUSH_QUEUED, TopUp
+from tests.messages import taken
 from tests.unit.contract_support import dev_settings, make_app  # noqa: F401
 from workers import sweeps
+
+pytestmark = pytest.mark.both_databases
 
 GOOD = {"provider": "mpesa", "amount": 1000, "phone": "0712 345 678"}
 
@@ -42,8 +45,8 @@ def post(client, account, headers=None):
 
 
 def queued_pushes(broker) -> list[tuple]:
-    return [tuple(json.loads(raw)["args"])
-            for raw in broker.client.hgetall("dramatiq:topups.msgs").values()]
+    """The arguments of every push a worker would now take from the queue."""
+    return [tuple(message.args) for message in taken(broker, "topups")]
 
 
 def test_a_created_topups_push_is_in_the_queue_when_the_client_has_its_answer(

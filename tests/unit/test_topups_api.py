@@ -1,10 +1,12 @@
-"""POST /v1/topups and the reads, through the Flask app on SQLite and the StubBroker."""
+"""POST /v1/topups and the reads, through the Flask app and the StubBroker."""
 import json
 
 import pytest
 
 from ledger import db, pushes, settlement
 from ledger.models import TopUp
+
+pytestmark = pytest.mark.both_databases
 
 GOOD = {"provider": "mpesa", "amount": 1000, "phone": "0712 345 678", "reference": "INV42",
         "metadata": {"order": "42"}}

@@ -14,6 +14,7 @@ import standardwebhooks
 
 from ledger import db, webhooks
 from ledger.models import WebhookAttempt, WebhookDelivery
+from tests.messages import taken
 from tests.waiting import wait_until
 from tests.unit.contract_support import (  # noqa: F401
     credit, dev_app, dev_client, dev_settings, fail, post_json,
@@ -21,6 +22,8 @@ from tests.unit.contract_support import (  # noqa: F401
 from tests.webhook_receiver import Receiver, event_types
 from workers import runtime, webhook_urls
 from workers import webhooks as worker_webhooks
+
+pytestmark = pytest.mark.both_databases
 
 
 @pytest.fixture
@@ -244,24 +247,12 @@ def test_the_post_goes_to_the_address_that_was_checked_with_the_urls_host_name(r
 
 
 def test_a_redirect_is_not_followed(receiver):
-    class Redirecting(Receiver):
-        def _handler(self):
-            target = receiver.url
-
-            class Handler(super()._handler()):
-                def do_POST(self):
-                    self.send_response(307)
-                    self.send_header("Location", target)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-            return Handler
-
-    redirecting = Redirecting().start()
+    redirecting = Receiver(redirect_to=receiver.url).start()
     try:
         status = webhook_urls.post(redirecting.url, b"{}", {}, allow_private=True)
     finally:
         redirecting.stop()
-    assert status == 307 and receiver.attempts == 0
+    assert status == 307 and redirecting.attempts == 1 and receiver.attempts == 0
 
 
 def test_a_receiver_slower_than_the_read_timeout_is_a_failed_attempt(receiver, monkeypatch):
@@ -337,8 +328,7 @@ def test_sweep_resends_what_is_due_and_forgets_old_idempotency_keys(
         record = IdempotencyRecord.get()
     found = worker_webhooks.sweep(now=record.created_at + dt.timedelta(hours=49))
     assert found == {"webhooks_due": 1, "idempotency_keys_purged": 1}
-    queued = [json.loads(m)["args"] for m in stub_broker.queues["webhooks"].queue]
-    assert queued == [[delivery.id]]
+    assert [list(m.args) for m in taken(stub_broker, "webhooks")] == [[delivery.id]]
     with db.connection():
         assert IdempotencyRecord.select().count() == 0
 
@@ -370,8 +360,7 @@ def test_the_schedulers_sweep_resends_webhook_deliveries_whose_message_was_lost(
             WebhookDelivery.id == delivery.id).execute()
     found = scheduler.sweep_once(3600)
     assert found["webhooks_due"] == 1
-    queued = [json.loads(m)["args"] for m in stub_broker.queues["webhooks"].queue]
-    assert queued == [[delivery.id]]
+    assert [list(m.args) for m in taken(stub_broker, "webhooks")] == [[delivery.id]]
 
 
 def test_an_unexpected_error_while_posting_is_recorded_as_a_failed_attempt(dev_client, account):

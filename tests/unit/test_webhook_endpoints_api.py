@@ -12,6 +12,8 @@ from tests.unit.contract_support import (  # noqa: F401
     dev_app, dev_client, dev_settings, make_app, post_json,
 )
 
+pytestmark = pytest.mark.both_databases
+
 GOOD = {"url": "https://hooks.example.com/topup", "events": ["wallet.top_up", "topup.failed"]}
 
 
