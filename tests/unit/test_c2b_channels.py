@@ -9,6 +9,8 @@ from ledger.models import (
 )
 from tests.unit.test_crediting import success_body
 
+pytestmark = pytest.mark.both_databases
+
 RECEIPT = "RKL51ZDR4F"
 
 

@@ -12,6 +12,8 @@ from tests.unit.c2b_support import balance, credits_of
 from tests.unit.conftest import CALLBACK_TOKEN
 from topupctl import cli
 
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.fixture
 def redis_url():

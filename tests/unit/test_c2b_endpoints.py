@@ -10,12 +10,15 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 from app import create_app
 from ledger import db
 from ledger.models import Event, TopUpEvent
+from tests.messages import taken
 from tests.unit.c2b_support import (
     CONFIRMATION, VALIDATION, account_number, applied, balance, c2b_body, c2b_topups, confirm,
     credits_of, orphans, stored,
 )
 from tests.unit.conftest import CALLBACK_TOKEN, FakeRedis
 from topupctl import cli
+
+pytestmark = pytest.mark.both_databases
 
 
 def verdict(client, body) -> str:
@@ -79,8 +82,9 @@ def test_a_confirmation_is_stored_as_received_and_queued_once_answered(
         rows = stored()
         assert [r.body.encode() for r in rows] == [body]
         assert rows[0].trans_id == "RKL51ZDR4F" and rows[0].applied_at is None
-        assert stub_broker.queues["callbacks"].qsize() == 0
-    assert stub_broker.queues["callbacks"].qsize() == 1
+        assert taken(stub_broker, "callbacks") == []
+    [message] = taken(stub_broker, "callbacks")
+    assert (message.actor_name, message.args) == ("apply_c2b", (rows[0].seq,))
 
 
 def test_a_confirmation_credits_the_wallet_once_as_a_c2b_topup(
@@ -164,7 +168,7 @@ def test_a_body_that_is_not_a_confirmation_answers_400_and_is_kept(client, stub_
     with client.post(CONFIRMATION, data=b'{"Body": {}}', content_type="application/json") as r:
         assert r.status_code == 400 and r.mimetype == "application/problem+json"
     assert [(s.well_formed, s.outcome) for s in stored()] == [(False, "malformed")]
-    assert stub_broker.queues["callbacks"].qsize() == 0
+    assert taken(stub_broker, "callbacks") == []
 
 
 @pytest.mark.parametrize("path", [CONFIRMATION, VALIDATION])

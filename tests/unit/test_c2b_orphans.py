@@ -14,6 +14,8 @@ from tests.unit.test_console import browser, console_app  # noqa: F401
 from tests.unit.test_support_lookup import credited  # noqa: F401
 from topupctl.cli import main
 
+pytestmark = pytest.mark.both_databases
+
 
 def kept(receipt: str, typed: str, cents: int = 30_000) -> None:
     with db.connection():

@@ -10,9 +10,12 @@ import pytest
 from daraja import DarajaClient, MemoryTokenCache, errors
 from ledger import c2b, db, pulls
 from ledger.models import Account, OrphanPayment, PullRun, TopUp, utcnow
+from tests.messages import taken
 from tests.unit.c2b_support import balance, c2b_topups, credits_of
 from tests.unit.stk_support import new_topup, sim
 from workers import pull, scheduler, tasks
+
+pytestmark = pytest.mark.both_databases
 
 NOWHERE = "http://127.0.0.1:9/daraja/c2b"   # the gateway's URLs, unreachable: nothing arrives
 
@@ -125,8 +128,7 @@ def test_a_pull_daraja_does_not_answer_is_recorded_and_raised(stk, settings):
 def test_the_scheduler_asks_for_a_pull_once_per_interval_when_switched_on(
         stk, stub_broker, fake_redis):
     def pulls_asked():
-        return sum(b'"actor_name":"pull_transactions"' in raw
-                   for raw in list(stub_broker.queues["queries"].queue))
+        return [m.actor_name for m in taken(stub_broker, "queries")].count("pull_transactions")
 
     scheduler.sweep_once(86400, fake_redis)
     assert pulls_asked() == 0

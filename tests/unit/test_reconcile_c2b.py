@@ -13,6 +13,8 @@ from ledger.models import Account, LedgerEntry, OrphanPayment, TopUp, TopUpEvent
 from ledger.statement import parse
 from tests.unit.test_reconcile import EAT, HEADER
 
+pytestmark = pytest.mark.both_databases
+
 RECEIPT = "RKL51ZDR4F"
 
 
