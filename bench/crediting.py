@@ -42,12 +42,12 @@ from bench.stack import WORKER_PROCESSES, WORKER_THREADS, wait_until
 
 FLOOR = 0.35
 
+# what the credit reads of its top-up (ledger.settlement.CREDIT_READS)
 TOPUP_COLUMNS = (
-    '"seq", "id", "account_id", "provider", "status", "amount", "phone", "reference", '
-    '"metadata", "idempotency_key", "request_fingerprint", "checkout_request_id", '
-    '"merchant_request_id", "mpesa_receipt", "credited_cents", "flagged", "failure_code", '
-    '"failure_reason", "push_state", "push_attempts", "push_started_at", "pushed_at", '
-    '"next_query_at", "query_attempts", "created_at", "updated_at", "completed_at"')
+    '"t1"."id", "t1"."account_id", "t1"."provider", "t1"."status", "t1"."amount", '
+    '"t1"."phone", "t1"."reference", "t1"."metadata", "t1"."checkout_request_id", '
+    '"t1"."mpesa_receipt", "t1"."failure_code", "t1"."failure_reason", "t1"."flagged", '
+    '"t1"."created_at", "t1"."updated_at", "t1"."completed_at", "t1"."channel"')
 
 # {account} and {endpoint}: the pgbench account's id and its webhook endpoint's, written in
 # as the gateway writes them (literals). :k is the top-up to credit, :wallet_id and :balance
@@ -63,7 +63,8 @@ UPDATE "top_up" SET "status" = 'succeeded', "mpesa_receipt" = 'PG' || lpad(:k::t
  WHERE (("top_up"."id" = 'tu_pgb' || :k) AND ("top_up"."status" IN ('pending', 'unknown')));
 UPDATE "orphan_payment" SET "resolved_topup_id" = 'tu_pgb' || :k,
        "resolved_at" = now()::timestamp
- WHERE (("orphan_payment"."checkout_request_id" = 'ws_CO_pgb' || :k)
+ WHERE ((("orphan_payment"."checkout_request_id" = 'ws_CO_pgb' || :k)
+         OR ("orphan_payment"."mpesa_receipt" = 'PG' || lpad(:k::text, 8, '0')))
         AND ("orphan_payment"."resolved_topup_id" IS NULL));
 UPDATE "wallet" SET "balance_cents" = ("wallet"."balance_cents" + 100000),
        "updated_at" = now()::timestamp
@@ -89,7 +90,8 @@ VALUES ('evt_pgb' || lpad(:k::text, 13, '0'), '{{account}}', 'wallet.top_up', 't
         || '"status":"succeeded","amount":1000,"currency":"KES","phone":"254800000000",'
         || '"reference":"PGB","metadata":{{}},"checkout_request_id":"ws_CO_pgb' || :k
         || '","mpesa_receipt":"PG' || lpad(:k::text, 8, '0') || '","failure_code":null,'
-        || '"failure_reason":null,"created_at":"2026-12-07T13:04:47Z",'
+        || '"failure_reason":null,"channel":"stk_push","flagged":null,'
+        || '"created_at":"2026-12-07T13:04:47Z",'
         || '"updated_at":"2026-12-07T13:04:47Z","completed_at":"2026-12-07T13:04:47Z"}},'
         || '"ledger_entry":"le_pgb' || lpad(:k::text, 14, '0') || '","amount_cents":100000,'
         || '"currency":"KES","balance":"' || (:balance / 100) || '.00","balance_cents":'
