@@ -77,3 +77,20 @@ def screenshot_of_failure(item) -> pathlib.Path | None:
     except Exception:   # the browser died with the test: nothing to show
         return None
     return path
+
+
+def replaced(element):
+    """A wait condition: the page that held ``element`` has been replaced by the next one.
+
+    Selenium's ``staleness_of`` waits for StaleElementReferenceException; while the next page
+    is loading, chromedriver sometimes answers instead "unhandled inspector error: Node with
+    given id does not belong to the document", a WebDriverException that says the same."""
+    from selenium.common.exceptions import WebDriverException
+
+    def gone(_driver) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException:   # StaleElementReferenceException is one
+            return True
+        return False
+    return gone

@@ -14,13 +14,15 @@ import dramatiq
 import pytest
 import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException, StaleElementReferenceException, WebDriverException,
+)
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from ledger import accounts, db, inbox, pushes, settlement, topups, webhooks
 from ledger.models import OrphanAssignment, Wallet
+from tests.integration.browser import replaced
 from tests.integration.system import System, configure_test_process
 from tests.unit.test_crediting import success_body
 from telemetry.queues import Queues
@@ -78,8 +80,10 @@ def url(console, path: str) -> str:
 
 def wait_for_text(chrome, text: str, timeout: float = 10):
     """Poll the page (it may be loading the next one) until it shows ``text``."""
+    # mid-navigation, chromedriver may also answer "Node … does not belong to the document"
     WebDriverWait(chrome, timeout, ignored_exceptions=(StaleElementReferenceException,
-                                                       NoSuchElementException)).until(
+                                                       NoSuchElementException,
+                                                       WebDriverException)).until(
         lambda d: text in d.find_element(By.TAG_NAME, "body").text)
 
 
@@ -93,7 +97,7 @@ def sign_in(chrome, console, token=OPS_TOKEN):
 def click_and_wait(chrome, element):
     """Click, and wait until the next page has replaced this one."""
     element.click()
-    WebDriverWait(chrome, 10).until(staleness_of(element))
+    WebDriverWait(chrome, 10).until(replaced(element))
 
 
 def find(chrome, key: str):

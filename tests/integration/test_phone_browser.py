@@ -9,9 +9,9 @@ import pathlib
 import pytest
 import requests
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.integration.browser import replaced
 from tests.integration.system import sim_call
 from tests.integration.test_console_browser import OPS_TOKEN, find, sign_in, wait_for_text
 from tests.waiting import wait_until
@@ -55,7 +55,7 @@ def test_paying_a_prompt_on_the_phone_credits_the_top_up(chrome, gateway, simula
     pin.send_keys("1234")
     button = chrome.find_element(By.CSS_SELECTOR, "button.pay")
     button.click()
-    WebDriverWait(chrome, 10).until(staleness_of(button))
+    WebDriverWait(chrome, 10).until(replaced(button))
     wait_for_text(chrome, "Answered lately")
     assert "Do you want to pay" not in chrome.find_element(By.TAG_NAME, "body").text
 
@@ -80,7 +80,7 @@ def test_cancelling_a_prompt_on_the_phone_fails_the_top_up(chrome, gateway, simu
     button = chrome.find_element(
         By.CSS_SELECTOR, f"#prompt-{checkout} button[value=cancel]")
     button.click()
-    WebDriverWait(chrome, 10).until(staleness_of(button))
+    WebDriverWait(chrome, 10).until(replaced(button))
     failed = wait_until(lambda: (t := status_of(gateway, topup["id"]))["status"] == "failed"
                         and t, timeout=30, message="the top-up to fail")
     assert failed["failure_code"] == "1032"
