@@ -12,13 +12,12 @@ is (the token in constant time, then the allowlist: ``daraja_callback.require_da
 """
 from __future__ import annotations
 
-import functools
 import logging
 
 from flask import Blueprint, jsonify, request
 
 from app.daraja_callback import ACCEPTED, require_daraja
-from app.enqueue import after_commit
+from app.enqueue import after_the_answer
 from app.errors import ApiError
 from ledger import c2b
 from workers import c2b as c2b_actors
@@ -49,8 +48,5 @@ def confirm(token: str):
     if payment is None:
         # kept for an operator to read, but nothing to credit
         raise ApiError(400, "invalid_json", "Not a C2B confirmation body.")
-    response = jsonify(ACCEPTED)
     # answered first, then enqueued: the row is committed, the answer need not wait on Redis
-    response.call_on_close(functools.partial(
-        after_commit, c2b_actors.apply_c2b, seq, c2b_confirmation=seq))
-    return response
+    return after_the_answer(jsonify(ACCEPTED), c2b_actors.apply_c2b, seq, c2b_confirmation=seq)

@@ -5,7 +5,6 @@ constant time and an optional source-address allowlist.
 """
 from __future__ import annotations
 
-import functools
 import hmac
 import ipaddress
 import json
@@ -13,7 +12,7 @@ import logging
 
 from flask import Blueprint, current_app, request
 
-from app.enqueue import after_commit
+from app.enqueue import after_the_answer
 from app.errors import ApiError
 from ledger import inbox
 from workers import actors
@@ -67,10 +66,8 @@ def receive(token: str):
     if parsed is None:
         # Kept for an operator to read, but not something we can act on.
         raise ApiError(400, "invalid_json", "Not an STK callback body.")
-    response = current_app.response_class(ACCEPTED_BODY, mimetype="application/json")
     # Answered first, then enqueued (contract §4): the row is committed, so the answer need
-    # not wait on Redis; the send runs once the server has written the answer and closes it.
-    response.call_on_close(functools.partial(
-        after_commit, actors.apply_callback, row.seq,
-        checkout_request_id=parsed.checkout_request_id))
-    return response
+    # not wait on Redis.
+    return after_the_answer(
+        current_app.response_class(ACCEPTED_BODY, mimetype="application/json"),
+        actors.apply_callback, row.seq, checkout_request_id=parsed.checkout_request_id)

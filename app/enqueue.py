@@ -7,6 +7,7 @@ to them: it never turns a request whose row is committed into an error.
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -22,3 +23,11 @@ def after_commit(actor, *args, **log_fields) -> bool:
                     extra={"actor": actor.actor_name, "error": type(exc).__name__,
                            **log_fields})
         return False
+
+
+def after_the_answer(response, actor, *args, **log_fields):
+    """``after_commit(actor, *args)`` once the server has written ``response`` and closes it:
+    for a row committed before the answer (a Daraja callback or confirmation), whose answer
+    need not wait on Redis. Returns the response."""
+    response.call_on_close(functools.partial(after_commit, actor, *args, **log_fields))
+    return response

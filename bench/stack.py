@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg2
 import redis
 import requests
 
-from topupctl.devservers import PostgresServer, RedisServer, find_free_port
+from topupctl.devservers import PostgresServer, RedisServer, find_free_port, wait_until
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,20 +27,6 @@ API_WORKERS, API_THREADS = 2, 4
 # The workers' settings in every measurement: the same as in the runs before, so that the
 # figures compare with theirs.
 WORKER_PROCESSES, WORKER_THREADS = 2, 4
-
-
-def wait_until(predicate, timeout: float, *, interval: float = 0.05,
-               message: str = "the condition"):
-    """Poll ``predicate`` until it answers something truthy (returned); TimeoutError after
-    ``timeout`` seconds, so that every wait of the bench is bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
 
 
 class Proc:

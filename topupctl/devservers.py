@@ -53,6 +53,7 @@ __all__ = [
     "find_free_port",
     "find_postgres_bindir",
     "servers_available",
+    "wait_until",
 ]
 
 HOST = "127.0.0.1"
@@ -217,6 +218,21 @@ def _children_of(pid: int) -> list[int]:
         if len(fields) > 1 and fields[1] == str(pid):
             children.append(int(entry.split("/")[2]))
     return children
+
+
+def wait_until(predicate, timeout: float = 10.0, *, interval: float = 0.05,
+               message: str = "the condition", error: type[Exception] = TimeoutError):
+    """Poll ``predicate`` until it answers something truthy (returned); ``error`` after
+    ``timeout`` seconds. The one wait of the tests, the bench and the soak: bounded, never a
+    bare sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
 
 
 def _wait_gone(pids: list[int], timeout: float) -> None:
