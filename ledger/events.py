@@ -25,6 +25,7 @@ from ledger.ids import new_id
 from ledger.models import (
     DELIVERY_PENDING, STK_PUSH, Event, WebhookDelivery, WebhookEndpoint, utcnow,
 )
+from ledger.prebuilt import param
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ DELIVERY = prebuilt.Insert(WebhookDelivery, WebhookDelivery.id, WebhookDelivery.
                            WebhookDelivery.enqueued_at, WebhookDelivery.created_at,
                            WebhookDelivery.updated_at)
 
+# the account's endpoints, read for every event (ledger.prebuilt: Peewee writes it once)
+ENDPOINTS = prebuilt.Statement(
+    WebhookEndpoint.select(WebhookEndpoint.id, WebhookEndpoint.events)
+    .where((WebhookEndpoint.account == param(WebhookEndpoint.account))
+           & WebhookEndpoint.deleted_at.is_null()))
+
 
 def publish(account_id: str, event_type: str, data: dict, *, topup_id: str | None = None,
             now: dt.datetime | None = None) -> str:
@@ -104,10 +111,7 @@ def publish(account_id: str, event_type: str, data: dict, *, topup_id: str | Non
     # Announced after the commit by the notifier; without one (a process that did not load
     # the workers) the deliveries are left for the sweep's very next pass.
     announced = getattr(_local, "depth", 0) > 0 and _notifier is not None
-    endpoints = (WebhookEndpoint.select(WebhookEndpoint.id, WebhookEndpoint.events)
-                 .where((WebhookEndpoint.account == account_id)
-                        & WebhookEndpoint.deleted_at.is_null()).tuples())
-    for endpoint_id, subscribed in endpoints:
+    for endpoint_id, subscribed in ENDPOINTS.rows(account=account_id):
         if event_type not in json.loads(subscribed):
             continue
         delivery_id = new_id("whd")

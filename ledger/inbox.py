@@ -17,6 +17,7 @@ from ledger import prebuilt
 from ledger.callbacks import MalformedCallback, StkCallback, parse
 from ledger.db import DATABASE_ERRORS, discard_connection, is_sqlite
 from ledger.models import Callback, TopUp, utcnow
+from ledger.prebuilt import param
 
 
 # the acknowledgement's one statement (ledger.prebuilt: Peewee builds its SQL once)
@@ -86,12 +87,16 @@ class StoredBody:
     pushed_at: object = None  # the top-up's push, when it has one
 
 
+READ = prebuilt.Statement(
+    Callback.select(Callback.seq, Callback.body, Callback.checkout_request_id,
+                    Callback.applied_at, Callback.received_at, Callback.outcome,
+                    TopUp.id.alias("topup_id"), TopUp.pushed_at)
+    .join(TopUp, pw.JOIN.LEFT_OUTER,
+          on=(TopUp.checkout_request_id == Callback.checkout_request_id))
+    .where(Callback.seq == param(Callback.seq)).limit(1))
+
+
 def read_callback(seq: int) -> StoredBody | None:
     """The stored callback, how it was applied, and the top-up its CheckoutRequestID names."""
-    row = (Callback.select(Callback.seq, Callback.body, Callback.checkout_request_id,
-                           Callback.applied_at, Callback.received_at, Callback.outcome,
-                           TopUp.id.alias("topup_id"), TopUp.pushed_at)
-           .join(TopUp, pw.JOIN.LEFT_OUTER,
-                 on=(TopUp.checkout_request_id == Callback.checkout_request_id))
-           .where(Callback.seq == seq).dicts().first())
-    return None if row is None else StoredBody(**row)
+    row = READ.first(seq=seq)
+    return None if row is None else StoredBody(*row)

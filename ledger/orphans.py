@@ -39,10 +39,12 @@ import datetime as dt
 import peewee as pw
 from peewee import fn
 
+from ledger import prebuilt
 from ledger.db import database
 from ledger.models import (
     PENDING, PUSH_AMBIGUOUS, PUSH_SENDING, Callback, LedgerEntry, OrphanPayment, TopUp, utcnow,
 )
+from ledger.prebuilt import param
 from ledger.topups import SETTLEABLE
 
 MATCH_WINDOW = dt.timedelta(hours=24)
@@ -100,6 +102,15 @@ def attach(topup_id: str, checkout_request_id: str) -> bool:
                 .execute())
 
 
+# read after every answered push (ledger.prebuilt: Peewee writes it once)
+WAITING_FROM = prebuilt.Statement(
+    OrphanPayment.select(OrphanPayment.seq)
+    .where((OrphanPayment.phone == param(OrphanPayment.phone))
+           & OrphanPayment.resolved_topup.is_null()
+           & (OrphanPayment.created_at >= param(OrphanPayment.created_at, "since")))
+    .limit(1))
+
+
 def waiting_from(phone: str | None) -> bool:
     """Some payment from this phone waits unclaimed within the window: worth trying the rule
     again (``settlement.retry_orphans``) once a push to the phone has been answered. Read
@@ -107,10 +118,7 @@ def waiting_from(phone: str | None) -> bool:
     sweep (``workers.sweeps.phones_with_orphans_to_match``), as one whose try was lost."""
     if not phone:
         return False
-    return (OrphanPayment.select(OrphanPayment.seq)
-            .where((OrphanPayment.phone == phone) & OrphanPayment.resolved_topup.is_null()
-                   & (OrphanPayment.created_at >= utcnow() - MATCH_WINDOW))
-            .exists())
+    return WAITING_FROM.first(phone=phone, since=utcnow() - MATCH_WINDOW) is not None
 
 
 def payments_to_retry(phone: str | None, *,

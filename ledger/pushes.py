@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from ledger import events, settlement
+from ledger import events, prebuilt, settlement
 from ledger.db import write_transaction
 from ledger.models import (
     FAILED, PENDING, PUSH_AMBIGUOUS, PUSH_QUEUED, PUSH_REFUSED, PUSH_SENDING, PUSH_SENT,
     Callback, TopUp, utcnow,
 )
+from ledger.prebuilt import param
 from ledger.topups import record_event
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,36 @@ class ClaimedPush:
     push_attempts: int
 
 
+# The push's statements (ledger.prebuilt: Peewee writes their SQL once).
+STATE = prebuilt.Statement(
+    TopUp.select(TopUp.status, TopUp.push_state, TopUp.phone)
+    .where(TopUp.id == param(TopUp.id)).limit(1))
+# One conditional UPDATE, committed by itself (no transaction around it), that hands back the
+# claimed row with its commit (read after the commit, a database lost in between would leave
+# the push claimed, `sending`, with nothing sent).
+CLAIM = prebuilt.Statement(
+    TopUp.update(push_state=PUSH_SENDING, push_attempts=TopUp.push_attempts + 1,
+                 push_started_at=param(TopUp.push_started_at),
+                 updated_at=param(TopUp.updated_at))
+    .where((TopUp.id == param(TopUp.id)) & (TopUp.push_state == PUSH_QUEUED)
+           & (TopUp.status == PENDING))
+    .returning(TopUp.amount, TopUp.phone, TopUp.reference, TopUp.push_attempts))
+# Whatever happened meanwhile (a sweep that took the push for abandoned), Daraja's
+# CheckoutRequestID is recorded: without it the callback could only be an orphan.
+ACCEPTED = prebuilt.Statement(
+    TopUp.update(push_state=PUSH_SENT, checkout_request_id=param(TopUp.checkout_request_id),
+                 merchant_request_id=param(TopUp.merchant_request_id),
+                 pushed_at=param(TopUp.pushed_at), updated_at=param(TopUp.updated_at),
+                 next_query_at=param(TopUp.next_query_at))
+    .where((TopUp.id == param(TopUp.id)) & TopUp.checkout_request_id.is_null()))
+CALLBACKS_FOR = prebuilt.Statement(
+    Callback.select(Callback.seq)
+    .where(Callback.checkout_request_id == param(Callback.checkout_request_id)))
+
+
 def push_state(topup_id: str) -> tuple[str, str, str] | None:
     """``(status, push_state, phone)`` of a top-up, or None if there is no such top-up."""
-    return (TopUp.select(TopUp.status, TopUp.push_state, TopUp.phone)
-            .where(TopUp.id == topup_id).tuples().first())
+    return STATE.first(id=topup_id)
 
 
 def claim_push(topup_id: str, *, now: dt.datetime | None = None) -> ClaimedPush | None:
@@ -48,18 +75,8 @@ def claim_push(topup_id: str, *, now: dt.datetime | None = None) -> ClaimedPush 
     (:func:`unclaim_push`).
     """
     now = now or utcnow()
-    # One conditional UPDATE, committed by itself (no transaction around it), that hands
-    # back the claimed row with its commit (read after the commit, a database lost in
-    # between would leave the push claimed, `sending`, with nothing sent).
-    rows = (TopUp.update(push_state=PUSH_SENDING, push_attempts=TopUp.push_attempts + 1,
-                         push_started_at=now, updated_at=now)
-            .where((TopUp.id == topup_id) & (TopUp.push_state == PUSH_QUEUED)
-                   & (TopUp.status == PENDING))
-            .returning(TopUp.amount, TopUp.phone, TopUp.reference, TopUp.push_attempts)
-            .tuples().execute())
-    if not rows:
-        return None
-    return ClaimedPush(topup_id, *rows[0])
+    row = CLAIM.first(id=topup_id, push_started_at=now, updated_at=now)
+    return None if row is None else ClaimedPush(topup_id, *row)
 
 
 def _this_claim(topup_id: str, claimed_at: dt.datetime | None):
@@ -108,15 +125,11 @@ def record_push_accepted(topup_id: str, *, checkout_request_id: str,
     """
     now = utcnow()
     try:
-        # Whatever happened meanwhile (a sweep that took the push for abandoned), Daraja's
-        # CheckoutRequestID is recorded: without it the callback could only be an orphan.
         with write_transaction():
-            recorded = (TopUp.update(push_state=PUSH_SENT, checkout_request_id=checkout_request_id,
-                                     merchant_request_id=merchant_request_id, pushed_at=now,
-                                     updated_at=now,
-                                     next_query_at=now + dt.timedelta(seconds=query_after_s))
-                        .where((TopUp.id == topup_id) & TopUp.checkout_request_id.is_null())
-                        .execute())
+            recorded = ACCEPTED.rowcount(
+                id=topup_id, checkout_request_id=checkout_request_id,
+                merchant_request_id=merchant_request_id, pushed_at=now, updated_at=now,
+                next_query_at=now + dt.timedelta(seconds=query_after_s))
             record_event(topup_id, "push_accepted", checkout_request_id=checkout_request_id,
                          merchant_request_id=merchant_request_id)
     except pw.IntegrityError:   # the unique index: another top-up holds this CheckoutRequestID
@@ -128,8 +141,7 @@ def record_push_accepted(topup_id: str, *, checkout_request_id: str,
             return []
     # Read after the commit, never in the same transaction: a callback committed meanwhile
     # is not in its snapshot, and may have found no top-up.
-    return [row.seq for row in Callback.select(Callback.seq).where(
-        Callback.checkout_request_id == checkout_request_id)]
+    return [seq for seq, in CALLBACKS_FOR.rows(checkout_request_id=checkout_request_id)]
 
 
 def _answer_conflicts(topup_id: str, checkout_request_id: str, holder: TopUp | None) -> None:

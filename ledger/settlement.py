@@ -22,6 +22,7 @@ from ledger.models import (
     TopUp, Wallet, utcnow,
 )
 from ledger.phones import mask
+from ledger.prebuilt import param
 from ledger.topups import SETTLEABLE, record_event
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,15 @@ def quarantined_callbacks(limit: int = 500) -> list[Callback]:
                 .order_by(Callback.seq).limit(limit))
 
 
+MARK_APPLIED = prebuilt.Statement(
+    Callback.update(applied_at=param(Callback.applied_at), outcome=param(Callback.outcome))
+    .where(Callback.seq == param(Callback.seq)))
+
+
 def _mark_applied(callback_seq: int, outcome: str) -> str:
     # one statement, atomic by itself: no transaction of its own to begin and commit
     outcome = outcome[:64]
-    Callback.update(applied_at=utcnow(), outcome=outcome).where(
-        Callback.seq == callback_seq).execute()
+    MARK_APPLIED.execute(applied_at=utcnow(), outcome=outcome, seq=callback_seq)
     return outcome
 
 
@@ -196,11 +201,17 @@ CREDIT_READS = (TopUp.id, TopUp.account, TopUp.provider, TopUp.status, TopUp.amo
                 TopUp.phone, TopUp.reference, TopUp.metadata, TopUp.checkout_request_id,
                 TopUp.mpesa_receipt, TopUp.failure_code, TopUp.failure_reason, TopUp.flagged,
                 TopUp.created_at, TopUp.updated_at, TopUp.completed_at, TopUp.channel)
+CREDIT_READ_NAMES = tuple(field.name for field in CREDIT_READS)
+
+
+PAID_BY = prebuilt.Statement(
+    TopUp.select(*CREDIT_READS)
+    .where(TopUp.checkout_request_id == param(TopUp.checkout_request_id)).limit(1))
 
 
 def _topup_paid_by(checkout_request_id: str) -> TopUp | None:
-    return (TopUp.select(*CREDIT_READS)
-            .where(TopUp.checkout_request_id == checkout_request_id).first())
+    row = PAID_BY.first(checkout_request_id=checkout_request_id)
+    return None if row is None else TopUp(**dict(zip(CREDIT_READ_NAMES, row)))
 
 
 def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, callback_seq,
@@ -247,7 +258,28 @@ def _settle_success(checkout_request_id, amount_cents, receipt, phone, source, c
     return f"refuted:{contradicted}" if contradicted else outcome
 
 
-# the credit's ledger entry (ledger.prebuilt: Peewee builds its SQL once)
+# The credit's statements (ledger.prebuilt: Peewee writes their SQL once).
+# The claim: only a pending or unknown top-up changes.
+CLAIM = prebuilt.Statement(
+    TopUp.update(status=SUCCEEDED, mpesa_receipt=param(TopUp.mpesa_receipt),
+                 credited_cents=param(TopUp.credited_cents), flagged=param(TopUp.flagged),
+                 completed_at=param(TopUp.completed_at), updated_at=param(TopUp.updated_at),
+                 next_query_at=None)
+    .where((TopUp.id == param(TopUp.id)) & TopUp.status.in_(SETTLEABLE)))
+# The orphan payments the credit resolves: kept under its CheckoutRequestID, or with its
+# receipt (a paybill payment kept before the push it paid was known, which has none). A
+# NULL matches nothing, so a credit without one of them resolves by the other.
+RESOLVE_ORPHANS = prebuilt.Statement(
+    OrphanPayment.update(resolved_topup=param(OrphanPayment.resolved_topup),
+                         resolved_at=param(OrphanPayment.resolved_at))
+    .where(((OrphanPayment.checkout_request_id == param(OrphanPayment.checkout_request_id))
+            | (OrphanPayment.mpesa_receipt == param(OrphanPayment.mpesa_receipt)))
+           & OrphanPayment.resolved_topup.is_null()))
+ADD_TO_WALLET = prebuilt.Statement(
+    Wallet.update(balance_cents=Wallet.balance_cents + param(Wallet.balance_cents, "cents"),
+                  updated_at=param(Wallet.updated_at))
+    .where(Wallet.account == param(Wallet.account))
+    .returning(Wallet.id, Wallet.balance_cents, Wallet.currency))
 TOP_UP_ENTRY = prebuilt.Insert(
     LedgerEntry, LedgerEntry.id, LedgerEntry.wallet, LedgerEntry.type, LedgerEntry.amount_cents,
     LedgerEntry.balance_after_cents, LedgerEntry.topup, LedgerEntry.mpesa_receipt,
@@ -269,30 +301,23 @@ def _credit(topup, checkout_request_id, amount_cents, receipt, phone, source,
         flags.append("push answer lost: payment matched by phone and amount")
     # The claim: only a pending or unknown top-up changes. What it writes, and what the read
     # before it saw of the columns a pending top-up never changes, is the settled top-up.
-    settled = dict(status=SUCCEEDED, mpesa_receipt=receipt, credited_cents=credit_cents,
-                   flagged="; ".join(flags)[:200] or None, completed_at=now, updated_at=now,
-                   next_query_at=None)
-    claimed = (TopUp.update(**settled)
-               .where((TopUp.id == topup.id) & TopUp.status.in_(SETTLEABLE)).execute())
-    if not claimed:
+    settled = dict(mpesa_receipt=receipt, credited_cents=credit_cents,
+                   flagged="; ".join(flags)[:200] or None, completed_at=now, updated_at=now)
+    if not CLAIM.rowcount(id=topup.id, **settled):
         return _already_settled(topup, receipt, source)
-    for column, value in settled.items():
+    for column, value in dict(settled, status=SUCCEEDED, next_query_at=None).items():
         setattr(topup, column, value)
     # The wallet's row stays locked from its UPDATE to our COMMIT, and every other credit to
     # this wallet waits for it: on a busy merchant's wallet the statements in between set the
     # pace (make bench, "Crediting one hot wallet"). So what does not need the new balance is
     # written first, and the balance comes back with the UPDATE instead of a second SELECT.
-    resolved = _orphans_of(checkout_request_id, receipt)
-    if resolved is not None:
-        (OrphanPayment.update(resolved_topup=topup.id, resolved_at=now)
-         .where(resolved & OrphanPayment.resolved_topup.is_null()).execute())
-    credited = (Wallet.update(balance_cents=Wallet.balance_cents + credit_cents,
-                              updated_at=now)
-                .where(Wallet.account == topup.account_id)
-                .returning(Wallet.id, Wallet.balance_cents, Wallet.currency).tuples().execute())
-    if not credited:
+    if checkout_request_id is not None or receipt is not None:
+        RESOLVE_ORPHANS.execute(resolved_topup=topup.id, resolved_at=now,
+                                checkout_request_id=checkout_request_id, mpesa_receipt=receipt)
+    credited = ADD_TO_WALLET.first(cents=credit_cents, updated_at=now, account=topup.account_id)
+    if credited is None:
         raise Wallet.DoesNotExist(f"account {topup.account_id} has no wallet")
-    wallet_id, balance_cents, currency = credited[0]
+    wallet_id, balance_cents, currency = credited
     entry_id = new_id("le")
     TOP_UP_ENTRY.execute(entry_id, wallet_id, "top_up", credit_cents, balance_cents, topup.id,
                          receipt, f"M-Pesa top-up {receipt or topup.reference}", source, now)
@@ -314,19 +339,6 @@ def credit_topup(topup_id: str, *, amount_cents: int, receipt: str, phone: str |
     topup = TopUp.get(TopUp.id == topup_id)
     return _credit(topup, topup.checkout_request_id, amount_cents, receipt, phone, source,
                    False)
-
-
-def _orphans_of(checkout_request_id: str | None, receipt: str | None):
-    """The orphan payments a credit resolves: kept under its CheckoutRequestID, or with its
-    receipt (a paybill payment kept before the push it paid was known, which has none);
-    None when the credit has neither."""
-    mine = None
-    if checkout_request_id is not None:
-        mine = OrphanPayment.checkout_request_id == checkout_request_id
-    if receipt is not None:
-        by_receipt = OrphanPayment.mpesa_receipt == receipt
-        mine = by_receipt if mine is None else mine | by_receipt
-    return mine
 
 
 def _already_settled(topup: TopUp, receipt: str | None, source: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from ledger import pages
+from ledger import pages, prebuilt
 from ledger.db import write_transaction
 from ledger.events import event_object
 from ledger.ids import new_id
@@ -25,6 +25,7 @@ from ledger.models import (
     DELIVERY_CANCELLED, DELIVERY_DELIVERED, DELIVERY_FAILED, DELIVERY_PENDING, Event, TopUp,
     WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow,
 )
+from ledger.prebuilt import param
 
 # Growing delays between attempts: the 13th and last comes about 77.6 hours after the
 # first, so a receiver that is down for three days still gets every event.
@@ -113,27 +114,12 @@ def claim(delivery_id: str, now: dt.datetime | None = None) -> Claimed | None:
     sends the delivery again."""
     now = now or utcnow()
     # a delayed message may come a hair early: a second is close enough
-    lease, due = now + CLAIM_LEASE, now + dt.timedelta(seconds=1)
-    claimed = (WebhookDelivery.update(attempts=WebhookDelivery.attempts + 1,
-                                      next_attempt_at=lease, updated_at=now)
-               .where((WebhookDelivery.id == delivery_id)
-                      & (WebhookDelivery.status == DELIVERY_PENDING)
-                      & (WebhookDelivery.next_attempt_at <= due))
-               .returning(WebhookDelivery.attempts, WebhookDelivery.endpoint,
-                          WebhookDelivery.event)
-               .tuples().execute())
-    if not claimed:
+    claimed = CLAIM.first(id=delivery_id, next_attempt_at=now + CLAIM_LEASE, updated_at=now,
+                          due=now + dt.timedelta(seconds=1))
+    if claimed is None:
         return None
-    attempt, endpoint_id, event_id = claimed[0]
-    # the endpoint, the event, and the event's top-up (its CheckoutRequestID names the
-    # attempt in the log lines), in one read
-    read = (Event.select(Event.type, Event.data, Event.created_at, Event.topup,
-                         WebhookEndpoint.url, WebhookEndpoint.secret, WebhookEndpoint.deleted_at,
-                         TopUp.checkout_request_id)
-            .join(WebhookEndpoint, on=(WebhookEndpoint.id == endpoint_id))
-            .switch(Event)
-            .join(TopUp, pw.JOIN.LEFT_OUTER, on=(TopUp.id == Event.topup))
-            .where(Event.id == event_id).tuples().first())
+    attempt, endpoint_id, event_id = claimed
+    read = TO_ATTEMPT.first(endpoint=endpoint_id, event=event_id)
     (event_type, data, created_at, topup_id, url, secret, deleted_at,
      checkout_request_id) = read or (None,) * 8
     if read is None or deleted_at is not None or not secret:
@@ -149,14 +135,51 @@ def claim(delivery_id: str, now: dt.datetime | None = None) -> Claimed | None:
                    topup_id=topup_id, checkout_request_id=checkout_request_id)
 
 
+# The attempt's statements (ledger.prebuilt: Peewee writes their SQL once).
+CLAIM = prebuilt.Statement(
+    WebhookDelivery.update(attempts=WebhookDelivery.attempts + 1,
+                           next_attempt_at=param(WebhookDelivery.next_attempt_at),
+                           updated_at=param(WebhookDelivery.updated_at))
+    .where((WebhookDelivery.id == param(WebhookDelivery.id))
+           & (WebhookDelivery.status == DELIVERY_PENDING)
+           & (WebhookDelivery.next_attempt_at <= param(WebhookDelivery.next_attempt_at, "due")))
+    .returning(WebhookDelivery.attempts, WebhookDelivery.endpoint, WebhookDelivery.event))
+# the endpoint, the event, and the event's top-up (its CheckoutRequestID names the attempt in
+# the log lines), in one read
+TO_ATTEMPT = prebuilt.Statement(
+    Event.select(Event.type, Event.data, Event.created_at, Event.topup,
+                 WebhookEndpoint.url, WebhookEndpoint.secret, WebhookEndpoint.deleted_at,
+                 TopUp.checkout_request_id)
+    .join(WebhookEndpoint, on=(WebhookEndpoint.id == param(WebhookEndpoint.id, "endpoint")))
+    .switch(Event)
+    .join(TopUp, pw.JOIN.LEFT_OUTER, on=(TopUp.id == Event.topup))
+    .where(Event.id == param(Event.id, "event")).limit(1))
+ATTEMPT = prebuilt.Insert(WebhookAttempt, WebhookAttempt.delivery, WebhookAttempt.number,
+                          WebhookAttempt.attempted_at, WebhookAttempt.status_code,
+                          WebhookAttempt.error, WebhookAttempt.duration_ms)
+# our attempt still: not cancelled meanwhile, and our lease did not run out into another
+# worker's attempt
+ATTEMPTED = prebuilt.Statement(
+    WebhookDelivery.update(status=param(WebhookDelivery.status),
+                           next_attempt_at=param(WebhookDelivery.next_attempt_at),
+                           delivered_at=param(WebhookDelivery.delivered_at),
+                           last_status_code=param(WebhookDelivery.last_status_code),
+                           last_error=param(WebhookDelivery.last_error),
+                           updated_at=param(WebhookDelivery.updated_at))
+    .where((WebhookDelivery.id == param(WebhookDelivery.id))
+           & (WebhookDelivery.status == DELIVERY_PENDING)
+           & (WebhookDelivery.attempts == param(WebhookDelivery.attempts))))
+
+
 def record_attempt(claimed: Claimed, *, status_code: int | None, error: str | None,
                    duration_ms: int, now: dt.datetime | None = None) -> tuple[str, float | None]:
     """Note how an attempt went; returns (delivery status, seconds until the next attempt)."""
     now = now or utcnow()
     succeeded = status_code is not None and 200 <= status_code < 300
     delay = None if succeeded else retry_delay_s(claimed.attempt)
+    # a delivery still pending was never delivered: delivered_at is written only once it is
     outcome = {"last_status_code": status_code, "last_error": (error or None) and error[:255],
-               "updated_at": now}
+               "updated_at": now, "delivered_at": None}
     if succeeded:
         outcome.update(status=DELIVERY_DELIVERED, next_attempt_at=None, delivered_at=now)
     elif delay is None:
@@ -165,16 +188,10 @@ def record_attempt(claimed: Claimed, *, status_code: int | None, error: str | No
         outcome.update(status=DELIVERY_PENDING,
                        next_attempt_at=now + dt.timedelta(seconds=delay))
     with write_transaction():
-        WebhookAttempt.insert(delivery=claimed.delivery_id, number=claimed.attempt,
-                              attempted_at=now, status_code=status_code,
-                              error=outcome["last_error"], duration_ms=duration_ms).execute()
-        # our attempt still: not cancelled meanwhile, and our lease did not run out into
-        # another worker's attempt
-        changed = (WebhookDelivery.update(**outcome)
-                   .where((WebhookDelivery.id == claimed.delivery_id)
-                          & (WebhookDelivery.status == DELIVERY_PENDING)
-                          & (WebhookDelivery.attempts == claimed.attempt))
-                   .execute())
+        ATTEMPT.execute(claimed.delivery_id, claimed.attempt, now, status_code,
+                        outcome["last_error"], duration_ms)
+        changed = ATTEMPTED.rowcount(id=claimed.delivery_id, attempts=claimed.attempt,
+                                     **outcome)
     if not changed:
         return "superseded", None
     return outcome["status"], delay
