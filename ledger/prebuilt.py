@@ -83,7 +83,11 @@ class Statement:
         CLAIM.rowcount(id=topup_id)
 
     ``rowcount`` for a write, ``rows`` and ``first`` for what a SELECT or a RETURNING hands
-    back, as tuples in the order the query names its columns.
+    back, as tuples in the order the query names its columns. A SELECT's columns are read as
+    their fields read them; a RETURNING's come as the driver hands them (Peewee keeps what
+    an UPDATE returns to itself), so return ids, numbers and text from a write, not datetimes
+    or booleans, which SQLite hands back as text and integers. Values are plain values, not
+    Peewee expressions.
     """
 
     def __init__(self, query: peewee.Query):

@@ -211,6 +211,7 @@ PAID_BY = prebuilt.Statement(
 
 def _topup_paid_by(checkout_request_id: str) -> TopUp | None:
     row = PAID_BY.first(checkout_request_id=checkout_request_id)
+    # a top-up to read and decide with, never saved: the columns not read keep their defaults
     return None if row is None else TopUp(**dict(zip(CREDIT_READ_NAMES, row)))
 
 

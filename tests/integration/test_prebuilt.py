@@ -77,8 +77,10 @@ def test_a_statement_changes_and_reads_what_peewees_own_query_does(ledger):
         other = CALLBACK.execute(*{**ROW, "checkout_request_id": "ws_CO_OTHER"}.values())
 
         # a SELECT: its values back as Peewee reads them (a datetime, not SQLite's text)
-        assert SINCE.rows(since=later, checkout_request_id="ws_CO_PRE") == [
-            (second, later, False)]
+        [(seq, received_at, well_formed)] = SINCE.rows(since=later,
+                                                       checkout_request_id="ws_CO_PRE")
+        assert (seq, received_at, well_formed) == (second, later, False)
+        assert well_formed is False    # a bool, not SQLite's 0
         assert SINCE.first(since=later, checkout_request_id="ws_CO_NONE") is None
         assert SINCE.rows(since=ROW["received_at"], checkout_request_id="ws_CO_PRE") == list(
             Callback.select(Callback.seq, Callback.received_at, Callback.well_formed)
@@ -107,17 +109,13 @@ def test_a_statement_wants_exactly_its_values(ledger):
 
 
 def test_a_statement_fails_as_peewee_does_and_inside_a_transaction_rolls_back(ledger):
-    rename = prebuilt.Statement(
-        TopUpEvent.update(topup=param(TopUpEvent.topup)).where(TopUpEvent.kind == "requested")
-        .returning(TopUpEvent.seq))
+    blank = prebuilt.Statement(Callback.update(body=param(Callback.body))
+                               .where(Callback.seq == param(Callback.seq)))
     with db.connection():
         seq = CALLBACK.execute(*ROW.values())
-        with pytest.raises(peewee.IntegrityError):   # tu_nobody names no top-up
+        with pytest.raises(peewee.IntegrityError):   # a callback's body is NOT NULL
             with db.write_transaction():
-                MARK.rowcount(applied_at=ROW["received_at"], outcome="x",
-                              checkout_request_id="ws_CO_PRE")
-                prebuilt.Insert(TopUpEvent, TopUpEvent.topup, TopUpEvent.kind,
-                                TopUpEvent.detail, TopUpEvent.created_at).execute(
-                    "tu_nobody", "requested", "{}", ROW["received_at"])
-                rename.first(topup="tu_nobody")
-        assert stored(seq)["outcome"] is None
+                assert MARK.rowcount(applied_at=ROW["received_at"], outcome="x",
+                                     checkout_request_id="ws_CO_PRE") == 1
+                blank.rowcount(body=None, seq=seq)
+        assert stored(seq)["outcome"] is None and stored(seq)["applied_at"] is None
