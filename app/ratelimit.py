@@ -1,9 +1,9 @@
 """Rate limits on the client API (contract §3, ``rate_limited``).
 
-Counted in Redis (``REDIS_URL``), so every API process shares one count. If Redis
-cannot be reached the limits fall back to each process's memory and the request goes on:
-a Redis outage must not turn writes into 500s (flask-limiter's in-memory fallback, with
-``swallow_errors`` behind it; it logs and keeps checking whether Redis is back).
+Counted in Redis (``REDIS_URL``), so every API process shares one count, by the ``limits``
+library's fixed windows. If Redis cannot be reached the counts fall back to each process's
+memory and the request goes on: a Redis outage must not turn writes into 500s. Redis is
+tried again every :data:`REDIS_RETRY_S` seconds.
 
 Three limits:
 
@@ -18,20 +18,27 @@ Three limits:
   ``RATELIMIT_CONSOLE_SIGN_INS``. Past it the form answers 429, whatever token it carries.
 
 Health checks, the OpenAPI document, the operations endpoints, the rest of the console and
-Daraja's callback are not limited.
+Daraja's callback are not limited, and do no limiter work: the callback is a hot path
+(``make bench``). That is why this is ``limits`` itself, asked by two request hooks, rather
+than flask-limiter, whose hooks looked up the limits that apply to every request.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import threading
 import time
 
+import limits
 from flask import Flask, current_app, request
-from flask_limiter import ApplicationLimit, Limiter
-from flask_limiter.errors import RateLimitExceeded
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
 
 from app.daraja_callback import caller_address
-from app.errors import problem
+from app.errors import ApiError
+
+log = logging.getLogger(__name__)
 
 # Stripe's own write limit in live mode; a burst of 50 concurrent debits from one key fits.
 WRITE_LIMIT = "100 per second"
@@ -42,6 +49,57 @@ FAILED_AUTHENTICATION_LIMIT = "20 per minute"
 # The ops token is long and random; a person mistypes it a few times, a guesser gets nowhere.
 CONSOLE_SIGN_IN_LIMIT = "10 per minute"
 CONSOLE_SIGN_IN = "/console/login"
+CLIENT_API = "/v1/"
+# while Redis is down, each process counts in its memory and asks Redis again this often
+REDIS_RETRY_S = 30
+
+
+class RateLimited(ApiError):
+    """429 ``rate_limited``, with Retry-After: the seconds until the window resets."""
+
+    def __init__(self, reason: str, limit: limits.RateLimitItem, retry_after: int):
+        super().__init__(429, "rate_limited", f"{reason} ({limit}); retry in {retry_after} s.",
+                         headers={"Retry-After": str(retry_after)})
+
+
+class SignInsLimited(Exception):
+    """Too many failed sign-ins to the console: its own page answers (app/console)."""
+
+
+class Counts:
+    """Fixed-window counts in Redis, or in this process's memory while Redis is down."""
+
+    def __init__(self, storage_uri: str, options: dict):
+        self.shared = FixedWindowRateLimiter(storage_from_string(storage_uri, **options))
+        self.local = FixedWindowRateLimiter(MemoryStorage())
+        self._lock = threading.Lock()
+        self._redis_down_until = 0.0
+
+    def _ask(self, method: str, limit, identifiers):
+        if time.monotonic() >= self._redis_down_until:
+            try:
+                return getattr(self.shared, method)(limit, *identifiers)
+            except Exception as exc:  # noqa: BLE001 - a Redis outage: count in memory
+                with self._lock:
+                    self._redis_down_until = time.monotonic() + REDIS_RETRY_S
+                log.warning("rate limit counts unreachable; counting in this process's memory",
+                            extra={"error": type(exc).__name__})
+        return getattr(self.local, method)(limit, *identifiers)
+
+    def hit(self, limit: limits.RateLimitItem, *identifiers: str) -> bool:
+        """Count one; False when that one is past the limit."""
+        return self._ask("hit", limit, identifiers)
+
+    def test(self, limit: limits.RateLimitItem, *identifiers: str) -> bool:
+        """True while the limit is not reached (counts nothing)."""
+        return self._ask("test", limit, identifiers)
+
+    def retry_after(self, limit: limits.RateLimitItem, *identifiers: str) -> int:
+        try:
+            reset_at = self._ask("get_window_stats", limit, identifiers).reset_time
+        except Exception:  # noqa: BLE001 - the memory cannot fail; be safe all the same
+            return 1
+        return max(1, math.ceil(reset_at - time.time()))
 
 
 def caller() -> str:
@@ -61,39 +119,52 @@ def client_address() -> str:
     return "addr:" + (str(address) if address is not None else "unknown")
 
 
-def _not_a_client_request() -> bool:
-    return not request.path.startswith("/v1/")
+def _limit(name: str, default: str) -> limits.RateLimitItem:
+    return limits.parse(current_app.config.get(name, default))
 
 
-def _not_limited() -> bool:
-    """Neither the client API nor the console's sign-in: the limiter does not look."""
-    return _not_a_client_request() and request.path != CONSOLE_SIGN_IN
+def _failed_authentications() -> limits.RateLimitItem:
+    return _limit("RATELIMIT_FAILED_AUTHENTICATIONS", FAILED_AUTHENTICATION_LIMIT)
 
 
-def _not_a_sign_in() -> bool:
-    return request.path != CONSOLE_SIGN_IN or request.method != "POST"
+def _console_sign_ins() -> limits.RateLimitItem:
+    return _limit("RATELIMIT_CONSOLE_SIGN_INS", CONSOLE_SIGN_IN_LIMIT)
 
 
-def _not_a_client_write() -> bool:
-    return request.method not in _WRITE_METHODS or _not_a_client_request()
+def _is_sign_in() -> bool:
+    return request.path == CONSOLE_SIGN_IN and request.method == "POST"
 
 
-def _authentication_failed(response) -> bool:
-    # every 401 under /v1/ is require_account refusing the key (or its absence)
-    return response.status_code == 401
+def _before_the_view() -> None:
+    """Refuse a request past its limits before the view (and before the key is looked up)."""
+    if request.path.startswith(CLIENT_API):
+        counts, address = current_app.extensions["rate_limits"], client_address()
+        failures = _failed_authentications()
+        if not counts.test(failures, "failed-authentication", address):
+            raise RateLimited("Too many failed authentications from this address", failures,
+                              counts.retry_after(failures, "failed-authentication", address))
+        if request.method in _WRITE_METHODS:
+            writes, who = _limit("RATELIMIT_WRITES", WRITE_LIMIT), caller()
+            if not counts.hit(writes, "writes", who, request.endpoint or request.path):
+                raise RateLimited("Too many requests for this API key", writes,
+                                  counts.retry_after(writes, "writes", who,
+                                                     request.endpoint or request.path))
+    elif _is_sign_in():
+        counts = current_app.extensions["rate_limits"]
+        if not counts.test(_console_sign_ins(), "console-sign-in", client_address()):
+            raise SignInsLimited()
 
 
-def _write_limit() -> str:
-    return current_app.config.get("RATELIMIT_WRITES", WRITE_LIMIT)
-
-
-def _failed_authentication_limit() -> str:
-    return current_app.config.get("RATELIMIT_FAILED_AUTHENTICATIONS",
-                                  FAILED_AUTHENTICATION_LIMIT)
-
-
-def _console_sign_in_limit() -> str:
-    return current_app.config.get("RATELIMIT_CONSOLE_SIGN_INS", CONSOLE_SIGN_IN_LIMIT)
+def _count_a_failure(response):
+    """A 401 from the client API or the console's sign-in counts against the address."""
+    if response.status_code == 401:
+        if request.path.startswith(CLIENT_API):
+            current_app.extensions["rate_limits"].hit(
+                _failed_authentications(), "failed-authentication", client_address())
+        elif _is_sign_in():
+            current_app.extensions["rate_limits"].hit(
+                _console_sign_ins(), "console-sign-in", client_address())
+    return response
 
 
 def storage_uri(redis_url: str) -> str:
@@ -101,58 +172,14 @@ def storage_uri(redis_url: str) -> str:
     return "redis+" + redis_url if redis_url.startswith("unix://") else redis_url
 
 
-def init(app: Flask, redis_url: str) -> Limiter:
+def init(app: Flask, redis_url: str) -> Counts:
     app.config.setdefault("RATELIMIT_STORAGE_URI", storage_uri(redis_url))
+    # keys "topup:ratelimit:LIMITER/…": ours, apart from Dramatiq's
     app.config.setdefault("RATELIMIT_STORAGE_OPTIONS",
-                          {"socket_timeout": 0.5, "socket_connect_timeout": 0.5})
-    # Failed authentications are a limit with deduct_when rather than counts kept by hand in
-    # require_account: flask-limiter then tests the count before the request (before
-    # require_account, a blueprint hook, looks the key up), adds to it only after a 401, and
-    # gives this limit the same Redis storage, in-memory fallback and 429 answer as the writes.
-    # An application limit is one count per address shared by every endpoint.
-    failed_authentications = ApplicationLimit(
-        _failed_authentication_limit, key_function=client_address,
-        scope="failed-authentication", deduct_when=_authentication_failed,
-        exempt_when=_not_a_client_request,
-        error_message="Too many failed authentications from this address")
-    limiter = Limiter(
-        key_func=caller,
-        default_limits=[_write_limit],
-        default_limits_exempt_when=_not_a_client_write,
-        application_limits=[failed_authentications],
-        strategy="fixed-window",
-        key_prefix="topup:ratelimit",
-        swallow_errors=True,
-        in_memory_fallback_enabled=True,
-        headers_enabled=False,
-    )
-    # Health checks, the OpenAPI document, Daraja's callback and the console (but its sign-in)
-    # skip the limiter at its first test, before it looks up the view's limits: the callback
-    # is a hot path (make bench) with no API key.
-    limiter.request_filter(_not_limited)
-    limiter.init_app(app)
-    if "console" in app.blueprints:
-        # the console's own 429 page answers it (app/console)
-        limiter.limit(_console_sign_in_limit, key_func=client_address,
-                      scope="console-sign-in", deduct_when=_authentication_failed,
-                      exempt_when=_not_a_sign_in,
-                      error_message="Too many failed sign-ins from this address"
-                      )(app.blueprints["console"])
-
-    @app.errorhandler(RateLimitExceeded)
-    def _rate_limited(exc: RateLimitExceeded):
-        retry_after = 1
-        current = limiter.current_limit
-        if current is not None:
-            try:
-                retry_after = max(1, math.ceil(current.window[0] - time.time()))
-            except Exception:  # the storage went away between the count and now
-                retry_after = 1
-        # the failed-authentication limit words its own reason; the write limit is per key
-        reason = (exc.description if exc.limit.error_message
-                  else "Too many requests for this API key")
-        return problem(429, "rate_limited",
-                       f"{reason} ({exc.limit.limit}); retry in {retry_after} s.",
-                       headers={"Retry-After": str(retry_after)})
-
-    return limiter
+                          {"socket_timeout": 0.5, "socket_connect_timeout": 0.5,
+                           "key_prefix": "topup:ratelimit"})
+    counts = Counts(app.config["RATELIMIT_STORAGE_URI"], app.config["RATELIMIT_STORAGE_OPTIONS"])
+    app.extensions["rate_limits"] = counts
+    app.before_request(_before_the_view)
+    app.after_request(_count_a_failure)
+    return counts

@@ -23,9 +23,10 @@ import hmac
 
 from flask import Blueprint, Flask, current_app, render_template, request
 from flask.sessions import SecureCookieSessionInterface
-from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
+
+from app.ratelimit import SignInsLimited
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                static_folder="static")
@@ -115,8 +116,8 @@ def _csrf_refused(exc: CSRFError):
                                    "the page and send it again."), 400
 
 
-@bp.errorhandler(RateLimitExceeded)
-def _too_many_sign_ins(exc: RateLimitExceeded):
+@bp.errorhandler(SignInsLimited)
+def _too_many_sign_ins(exc: SignInsLimited):
     from app.console import auth
     return auth.refused_sign_in("Too many failed sign-ins from this address: wait a minute "
                                 "and try again.", 429, headers={"Retry-After": "60"})

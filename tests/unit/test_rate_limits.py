@@ -174,3 +174,23 @@ def test_when_redis_is_down_failed_authentications_are_still_counted_in_memory(
 
     assert statuses == [401, 401, 401, 429]
     assert wallet_from(down, NEIGHBOUR, account["auth"]).status_code == 200
+
+
+def test_while_redis_is_down_counts_are_kept_in_memory_and_redis_is_asked_again_later(
+        monkeypatch):
+    import limits
+    from limits.storage import MemoryStorage
+    from limits.strategies import FixedWindowRateLimiter
+
+    from app import ratelimit
+    counts = ratelimit.Counts("redis://127.0.0.1:9/0",
+                              {"socket_timeout": 0.5, "socket_connect_timeout": 0.5})
+    two = limits.parse("2 per minute")
+    assert [counts.hit(two, "me") for _ in range(3)] == [True, True, False]  # in memory
+
+    counts.shared = FixedWindowRateLimiter(MemoryStorage())   # Redis is back
+    assert counts.hit(two, "me") is False      # not asked again yet: still the memory's count
+    later = ratelimit.time.monotonic() + ratelimit.REDIS_RETRY_S + 1
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: later)
+    assert counts.hit(two, "me") is True       # asked again: Redis's own count
+    assert counts.shared.get_window_stats(two, "me").remaining == 1
