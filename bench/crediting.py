@@ -58,8 +58,8 @@ BEGIN;
 SELECT {TOPUP_COLUMNS} FROM "top_up" AS "t1"
  WHERE ("t1"."checkout_request_id" = 'ws_CO_pgb' || :k) LIMIT 1;
 UPDATE "top_up" SET "status" = 'succeeded', "mpesa_receipt" = 'PG' || lpad(:k::text, 8, '0'),
-       "credited_cents" = 100000, "flagged" = NULL, "next_query_at" = NULL,
-       "updated_at" = now()::timestamp, "completed_at" = now()::timestamp
+       "credited_cents" = 100000, "flagged" = NULL, "completed_at" = now()::timestamp,
+       "updated_at" = now()::timestamp, "next_query_at" = NULL
  WHERE (("top_up"."id" = 'tu_pgb' || :k) AND ("top_up"."status" IN ('pending', 'unknown')));
 UPDATE "orphan_payment" SET "resolved_topup_id" = 'tu_pgb' || :k,
        "resolved_at" = now()::timestamp
