@@ -31,6 +31,7 @@ import threading
 import time
 
 import limits
+import limits.errors
 from flask import Flask, current_app, request
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
@@ -70,7 +71,10 @@ class Counts:
     """Fixed-window counts in Redis, or in this process's memory while Redis is down."""
 
     def __init__(self, storage_uri: str, options: dict):
-        self.shared = FixedWindowRateLimiter(storage_from_string(storage_uri, **options))
+        # wrap_exceptions: the storage's own errors (Redis refused, timed out…) come as
+        # StorageError, and only those mean "count in memory"; anything else is a bug
+        self.shared = FixedWindowRateLimiter(
+            storage_from_string(storage_uri, wrap_exceptions=True, **options))
         self.local = FixedWindowRateLimiter(MemoryStorage())
         self._lock = threading.Lock()
         self._redis_down_until = 0.0
@@ -79,7 +83,7 @@ class Counts:
         if time.monotonic() >= self._redis_down_until:
             try:
                 return getattr(self.shared, method)(limit, *identifiers)
-            except Exception as exc:  # noqa: BLE001 - a Redis outage: count in memory
+            except limits.errors.StorageError as exc:  # a Redis outage: count in memory
                 with self._lock:
                     self._redis_down_until = time.monotonic() + REDIS_RETRY_S
                 log.warning("rate limit counts unreachable; counting in this process's memory",
@@ -95,10 +99,7 @@ class Counts:
         return self._ask("test", limit, identifiers)
 
     def retry_after(self, limit: limits.RateLimitItem, *identifiers: str) -> int:
-        try:
-            reset_at = self._ask("get_window_stats", limit, identifiers).reset_time
-        except Exception:  # noqa: BLE001 - the memory cannot fail; be safe all the same
-            return 1
+        reset_at = self._ask("get_window_stats", limit, identifiers).reset_time
         return max(1, math.ceil(reset_at - time.time()))
 
 
@@ -137,6 +138,8 @@ def _is_sign_in() -> bool:
 
 def _before_the_view() -> None:
     """Refuse a request past its limits before the view (and before the key is looked up)."""
+    if request.endpoint is None:
+        return   # no such resource (404, 405): nothing to count, and the answer says so
     if request.path.startswith(CLIENT_API):
         counts, address = current_app.extensions["rate_limits"], client_address()
         failures = _failed_authentications()
@@ -145,10 +148,9 @@ def _before_the_view() -> None:
                               counts.retry_after(failures, "failed-authentication", address))
         if request.method in _WRITE_METHODS:
             writes, who = _limit("RATELIMIT_WRITES", WRITE_LIMIT), caller()
-            if not counts.hit(writes, "writes", who, request.endpoint or request.path):
+            if not counts.hit(writes, "writes", who, request.endpoint):
                 raise RateLimited("Too many requests for this API key", writes,
-                                  counts.retry_after(writes, "writes", who,
-                                                     request.endpoint or request.path))
+                                  counts.retry_after(writes, "writes", who, request.endpoint))
     elif _is_sign_in():
         counts = current_app.extensions["rate_limits"]
         if not counts.test(_console_sign_ins(), "console-sign-in", client_address()):

@@ -60,6 +60,13 @@ def test_every_write_endpoint_is_limited(limited, account):
         assert statuses[-1] == 429 and 429 not in statuses[:3], statuses
 
 
+def test_a_write_to_no_such_resource_is_a_404_however_often(limited, account):
+    statuses = {post_json(limited, "/v1/nothing_here", {}, account["auth"]).status_code
+                for _ in range(5)}
+    assert statuses == {404}
+    assert debit(limited, account).status_code == 402   # the debits' own count is untouched
+
+
 def test_darajas_callbacks_are_never_limited(limited):
     for _ in range(5):
         assert limited.post("/daraja/callback/nope", data="{}").status_code == 404
