@@ -1,7 +1,8 @@
 """Daraja calls per settled top-up, counted by the simulator: OAuth, STK push and STK query
 requests for N top-ups with every callback delivered, and with 20% of callbacks dropped (STK
-queries settle those). STK_QUERY_AFTER_S is 2 s in both runs, so a query also comes due for
-every top-up whose callback was delivered, and must not call Daraja."""
+queries settle those). STK_QUERY_AFTER_S is 2 s in both runs and the scheduler sweeps every
+second, so a query also comes due for a top-up whose callback waits in the queue, and must
+not call Daraja."""
 from __future__ import annotations
 
 from bench.end_to_end import burst
@@ -9,6 +10,7 @@ from bench.harness import Bench
 
 DROP_RATE = 0.2
 QUERY_AFTER_S = 2
+SWEEP_EVERY_S = 1
 CEILINGS = {0.0: 1.01, DROP_RATE: 1.3}
 TOPUPS = {True: 150, False: 1000}
 
@@ -25,6 +27,7 @@ def run(bench: Bench) -> dict:
         stack.reset_simulator(drop_callback_rate=drop, seed=7)
         _, api_url = stack.start_api("calls-api", env)
         stack.start_workers("calls-workers", {**env, "PUBLIC_BASE_URL": api_url})
+        stack.start_scheduler("calls-scheduler", env, interval_s=SWEEP_EVERY_S)
         conn = stack.pg(url)
         try:
             result = burst(bench, conn, api_url, keys, n, connections=8, webhooks=False)
@@ -34,6 +37,7 @@ def run(bench: Bench) -> dict:
                 settled, succeeded = cur.fetchone()
         finally:
             conn.close()
+            stack.stop("calls-scheduler")
             stack.stop("calls-workers")
             stack.stop("calls-api")
         stats = stack.sim("GET", "/__sim/stats")
@@ -61,6 +65,7 @@ def run(bench: Bench) -> dict:
     return {
         "title": "Daraja calls per settled top-up",
         "settings": {"topups": n, "stk_query_after_s": QUERY_AFTER_S,
+                     "scheduler_interval_s": SWEEP_EVERY_S,
                      "drop_rate": DROP_RATE},
         "rows": rows,
         "floors": floors,

@@ -169,6 +169,19 @@ class Stack:
         wait_until(booted, timeout=30, message=f"{name}'s processes")
         return proc
 
+    def start_scheduler(self, name: str, env: dict, *, interval_s: float) -> Proc:
+        """``topupctl scheduler``: the sweeps, which also send each top-up's first STK query
+        when it comes due."""
+        proc = self.spawn(name, [str(BIN / "topupctl"), "scheduler", "--interval",
+                                 str(interval_s)], env=env)
+
+        def started():
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited:\n{proc.tail()}")
+            return "scheduler started" in proc.tail()
+        wait_until(started, timeout=30, message=f"{name} to start")
+        return proc
+
     def stop(self, name: str, timeout: float = 20) -> None:
         proc = self.procs.pop(name, None)
         if proc is None or not proc.alive():

@@ -71,8 +71,9 @@ def record_push_outcome(topup_id: str, outcome: dict) -> None:
 
 
 def _followed_up(rt, topup_id: str, early_callbacks: list[int]) -> None:
-    # first: once this is sent, the push is followed up whatever happens below
-    schedule_query(topup_id, delay_s=rt.settings.stk_query_after_s)
+    # The top-up's first STK query is the scheduler's: the accepted push set its
+    # next_query_at, STK_QUERY_AFTER_S on, and the sweep sends the query if no callback has
+    # settled the top-up by then. No message per push waits meanwhile.
     for callback_seq in early_callbacks:
         _apply_early_callback(rt, callback_seq)
 
@@ -91,10 +92,11 @@ def _apply_early_callback(rt, callback_seq: int) -> None:
         apply_callback.send(callback_seq)
 
 
-def schedule_query(topup_id: str, *, delay_s: float) -> None:
+def send_query(topup_id: str) -> None:
+    """Ask Daraja how ``topup_id`` ended, now; while it has no final word the message retries
+    with STK_QUERY_BACKOFF_S doubling (the scheduler sends it when the query is due)."""
     backoff_ms = int(runtime.get().settings.stk_query_backoff_s * 1000)
-    query_topup.send_with_options(args=(topup_id,), delay=int(delay_s * 1000),
-                                  min_backoff=backoff_ms)
+    query_topup.send_with_options(args=(topup_id,), min_backoff=backoff_ms)
 
 
 # A stored callback is never lost (the scheduler re-applies unapplied ones); retries only make

@@ -58,7 +58,7 @@ def sweep_once(give_up_after_s: int, redis_client=None,
     for seq in payments:
         c2b.apply_c2b.send(seq)
     for topup_id in queries:
-        actors.schedule_query(topup_id, delay_s=0)
+        actors.send_query(topup_id)
     pulls = 0
     if pull_every_s and _first_redrive(redis_client, "pull", "paybill", pull_every_s):
         c2b.pull_transactions.send()

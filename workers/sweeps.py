@@ -1,9 +1,15 @@
-"""The scheduler's sweeps: find work the queues lost and hand it back to them.
+"""The scheduler's sweeps: find work the queues lost and hand it back to them, and start the
+STK queries that come due.
 
 Redis carries only work the database can re-create: an enqueue lost
 after a commit, a message lost with a restarted Redis, a worker killed mid-message. Each
 sweep is a query for rows that should have moved on by now; every action it triggers is
 idempotent, so two schedulers sweeping at once do no harm.
+
+A top-up's first STK query is started here too, when its ``next_query_at`` comes (the push's
+acceptance set it ``STK_QUERY_AFTER_S`` on): most top-ups are settled by their callback long
+before, so a delayed message per push would be sent, held and run only to find nothing to
+ask. The queries after the first are the query message's own retries.
 """
 from __future__ import annotations
 
@@ -91,10 +97,15 @@ QUERY_OVERDUE_GRACE = dt.timedelta(seconds=60)
 
 def queries_due(now: dt.datetime | None = None, *,
                 grace: dt.timedelta = QUERY_OVERDUE_GRACE) -> list[str]:
+    """Pushed top-ups still pending whose first query is due (none asked yet), or whose
+    query chain is ``grace`` overdue."""
     now = now or utcnow()
+    first_due = TopUp.query_attempts == 0
+    chain_lost = TopUp.next_query_at < now - grace
     due = [row.id for row in TopUp.select(TopUp.id).where(
         (TopUp.status == PENDING) & (TopUp.push_state == PUSH_SENT)
-        & (TopUp.next_query_at < now - grace)).order_by(TopUp.seq).limit(BATCH)]
+        & (TopUp.next_query_at <= now) & (first_due | chain_lost))
+        .order_by(TopUp.seq).limit(BATCH)]
     if due:
         # re-arm so that the next sweep does not enqueue them again while they run
         TopUp.update(next_query_at=now + dt.timedelta(minutes=5)).where(

@@ -228,6 +228,7 @@ def test_metrics_after_a_run_of_topups_equal_what_happened_and_logs_are_json(ops
                                                                              simulator):
     ops_system.start_api(workers=2, threads=4)
     ops_system.start_workers(processes=2, threads=4)
+    ops_system.start_scheduler(interval=1)   # the first STK query of the one never called back
     _, key = ops_system.create_account()
     receiver = Receiver().start()
     try:

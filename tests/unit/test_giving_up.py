@@ -71,7 +71,7 @@ def test_the_query_chain_of_an_undocumented_code_runs_until_it_gives_up_as_unkno
                         broker=stk.broker, daraja=stk.daraja, redis=stk.redis, database=False,
                         logging=False)
     topup_id = pushed(stk, account_id, phone="254700000042")
-    actors.schedule_query(topup_id, delay_s=0)
+    actors.send_query(topup_id)
     stub_broker.join(actors.QUERIES_QUEUE, timeout=20_000)
     topup = row(topup_id)
     assert (topup.status, topup.failure_code) == (UNKNOWN, None)
