@@ -2,8 +2,8 @@
 floors and write ``bench/report.md`` and ``bench/report.json``.
 
 Measurements, in order: ack (callback acknowledgement against a trivial Flask endpoint),
-crediting (one hot wallet against pgbench on the same SQL), end_to_end (throughput, then
-request → credit latency paced at half of it), daraja_calls (per settled top-up, all
+crediting (one hot wallet against pgbench on the same SQL), end_to_end (throughput, the
+median of three bursts, then request → credit latency paced at half of it), daraja_calls (per settled top-up, all
 callbacks and 20% dropped), growth (1,000 → 1,000,000 ledger entries). Every ratio is taken
 between figures measured side by side in this run. The full run stays under 10 minutes,
 ``--quick`` under 3; a measurement that fails is reported as failed and the others still run.

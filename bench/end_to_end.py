@@ -1,7 +1,11 @@
 """End to end, everything on one machine: top-ups per second from ``POST /v1/topups`` to the
-wallet credited and the ``wallet.top_up`` webhook delivered, with the API, the workers,
-PostgreSQL, Redis, the Daraja simulator (answering and calling back at once), the merchant's
-webhook receiver and the load generator all on the same cores.
+wallet credited and the ``wallet.top_up`` webhook delivered, with the API, the workers, the
+scheduler, PostgreSQL, Redis, the Daraja simulator (answering and calling back at once), the
+merchant's webhook receiver and the load generator all on the same cores.
+
+A full run measures the saturated burst three times, one after the other on the same stack,
+and the floor reads the median: an absolute rate on a shared machine moves with what the
+machine's host is doing, and one run alone can land in a slow minute.
 
 Then, in the same run, request → credit latency with the requests paced at half the rate the
 burst just saturated at: the time from the top-up's creation to its ledger entry.
@@ -24,6 +28,8 @@ KEYS = 8
 THROUGHPUT_FLOOR = 100.0      # top-ups/s
 LATENCY_P99_CEILING_MS = 1000.0
 BURST_TOPUPS = {True: 300, False: 1000}
+BURST_ROUNDS = {True: 1, False: 3}
+SWEEP_EVERY_S = 5   # topupctl scheduler's default, as deployed
 BURST_POST_SECONDS = {True: 8, False: 15}   # the burst's posting is bounded in time as well
 PACED_SECONDS = {True: 4, False: 10}
 PACED_CONNECTIONS = 8
@@ -50,15 +56,20 @@ def run(bench: Bench) -> dict:
     if answer.status_code != 201:
         raise RuntimeError(f"webhook endpoint refused: {answer.status_code} {answer.text}")
     stack.start_workers("e2e-workers", env)
+    stack.start_scheduler("e2e-scheduler", env, interval_s=SWEEP_EVERY_S)
     conn = stack.pg(url)
     try:
         # warm-up: the OAuth token, connection pools, imports on first use
         burst(bench, conn, api_url, keys, 30, connections=2, webhooks=True)
-        with bench.machine() as machine:
-            saturated = burst(bench, conn, api_url, keys, BURST_TOPUPS[bench.quick],
-                              connections=16, webhooks=True,
-                              seconds=BURST_POST_SECONDS[bench.quick])
-        saturated["machine"] = machine.summary()
+        rounds = []
+        for _ in range(BURST_ROUNDS[bench.quick]):
+            with bench.machine() as machine:
+                one = burst(bench, conn, api_url, keys, BURST_TOPUPS[bench.quick],
+                            connections=16, webhooks=True,
+                            seconds=BURST_POST_SECONDS[bench.quick])
+            one["machine"] = machine.summary()
+            rounds.append(one)
+        saturated = _median_round(rounds)
         rate = max(5.0, 0.5 * (saturated["topups_per_s"] or 10))
         with bench.machine() as machine:
             paced = burst(bench, conn, api_url, keys, 0, connections=PACED_CONNECTIONS,
@@ -66,6 +77,7 @@ def run(bench: Bench) -> dict:
         paced["machine"] = machine.summary()
     finally:
         conn.close()
+        stack.stop("e2e-scheduler")
         stack.stop("e2e-workers")
         stack.stop("e2e-api")
         stack.stop("webhook-receiver")
@@ -77,17 +89,21 @@ def run(bench: Bench) -> dict:
                      "topups_per_burst": BURST_TOPUPS[bench.quick], "burst_connections": 16,
                      "paced_seconds": PACED_SECONDS[bench.quick],
                      "paced_connections": PACED_CONNECTIONS, "api_keys": KEYS,
+                     "saturated_rounds": BURST_ROUNDS[bench.quick],
                      "simulator": "callback_delay_s 0 (answers and calls back at once)",
-                     "stk_query_after_s": "60 (default): the delayed query_topup message is "
-                                          "enqueued, and comes due after the run"},
+                     "scheduler": f"every {SWEEP_EVERY_S} s (its default)",
+                     "stk_query_after_s": "60 (default): every callback comes first, so the "
+                                          "scheduler sends no query"},
         "saturated": saturated,
+        "saturated_rounds": rounds,
         "paced": paced,
         "floors": [
             {"id": "end_to_end",
              "measure": "end to end, everything on one machine (request → credit → webhook "
                         "delivered)",
              "floor": f"≥ {THROUGHPUT_FLOOR:.0f} top-ups/s", "figure": throughput,
-             "met": throughput >= THROUGHPUT_FLOOR and saturated["complete"]},
+             "met": (throughput >= THROUGHPUT_FLOOR
+                     and all(one["complete"] for one in rounds))},
             {"id": "latency",
              "measure": "request → credit p99, paced at half the saturated rate "
                         f"({paced['offered_per_s']}/s asked, {paced['posted_per_s']}/s sent)",
@@ -97,6 +113,12 @@ def run(bench: Bench) -> dict:
              "met": p99 is not None and p99 <= LATENCY_P99_CEILING_MS and paced["complete"]},
         ],
     }
+
+
+def _median_round(rounds: list[dict]) -> dict:
+    """The round whose rate is the median (the middle one of three)."""
+    ranked = sorted(rounds, key=lambda one: one["topups_per_s"] or 0.0)
+    return ranked[len(ranked) // 2]
 
 
 def burst(bench: Bench, conn, api_url: str, keys: list[str], n: int, *, connections: int,

@@ -97,7 +97,8 @@ def markdown(results: dict) -> str:
         "machine's CPU during the run (each measurement's share is in its section).",
         f"Load generator: {run['load_generator']}. Every server on 127.0.0.1, started by the "
         "bench: redis-server, PostgreSQL 15 (fsync on), the Daraja simulator, gunicorn "
-        "(`--workers 2 --threads 4`), `dramatiq workers --processes 2 --threads 4`.", ""]
+        "(`--workers 2 --threads 4`), `dramatiq workers --processes 2 --threads 4`, and for end to "
+        "end and the Daraja calls `topupctl scheduler`.", ""]
 
     out += ["## Floors", "", "| measure | floor | figure | met |", "|---|---|---|---|"]
     for floor in results["floors"]:
@@ -123,27 +124,35 @@ def markdown(results: dict) -> str:
 
 def _end_to_end(e: dict) -> list[str]:
     s, p = e["saturated"], e["paced"]
+    rounds = e.get("saturated_rounds") or [s]
     settings = e["settings"]
     out = ["## End to end, and request → credit latency", "",
            f"`POST /v1/topups` (wrk, {settings['burst_connections']} connections, "
            f"{settings['topups_per_burst']:,} top-ups, one wallet through "
            f"{settings['api_keys']} API keys) → push → simulator → callback → credit → "
            "`wallet.top_up` webhook delivered to a local receiver. Throughput from the first "
-           "top-up's creation to the last webhook delivered. Then requests paced at half that "
+           "top-up's creation to the last webhook delivered"
+           + (f", in {len(rounds)} bursts one after the other; the floor reads the median "
+              "burst" if len(rounds) > 1 else "")
+           + ". Then requests paced at half that "
            f"rate for {settings['paced_seconds']} s ({settings['paced_connections']} "
            "connections): latency from the top-up's creation to its ledger entry. "
-           f"Workers {settings['workers']}. Simulator: {settings['simulator']}.", "",
+           f"Workers {settings['workers']}. Scheduler {settings.get('scheduler', '–')}. "
+           f"Simulator: {settings['simulator']}.", "",
            "| load | top-ups | top-ups/s (to the webhook) | credits/s (to the credit) | "
            "request → credit p50 / p99 ms | request → webhook p50 / p99 ms | "
            "HTTP p50 / p99 ms | machine |", "|---|---|---|---|---|---|---|---|"]
-    for label, r in (("saturated", s), (f"paced at {_f(p['offered_per_s'])}/s "
-                                        f"({_f(p['posted_per_s'])}/s sent)", p)):
+    labelled = [(f"saturated, burst {i}" + (" (the median)" if r == s else "")
+                 if len(rounds) > 1 else "saturated", r) for i, r in enumerate(rounds, 1)]
+    labelled.append((f"paced at {_f(p['offered_per_s'])}/s ({_f(p['posted_per_s'])}/s sent)",
+                     p))
+    for label, r in labelled:
         credit, hooks = r["credit_latency_ms"], r["webhooks"]["latency_ms"]
         out.append(f"| {label} | {r['posted']:,} | {_f(r['topups_per_s'])} | "
                    f"{_f(r['credits_per_s'])} | {_f(credit['p50'])} / {_f(credit['p99'])} | "
                    f"{_f(hooks['p50'])} / {_f(hooks['p99'])} | {_f(r['load']['p50_ms'])} / "
                    f"{_f(r['load']['p99_ms'])} | {_machine(r.get('machine'))} |")
-    incomplete = [label for label, r in (("saturated", s), ("paced", p)) if not r["complete"]]
+    incomplete = [label for label, r in labelled if not r["complete"]]
     if incomplete:
         out += ["", "Not every top-up settled within the deadline in: " + ", ".join(incomplete)]
     return out + [""]
