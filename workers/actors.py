@@ -42,7 +42,7 @@ def push_topup(topup_id: str) -> None:
         _hand_on(topup_id, exc.outcome)
         return
     if outcome == "sent":
-        _followed_up(rt, topup_id, early_callbacks)
+        _apply_early_callbacks(rt, early_callbacks)
 
 
 def _hand_on(topup_id: str, outcome: dict) -> None:
@@ -65,15 +65,15 @@ def record_push_outcome(topup_id: str, outcome: dict) -> None:
     rt = runtime.get()
     early_callbacks = tasks.record_push_outcome(topup_id, outcome)
     if outcome["kind"] == "accepted":
-        _followed_up(rt, topup_id, early_callbacks)
+        _apply_early_callbacks(rt, early_callbacks)
     elif outcome["kind"] == "claim_lost":
         push_topup.send(topup_id)   # the claim is put back: send the push
 
 
-def _followed_up(rt, topup_id: str, early_callbacks: list[int]) -> None:
-    # The top-up's first STK query is the scheduler's: the accepted push set its
-    # next_query_at, STK_QUERY_AFTER_S on, and the sweep sends the query if no callback has
-    # settled the top-up by then. No message per push waits meanwhile.
+def _apply_early_callbacks(rt, early_callbacks: list[int]) -> None:
+    # Nothing else follows an accepted push here: its first STK query is the scheduler's
+    # (the push set next_query_at STK_QUERY_AFTER_S on, and the sweep sends the query then if
+    # no callback has settled the top-up), so no message per push waits meanwhile.
     for callback_seq in early_callbacks:
         _apply_early_callback(rt, callback_seq)
 
