@@ -27,6 +27,18 @@ def _first_redrive(redis_client, kind: str, ident, every_s: float = REDRIVE_EVER
         return True  # Redis down: the enqueue below fails anyway and is tried next sweep
 
 
+def _send_queries_due(grace) -> int:
+    """A ``query_topup`` for every top-up whose query is due, claimed a batch at a time."""
+    sent = 0
+    while True:
+        claimed = sweeps.queries_due(grace=grace)
+        for topup_id in claimed:
+            actors.send_query(topup_id)
+        sent += len(claimed)
+        if len(claimed) < sweeps.BATCH:
+            return sent
+
+
 def sweep_once(give_up_after_s: int, redis_client=None,
                thresholds: sweeps.Thresholds | None = None,
                pull_every_s: float | None = None) -> dict:
@@ -34,12 +46,14 @@ def sweep_once(give_up_after_s: int, redis_client=None,
     none was asked for this long (DARAJA_PULL=1); None: never."""
     t = thresholds or sweeps.Thresholds()
     with db.connection():
+        # First, each claimed query sent at once: a sweep below that fails must not hold
+        # back the queries claimed (and re-armed minutes on) by this one.
+        queries = _send_queries_due(t.query_overdue_grace)
         unsent = sweeps.unsent_pushes(after=t.unsent_push_after,
                                       released_after=t.released_push_after)
         abandoned = sweeps.abandoned_pushes(after=t.abandoned_sending_after)
         callbacks = sweeps.unapplied_callbacks(after=t.unapplied_callback_after)
         given_up = sweeps.overdue_for_giving_up(give_up_after_s)
-        queries = sweeps.queries_due(grace=t.query_overdue_grace)
         every_s = t.redrive_every.total_seconds()
         orphan_phones = [p for p in sweeps.phones_with_orphans_to_match()
                          if _first_redrive(redis_client, "orphans", p, every_s)]
@@ -57,14 +71,12 @@ def sweep_once(give_up_after_s: int, redis_client=None,
         actors.apply_callback.send(seq)
     for seq in payments:
         c2b.apply_c2b.send(seq)
-    for topup_id in queries:
-        actors.send_query(topup_id)
     pulls = 0
     if pull_every_s and _first_redrive(redis_client, "pull", "paybill", pull_every_s):
         c2b.pull_transactions.send()
         pulls = 1
     found = {"unsent_pushes": len(unsent), "abandoned_pushes": len(abandoned),
-             "unapplied_callbacks": len(callbacks), "queries_due": len(queries),
+             "unapplied_callbacks": len(callbacks), "queries_due": queries,
              "given_up": len(given_up), "orphan_phones_retried": len(orphan_phones),
              "unapplied_c2b_confirmations": len(payments), "orphans_resolved": orphans_resolved,
              "pulls_asked": pulls}

@@ -95,22 +95,26 @@ def phones_with_orphans_to_match(now: dt.datetime | None = None) -> list[str]:
 QUERY_OVERDUE_GRACE = dt.timedelta(seconds=60)
 
 
+# A query the sweep sent is left to its message this long before the sweep looks again.
+QUERY_REARM = dt.timedelta(minutes=5)
+
+
 def queries_due(now: dt.datetime | None = None, *,
                 grace: dt.timedelta = QUERY_OVERDUE_GRACE) -> list[str]:
-    """Pushed top-ups still pending whose first query is due (none asked yet), or whose
-    query chain is ``grace`` overdue."""
+    """Claim the pushed top-ups still pending whose first query is due (none asked yet), or
+    whose query chain is ``grace`` overdue: at most BATCH, the oldest first. Each is re-armed
+    QUERY_REARM on by the statement that claims it, so that a sweep beside this one (another
+    scheduler) does not claim it too, and the next sweeps leave it to the message sent for
+    it; the query itself sets its next check when it is asked."""
     now = now or utcnow()
-    first_due = TopUp.query_attempts == 0
-    chain_lost = TopUp.next_query_at < now - grace
-    due = [row.id for row in TopUp.select(TopUp.id).where(
-        (TopUp.status == PENDING) & (TopUp.push_state == PUSH_SENT)
-        & (TopUp.next_query_at <= now) & (first_due | chain_lost))
-        .order_by(TopUp.seq).limit(BATCH)]
-    if due:
-        # re-arm so that the next sweep does not enqueue them again while they run
-        TopUp.update(next_query_at=now + dt.timedelta(minutes=5)).where(
-            TopUp.id.in_(due) & (TopUp.status == PENDING)).execute()
-    return due
+    due = ((TopUp.status == PENDING) & (TopUp.push_state == PUSH_SENT)
+           & (TopUp.next_query_at <= now)
+           & ((TopUp.query_attempts == 0) | (TopUp.next_query_at < now - grace)))
+    oldest = TopUp.select(TopUp.id).where(due).order_by(TopUp.seq).limit(BATCH)
+    claimed = (TopUp.update(next_query_at=now + QUERY_REARM)
+               .where(TopUp.id.in_(oldest) & due)
+               .returning(TopUp.id).execute())
+    return [row.id for row in claimed]
 
 
 def overdue_for_giving_up(give_up_after_s: int, now: dt.datetime | None = None) -> list[str]:

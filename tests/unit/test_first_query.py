@@ -61,3 +61,28 @@ def test_a_query_chain_that_runs_is_sent_again_only_once_it_is_the_grace_overdue
         next_query_at = row(topup_id).next_query_at
         assert sweeps.queries_due(next_query_at + SECOND, grace=grace) == []
         assert sweeps.queries_due(next_query_at + grace + SECOND, grace=grace) == [topup_id]
+
+
+def test_a_sweep_that_fails_further_on_has_sent_the_queries_it_claimed(
+        stk, account_id, stub_broker, monkeypatch):
+    topup_id = pushed(account_id)
+    with db.connection():
+        TopUp.update(next_query_at=utcnow() - SECOND).where(TopUp.id == topup_id).execute()
+
+    def database_refuses(*args, **kwargs):
+        raise RuntimeError("a later sweep fails")
+    monkeypatch.setattr(scheduler.orphans, "resolve_credited", database_refuses)
+    with pytest.raises(RuntimeError):
+        scheduler.sweep_once(86_400)
+    sent = taken(stub_broker, actors.QUERIES_QUEUE)
+    assert [(m.actor_name, list(m.args)) for m in sent] == [("query_topup", [topup_id])]
+
+
+def test_the_sweep_sends_every_due_query_a_batch_at_a_time(
+        stk, account_id, stub_broker, monkeypatch):
+    monkeypatch.setattr(sweeps, "BATCH", 2)
+    topup_ids = {pushed(account_id, phone=f"25471234500{n}") for n in range(5)}
+    with db.connection():
+        TopUp.update(next_query_at=utcnow() - SECOND).execute()
+    assert scheduler.sweep_once(86_400)["queries_due"] == 5
+    assert {m.args[0] for m in taken(stub_broker, actors.QUERIES_QUEUE)} == topup_ids
