@@ -260,18 +260,26 @@ def _confirm(checkout_request_id: str, daraja) -> str:
 
 # --- STK Push Query ---------------------------------------------------------------------------
 
+def latest_retry_s(attempts: int, backoff_s: float) -> float:
+    """The longest the query message waits before its retry after the query numbered
+    ``attempts`` (from 0): Dramatiq's backoff is ``backoff_s`` doubled per earlier retry, then
+    jittered up to twice as long, and at most QUERY_MAX_BACKOFF_S. Set as the next check,
+    the earliest wait would have the sweeper start a second chain beside one still alive."""
+    return min(backoff_s * 2 ** (min(attempts, 16) + 1), QUERY_MAX_BACKOFF_S)
+
+
 def query(topup_id: str, daraja, *, give_up_after_s: int, redis=None,
           backoff_s: float = 10.0) -> str:
     """Ask Daraja how a pushed top-up ended. Raises AskAgainLater while there is no final
     word; never fails a top-up without a documented failure code.
 
     Each attempt sets when the sweeper should step in if no retry comes (its message lost
-    with Redis, or its worker killed): the latest the actor's next retry can come, with its
-    backoff of ``backoff_s`` doubling per attempt, not a fixed quarter of an hour."""
+    with Redis, or its worker killed): the latest the actor's next retry can come
+    (:func:`latest_retry_s`), not a fixed quarter of an hour."""
     topup = TopUp.get_or_none(TopUp.id == topup_id)
     if topup is None or topup.status != PENDING or not topup.checkout_request_id:
         return "nothing_to_ask"
-    recheck_s = min(backoff_s * 2 ** min(topup.query_attempts, 16), QUERY_MAX_BACKOFF_S)
+    recheck_s = latest_retry_s(topup.query_attempts, backoff_s)
     logs.amend(topup_id=topup_id, checkout_request_id=topup.checkout_request_id)
     if settlement.give_up(topup_id, give_up_after_s):
         phone_lock.unlock(redis, topup.phone, topup_id)

@@ -3,13 +3,14 @@ the sweep sends it once STK_QUERY_AFTER_S has passed with no callback. A query c
 is left to its own retries until it is SWEEP_QUERY_GRACE_S overdue."""
 import datetime as dt
 
+import dramatiq.common
 import pytest
 
 from ledger import db, settlement
 from ledger.models import SUCCEEDED, TopUp, utcnow
 from tests.messages import taken
 from tests.unit.stk_support import new_topup, row, sim
-from workers import actors, scheduler, sweeps
+from workers import actors, scheduler, sweeps, tasks
 
 pytestmark = pytest.mark.both_databases
 
@@ -86,3 +87,15 @@ def test_the_sweep_sends_every_due_query_a_batch_at_a_time(
         TopUp.update(next_query_at=utcnow() - SECOND).execute()
     assert scheduler.sweep_once(86_400)["queries_due"] == 5
     assert {m.args[0] for m in taken(stub_broker, actors.QUERIES_QUEUE)} == topup_ids
+
+
+def test_the_next_check_a_query_sets_is_never_before_its_retry_can_come():
+    # what Dramatiq's Retries does with the query actor's backoff after the query numbered n
+    # of a chain (its message's retries are n then): the sweeper must not start a second
+    # chain, and a second Daraja query, while that retry may still come
+    backoff_s = 10
+    max_ms = actors.query_topup.options["max_backoff"]
+    for attempts in range(8):
+        waits = [dramatiq.common.compute_backoff(attempts, factor=backoff_s * 1000,
+                                                 max_backoff=max_ms)[1] for _ in range(300)]
+        assert max(waits) <= tasks.latest_retry_s(attempts, backoff_s) * 1000, attempts

@@ -126,6 +126,7 @@ def test_a_query_chain_lost_with_redis_is_taken_up_by_the_sweep_within_its_backo
         asked_at = TopUp.get(TopUp.id == topup_id).next_query_at
         # the retry's message is lost (Redis restarted): nobody asks again by itself
         grace = dt.timedelta(seconds=60)
-        assert asked_at <= utcnow() + dt.timedelta(seconds=20)   # 10 s doubled once
-        assert sweeps.queries_due(utcnow() + dt.timedelta(seconds=21) + grace,
+        # the second query's retry waits 10 s doubled once, jittered up to twice that
+        assert asked_at <= utcnow() + dt.timedelta(seconds=40)
+        assert sweeps.queries_due(utcnow() + dt.timedelta(seconds=41) + grace,
                                   grace=grace) == [topup_id]
